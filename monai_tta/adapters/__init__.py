@@ -1,0 +1,20 @@
+"""Adaptation methods: each one is a MONAI ``Inferer`` (``adapter(inputs, network) -> logits``)."""
+
+from __future__ import annotations
+
+from monai_tta.adapters.base import Adapter, AdapterState, build_optimizer, set_lr
+from monai_tta.adapters.grata import GraTa, cosine_lr
+from monai_tta.adapters.source_only import NormAdapt, SourceOnly
+from monai_tta.adapters.tent import Tent
+
+__all__ = [
+    "Adapter",
+    "AdapterState",
+    "build_optimizer",
+    "set_lr",
+    "SourceOnly",
+    "NormAdapt",
+    "Tent",
+    "GraTa",
+    "cosine_lr",
+]

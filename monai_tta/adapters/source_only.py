@@ -1,0 +1,38 @@
+"""Baselines without gradient: plain source inference, and per-image normalisation statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from monai_tta.adapters.base import Adapter
+from monai_tta.keys import NormRegime, Setting
+
+__all__ = ["SourceOnly", "NormAdapt"]
+
+
+class SourceOnly(Adapter):
+    """Plain inference with the source model (source running statistics, no update)."""
+
+    default_norm = NormRegime.SOURCE
+    uses_optimizer = False
+
+    def __init__(self, norm: Any = None, **kwargs: Any) -> None:
+        kwargs.setdefault("setting", Setting.CONTINUAL)
+        super().__init__(norm=norm, steps=0, **kwargs)
+
+    def select_params(self, network: nn.Module) -> list[nn.Parameter]:
+        return []
+
+
+class NormAdapt(SourceOnly):
+    """Normalisation adaptation: BatchNorm uses the current image's statistics (or a mix with the source), no gradient.
+
+    Args:
+        norm: regime; default ``"image"`` (per-image statistics); ``{"regime": "mix", "prior": 0.2}`` keeps
+            a source prior.
+        kwargs: :class:`~monai_tta.adapters.base.Adapter` arguments.
+    """
+
+    default_norm = NormRegime.IMAGE

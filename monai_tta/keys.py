@@ -1,0 +1,62 @@
+"""Shared key constants: data dictionary keys, adaptation statistics and option names."""
+
+from __future__ import annotations
+
+from monai.utils import StrEnum
+
+__all__ = ["DataKeys", "StatKeys", "Setting", "NormRegime"]
+
+
+class DataKeys(StrEnum):
+    """Keys of a data dictionary (one case).
+
+    ``IMAGE``, ``LABEL`` and ``PRED`` match :class:`monai.utils.CommonKeys`, so MONAI handlers and ``from_engine`` work.
+    """
+
+    IMAGE = "image"
+    LABEL = "label"
+    PRED = "pred"
+    DOMAIN = "domain"
+    CASE_ID = "case_id"
+
+
+class StatKeys(StrEnum):
+    """Keys of the statistics an adapter reports about its last call (``adapter.last_stats``)."""
+
+    LOSS = "loss"
+    AUX_LOSS = "aux_loss"
+    PSEUDO_LOSS = "pseudo_loss"
+    COSINE = "cosine"
+    LR = "lr"
+    N_PARAMS = "n_params"
+    N_STEPS = "n_steps"
+    RESET = "reset"
+    STEP = "step"
+
+
+class Setting(StrEnum):
+    """When an adapter returns to the source state.
+
+    - ``episodic``: before every case.
+    - ``domain``: whenever the domain of the incoming case changes (GraTa's published protocol).
+    - ``continual``: never (VPTTA's protocol).
+    """
+
+    EPISODIC = "episodic"
+    DOMAIN = "domain"
+    CONTINUAL = "continual"
+
+
+class NormRegime(StrEnum):
+    """Which statistics the normalisation layers use while adapting and predicting.
+
+    - ``source``: the source running statistics (plain inference).
+    - ``image``: the current input's own statistics (TENT/GraTa as published).
+    - ``mix``: a fixed mix ``prior * source + (1 - prior) * image``.
+    - ``warmup``: VPTTA's schedule, ``lambda_t = 1 / (sqrt(t) / warm_n + 1)`` on the image statistics.
+    """
+
+    SOURCE = "source"
+    IMAGE = "image"
+    MIX = "mix"
+    WARMUP = "warmup"

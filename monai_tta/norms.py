@@ -1,0 +1,231 @@
+"""Normalisation regimes: which statistics the BatchNorm layers of an adapted network use.
+
+:func:`convert_norms` swaps every BatchNorm layer of a network for an :class:`AdaptiveBatchNorm` that shares the layer's
+parameters and buffers (so the state-dict keys and values stay the same) and never updates the running statistics.
+A :class:`NormPolicy` then sets, before each case, how the layers mix the current input's statistics with the source
+running statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from monai.utils import look_up_option
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from monai_tta.keys import NormRegime
+
+__all__ = [
+    "AdaptiveBatchNorm",
+    "NormPolicy",
+    "convert_norms",
+    "norm_layers",
+    "bn_affine_params",
+    "warmup_lambda",
+    "per_sample_stats",
+]
+
+
+class AdaptiveBatchNorm(nn.Module):
+    """A BatchNorm layer whose statistics are chosen by the adapter, whatever the module's train/eval mode.
+
+    The layer normalises with ``mean = prior * running_mean + (1 - prior) * mean(x)`` (same for the variance):
+    ``prior = 1`` is plain inference with the source statistics, ``prior = 0`` uses the input's own statistics exactly
+    as
+    ``nn.BatchNorm`` in training mode does (biased variance, gradient through the statistics), without touching the
+    running buffers.
+
+    Attributes:
+        prior: weight on the source running statistics, in ``[0, 1]``.
+        per_sample: compute the input statistics per sample (instance-style) instead of over the whole batch, so that a
+            batch of ``B`` views normalises each view exactly as ``B`` separate forwards would.
+        unbiased: use the unbiased variance for the input statistics (VPTTA), instead of the biased one (BatchNorm).
+        detach_stats: stop the gradient through the input statistics (VPTTA's warm-up BN).
+        record: keep ``(x, mean, var)`` of the last forward in ``recorded`` (for statistics-alignment losses).
+
+    Args:
+        bn: the BatchNorm layer to wrap; its ``weight``, ``bias`` and buffers are shared, not copied.
+    """
+
+    def __init__(self, bn: _BatchNorm) -> None:
+        super().__init__()
+        self.num_features = bn.num_features
+        self.eps = bn.eps
+        self.weight = bn.weight
+        self.bias = bn.bias
+        self.register_buffer("running_mean", bn.running_mean)
+        self.register_buffer("running_var", bn.running_var)
+        self.register_buffer("num_batches_tracked", getattr(bn, "num_batches_tracked", None))
+        self.prior = 1.0 if bn.running_mean is not None else 0.0
+        self.per_sample = False
+        self.unbiased = False
+        self.detach_stats = False
+        self.record = False
+        self.recorded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def has_source_stats(self) -> bool:
+        """Whether the wrapped layer carries source running statistics."""
+        return self.running_mean is not None and self.running_var is not None
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, prior={self.prior}, per_sample={self.per_sample}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"expected input with {self.num_features} channels, got shape {tuple(x.shape)}.")
+        plain = not (self.record or self.unbiased or self.detach_stats)
+        if self.prior >= 1.0 and not self.record:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        if self.prior <= 0.0 and plain:
+            if self.per_sample:
+                return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        dims = tuple(range(2, x.dim())) if self.per_sample else (0, *range(2, x.dim()))
+        var, mean = torch.var_mean(x, dim=dims, unbiased=self.unbiased, keepdim=True)
+        if self.detach_stats:
+            mean, var = mean.detach(), var.detach()
+        if self.prior > 0.0:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            mean = self.prior * self.running_mean.view(shape) + (1.0 - self.prior) * mean
+            var = self.prior * self.running_var.view(shape) + (1.0 - self.prior) * var
+        if self.record:
+            self.recorded = (x, mean, var)
+        out = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+
+def convert_norms(network: nn.Module) -> list[AdaptiveBatchNorm]:
+    """Replace every BatchNorm layer of ``network`` in place by an :class:`AdaptiveBatchNorm` sharing its tensors.
+
+    Idempotent: layers converted before are kept. The state dict keeps its keys and values.
+
+    Args:
+        network: the network to convert.
+
+    Returns:
+        the adaptive layers, in module order.
+    """
+    for name, module in list(network.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, _BatchNorm):
+                setattr(module, child_name, AdaptiveBatchNorm(child))
+        del name
+    return norm_layers(network)
+
+
+def norm_layers(network: nn.Module) -> list[AdaptiveBatchNorm]:
+    """The :class:`AdaptiveBatchNorm` layers of ``network``, in module order."""
+    return [m for m in network.modules() if isinstance(m, AdaptiveBatchNorm)]
+
+
+def bn_affine_params(network: nn.Module) -> list[nn.Parameter]:
+    """The affine parameters (``weight`` then ``bias`` of each layer) of every BatchNorm layer, converted or not.
+
+    Args:
+        network: the network.
+    """
+    params: list[nn.Parameter] = []
+    for m in network.modules():
+        if isinstance(m, (_BatchNorm, AdaptiveBatchNorm)):
+            params.extend(p for p in (m.weight, m.bias) if p is not None)
+    return params
+
+
+def warmup_lambda(t: int, warm_n: float = 5.0) -> float:
+    """VPTTA's weight on the current image statistics after ``t`` images: ``1 / (sqrt(t) / warm_n + 1)``.
+
+    Args:
+        t: number of images seen, counting the current one (``t >= 1``).
+        warm_n: warm-up constant (5 in the reference).
+
+    Raises:
+        ValueError: if ``t < 1`` or ``warm_n <= 0``.
+    """
+    if t < 1 or warm_n <= 0:
+        raise ValueError(f"warmup_lambda needs t >= 1 and warm_n > 0, got t={t}, warm_n={warm_n}.")
+    return 1.0 / (math.sqrt(t) / warm_n + 1.0)
+
+
+@dataclass
+class NormPolicy:
+    """How the adaptive BatchNorm layers mix image and source statistics.
+
+    Args:
+        regime: one of :class:`~monai_tta.keys.NormRegime` (``"source"``, ``"image"``, ``"mix"``, ``"warmup"``).
+        prior: weight on the source statistics for ``"mix"`` (e.g. 0.1-0.25 on real scanner shifts).
+        warm_n: VPTTA's warm-up constant for ``"warmup"``.
+
+    Raises:
+        ValueError: for an unknown regime or a prior outside ``[0, 1]``.
+    """
+
+    regime: str = NormRegime.IMAGE
+    prior: float = 0.0
+    warm_n: float = 5.0
+
+    def __post_init__(self) -> None:
+        self.regime = look_up_option(self.regime, NormRegime)
+        if not 0.0 <= self.prior <= 1.0:
+            raise ValueError(f"prior must be in [0, 1], got {self.prior}.")
+
+    @classmethod
+    def from_any(cls, policy: NormPolicy | str | dict | None, default: str = NormRegime.IMAGE) -> NormPolicy:
+        """Build a policy from a policy, a regime name, a dict of fields or ``None`` (the default regime)."""
+        if isinstance(policy, NormPolicy):
+            return policy
+        if policy is None:
+            return cls(regime=default)
+        if isinstance(policy, str):
+            return cls(regime=policy)
+        if isinstance(policy, dict):
+            return cls(**policy)
+        raise TypeError(f"norm must be a NormPolicy, a regime name or a dict, got {type(policy).__name__}.")
+
+    def source_weight(self, t: int) -> float:
+        """Weight on the source statistics for the ``t``-th image (``t >= 1``)."""
+        if self.regime == NormRegime.SOURCE:
+            return 1.0
+        if self.regime == NormRegime.IMAGE:
+            return 0.0
+        if self.regime == NormRegime.MIX:
+            return float(self.prior)
+        return 1.0 - warmup_lambda(t, self.warm_n)
+
+    def apply(self, layers: Sequence[AdaptiveBatchNorm], t: int = 1) -> None:
+        """Configure ``layers`` for the ``t``-th image.
+
+        Raises:
+            ValueError: if the regime needs source statistics that a layer does not have.
+        """
+        prior = self.source_weight(t)
+        warm = self.regime == NormRegime.WARMUP
+        for layer in layers:
+            if prior > 0.0 and not layer.has_source_stats:
+                raise ValueError(f"norm regime '{self.regime}' needs source running statistics, but a layer has none.")
+            layer.prior = prior
+            layer.unbiased = warm
+            layer.detach_stats = warm
+
+
+@contextmanager
+def per_sample_stats(layers: Sequence[AdaptiveBatchNorm]) -> Iterator[None]:
+    """Within the context, ``layers`` compute input statistics per sample, so a batch of ``B`` independent views
+    normalises exactly as ``B`` separate forwards; the previous setting is restored on exit."""
+    flags = [layer.per_sample for layer in layers]
+    try:
+        for layer in layers:
+            layer.per_sample = True
+        yield
+    finally:
+        for layer, flag in zip(layers, flags):
+            layer.per_sample = flag

@@ -1,0 +1,39 @@
+"""Tiny networks and data shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["TinyNet", "tiny_net", "tiny_image"]
+
+
+class TinyNet(nn.Module):
+    """conv 3x3 -> BN -> ReLU -> conv 1x1 (2 logits): small enough to write its forward out by hand."""
+
+    def __init__(self, in_channels: int = 2, hidden: int = 3, out_channels: int = 2) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.bn = nn.BatchNorm2d(hidden)
+        self.head = nn.Conv2d(hidden, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(self.conv(x))))
+
+
+def tiny_net(seed: int = 0) -> TinyNet:
+    """A TinyNet with random weights, non-trivial BN affine values and source running statistics, in eval mode."""
+    torch.manual_seed(seed)
+    net = TinyNet()
+    with torch.no_grad():
+        net.bn.weight.uniform_(0.5, 1.5)
+        net.bn.bias.uniform_(-0.5, 0.5)
+        net.bn.running_mean.uniform_(-0.2, 0.2)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def tiny_image(seed: int = 1, size: int = 8, channels: int = 2) -> torch.Tensor:
+    """A (1, C, size, size) image in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, channels, size, size, generator=g)
