@@ -1,0 +1,21 @@
+"""Transforms: label encodings, GraTa's strong style augmentation and flip/rotation views."""
+
+from __future__ import annotations
+
+from monai_tta.transforms.intensity import StrongStyle, StrongStyled, gaussian_blur_channel, minmax_per_sample
+from monai_tta.transforms.label import FundusMaskToChannels, FundusMaskToChannelsd, LabelEncoding
+from monai_tta.transforms.spatial import FLIP_ROT_VIEWS, apply_view, invert_view, views_preserve_shape
+
+__all__ = [
+    "StrongStyle",
+    "StrongStyled",
+    "gaussian_blur_channel",
+    "minmax_per_sample",
+    "FundusMaskToChannels",
+    "FundusMaskToChannelsd",
+    "LabelEncoding",
+    "FLIP_ROT_VIEWS",
+    "apply_view",
+    "invert_view",
+    "views_preserve_shape",
+]
