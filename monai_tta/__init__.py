@@ -1,0 +1,25 @@
+"""monai_tta: test-time adaptation for medical image segmentation, as MONAI components and bundles."""
+
+from __future__ import annotations
+
+from monai_tta import adapters, data, engines, handlers, losses, metrics, networks, norms, transforms
+from monai_tta import bundle_utils, gradients, keys, reports
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "adapters",
+    "bundle_utils",
+    "data",
+    "engines",
+    "gradients",
+    "handlers",
+    "keys",
+    "losses",
+    "metrics",
+    "networks",
+    "norms",
+    "reports",
+    "transforms",
+    "__version__",
+]

@@ -1,0 +1,93 @@
+"""Helpers that bundle configs call: train the source model on first use, run a bundle's configs in-process."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ensure_source_checkpoint", "run_bundle"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_bundle(
+    bundle_root: str | Path,
+    configs: Sequence[str],
+    overrides: Mapping[str, Any] | None = None,
+    run_id: str = "run",
+    meta_file: str | None = None,
+    logging_file: str | bool | None = None,
+) -> Any:
+    """Run ``configs`` of a bundle in this process, merged in order.
+
+    A config is a file name in ``<bundle_root>/configs`` or a path to another file (e.g. a thin bundle's override).
+
+    Args:
+        bundle_root: bundle folder.
+        configs: config file names, e.g. ``["inference.json", "evaluate.json"]``.
+        overrides: config overrides (``{"key": value}``); ``bundle_root`` is always set.
+        run_id: id of the expression list to run.
+        meta_file: metadata file (default ``configs/metadata.json``).
+        logging_file: logging config (default ``configs/logging.conf``; ``False`` keeps the current logging).
+
+    Returns:
+        the :class:`monai.bundle.ConfigWorkflow` after it ran.
+
+    Raises:
+        FileNotFoundError: if a config file does not exist.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    root = Path(bundle_root)
+    files = [root / "configs" / c if not Path(c).is_file() else Path(c) for c in configs]
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"bundle config not found: {f}")
+    meta = Path(meta_file) if meta_file else root / "configs" / "metadata.json"
+    log_conf = root / "configs" / "logging.conf" if logging_file is None else logging_file
+    workflow = ConfigWorkflow(
+        config_file=[str(f) for f in files],
+        meta_file=str(meta),
+        logging_file=str(log_conf) if log_conf else False,
+        run_id=run_id,
+        workflow_type=None,
+        **{"bundle_root": str(root), **dict(overrides or {})},
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+def ensure_source_checkpoint(
+    checkpoint: str | Path,
+    bundle_root: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    configs: Sequence[str] = ("inference.json", "train.json"),
+) -> Path:
+    """Train the bundle's source model with its ``train.json`` when ``checkpoint`` does not exist yet.
+
+    The source checkpoint is never overwritten once it exists, and it is never downloaded.
+
+    Args:
+        checkpoint: expected path of the source weights (``models/model.pt``).
+        bundle_root: bundle folder holding ``configs/train.json``.
+        overrides: overrides passed to the training run (data folder, image size, channels, ...).
+        configs: the config files that make up the training run.
+
+    Returns:
+        the checkpoint path.
+
+    Raises:
+        RuntimeError: if training finished without writing the checkpoint.
+    """
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_file():
+        return checkpoint
+    logger.info(f"source checkpoint {checkpoint} not found: training the source model with {list(configs)}.")
+    run_bundle(bundle_root, configs, {**dict(overrides or {}), "ckpt_dir": str(checkpoint.parent)}, logging_file=False)
+    if not checkpoint.is_file():
+        raise RuntimeError(f"source training finished but {checkpoint} was not written.")
+    return checkpoint

@@ -1,0 +1,68 @@
+"""Per-case segmentation scores as the fundus benchmarks report them (methods spec §1.5)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from monai.metrics.utils import get_edge_surface_distance
+
+__all__ = ["dice_per_channel", "asd_per_channel", "EMPTY_ASD"]
+
+#: the value the reference reports for the surface distance when a mask is empty or full.
+EMPTY_ASD = 100.0
+
+
+def _binary(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).detach().cpu() > 0.5
+
+
+def dice_per_channel(pred: torch.Tensor | np.ndarray, label: torch.Tensor | np.ndarray) -> list[float]:
+    """Dice in percent per channel, ``(2 sum(p y) + 1e-6) / (sum p + sum y + 1e-6) * 100`` on binarised masks.
+
+    An empty prediction of an empty label scores 100, as in the reference.
+
+    Args:
+        pred: ``(C, *spatial)`` binary (or probability, thresholded at 0.5) prediction.
+        label: ``(C, *spatial)`` binary label.
+
+    Raises:
+        ValueError: if the shapes differ.
+    """
+    p, y = _binary(pred), _binary(label)
+    if p.shape != y.shape:
+        raise ValueError(f"prediction {tuple(p.shape)} and label {tuple(y.shape)} differ in shape.")
+    p, y = p.flatten(1).double(), y.flatten(1).double()
+    dice = (2 * (p * y).sum(1) + 1e-6) / (p.sum(1) + y.sum(1) + 1e-6) * 100
+    return [float(v) for v in dice]
+
+
+def asd_per_channel(pred: torch.Tensor | np.ndarray, label: torch.Tensor | np.ndarray) -> list[float]:
+    """Directional average surface distance (prediction surface to label surface, in pixels) per channel.
+
+    Matches medpy's ``asd(result, reference)``; :data:`EMPTY_ASD` when either mask is empty or full.
+
+    Args:
+        pred: ``(C, *spatial)`` binary prediction.
+        label: ``(C, *spatial)`` binary label.
+
+    Raises:
+        ValueError: if the shapes differ.
+    """
+    p, y = _binary(pred), _binary(label)
+    if p.shape != y.shape:
+        raise ValueError(f"prediction {tuple(p.shape)} and label {tuple(y.shape)} differ in shape.")
+    out = []
+    for pc, yc in zip(p, y):
+        n = pc.numel()
+        if int(pc.sum()) in (0, n) or int(yc.sum()) in (0, n):
+            out.append(EMPTY_ASD)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            _, (dist_pred_to_label, _), _ = get_edge_surface_distance(
+                pc, yc, distance_metric="euclidean", symmetric=True, use_subvoxels=False
+            )
+        out.append(float(dist_pred_to_label.double().mean()))
+    return out

@@ -1,0 +1,125 @@
+"""Per-case records to per-domain summaries, Markdown tables and plots."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["summarize", "read_case_csv", "write_case_csv", "markdown_table", "plot_domain_dice", "bootstrap_ci"]
+
+MEAN_DICE = "dice_mean"
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (``nan`` for an empty sequence).
+
+    Args:
+        values: per-case values.
+        n_boot: bootstrap resamples.
+        alpha: 1 - confidence level.
+        seed: resampling seed.
+    """
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], group_key: str = "domain") -> dict[str, dict[str, float]]:
+    """Mean of every numeric column per group, plus ``"overall"`` (mean over groups, GraTa's averaging) and the
+    case count ``n``.
+
+    Args:
+        rows: per-case records.
+        group_key: column that names the group.
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(str(row[group_key]), []).append(row)
+    summary: dict[str, dict[str, float]] = {}
+    for name, items in groups.items():
+        cols = [k for k, v in items[0].items() if k != group_key and _is_number(v)]
+        summary[name] = {k: float(np.mean([float(r[k]) for r in items])) for k in cols}
+        summary[name]["n"] = len(items)
+    if summary:
+        cols = set.intersection(*[set(s) for s in summary.values()]) - {"n"}
+        summary["overall"] = {k: float(np.mean([s[k] for s in summary.values()])) for k in sorted(cols)}
+        summary["overall"]["n"] = len(rows)
+    return summary
+
+
+def _is_number(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def write_case_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write per-case records as CSV (columns: the union of keys, in first-seen order)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def read_case_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Read per-case records written by :func:`write_case_csv` (numbers parsed back to floats)."""
+    with Path(path).open(newline="") as f:
+        return [{k: float(v) if _is_number(v) else v for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def markdown_table(
+    table: Mapping[str, Mapping[str, float]], columns: Sequence[str], row_title: str = "method", digits: int = 2
+) -> str:
+    """A Markdown table: one row per key of ``table``, one column per name in ``columns`` (missing values: ``-``)."""
+    lines = ["| " + " | ".join([row_title, *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+    for name, values in table.items():
+        cells = [f"{values[c]:.{digits}f}" if c in values and _is_number(values[c]) else "-" for c in columns]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def plot_domain_dice(
+    table: Mapping[str, Mapping[str, float]], domains: Sequence[str], path: str | Path, title: str = "Mean Dice"
+) -> Path:
+    """Grouped bar chart of mean Dice per domain (x) per method (bars); written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    methods = list(table)
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(domains), 3.6))
+    for i, method in enumerate(methods):
+        xs = np.arange(len(domains)) + (i - (len(methods) - 1) / 2) * width
+        ax.bar(xs, [table[method].get(d, np.nan) for d in domains], width, label=method)
+    ax.set_xticks(np.arange(len(domains)), domains)
+    ax.set_ylabel("Dice (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
