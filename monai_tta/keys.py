@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from monai.utils import StrEnum
 
-__all__ = ["DataKeys", "StatKeys", "Setting", "NormRegime"]
+__all__ = ["DataKeys", "StatKeys", "Setting", "NormRegime", "DayNightKeys"]
 
 
 class DataKeys(StrEnum):
@@ -32,6 +32,10 @@ class StatKeys(StrEnum):
     N_STEPS = "n_steps"
     RESET = "reset"
     STEP = "step"
+    MEMORY_SIZE = "memory_size"
+    FROM_MEMORY = "from_memory"
+    WARMUP_LAMBDA = "warmup_lambda"
+    MASK_FRACTION = "mask_fraction"
 
 
 class Setting(StrEnum):
@@ -60,3 +64,32 @@ class NormRegime(StrEnum):
     IMAGE = "image"
     MIX = "mix"
     WARMUP = "warmup"
+
+
+class DayNightKeys(StrEnum):
+    """Keys of the day/night runner (DyNA): report fields and the events passed to its callback.
+
+    Events: ``image`` (a day image was stored), ``day`` (a day ended and was checkpointed), ``night_checkpoint``
+    (an intra-night checkpoint was written), ``night`` (a night ended and was checkpointed), ``done``.
+    """
+
+    IMAGE_EVENT = "image"
+    DAY_EVENT = "day"
+    NIGHT_CHECKPOINT_EVENT = "night_checkpoint"
+    NIGHT_EVENT = "night"
+    DONE_EVENT = "done"
+    DAYS = "days"
+    N_DAYS = "n_days"
+    N_NIGHTS = "n_nights"
+    N_IMAGES = "n_images"
+    DAY = "day"
+    START = "start"
+    END = "end"
+    DAY_DICE = "day_dice"
+    NIGHT_ITERATIONS = "night_iterations"
+    NIGHT_LOSS = "night_loss"
+    HELDOUT_DICE = "heldout_dice"
+    INITIAL_HELDOUT_DICE = "initial_heldout_dice"
+    FINAL_HELDOUT_DICE = "final_heldout_dice"
+    MEAN_DAY_DICE = "mean_day_dice"
+    CONFIG = "config"

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from monai.utils import look_up_option
 from torch import nn
 
-__all__ = ["entropy_loss", "consistency_loss", "DiceBCELoss", "dice_bce_loss"]
+if TYPE_CHECKING:
+    from monai_tta.norms import AdaptiveBatchNorm
+
+__all__ = [
+    "entropy_loss",
+    "consistency_loss",
+    "DiceBCELoss",
+    "dice_bce_loss",
+    "bn_alignment_loss",
+    "masked_dice_bce_loss",
+]
 
 _ACTIVATIONS = ("sigmoid", "softmax")
 
@@ -77,3 +90,60 @@ class DiceBCELoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return dice_bce_loss(logits, target, self.smooth)
+
+
+def bn_alignment_loss(layers: Sequence[AdaptiveBatchNorm]) -> torch.Tensor:
+    """VPTTA's statistics-alignment loss over the layers that recorded their last forward (methods spec §3.3).
+
+    For each layer with ``recorded = (x, mu_w, var_w)`` (the input and the statistics it was normalised with):
+    ``mean_{b,c} |mu_w - mu_inst| + mean_{b,c} |sqrt(var_w) - sigma_inst|``, where ``mu_inst`` and ``sigma_inst`` are
+    the mean and the unbiased standard deviation of ``x`` over its spatial axes, per sample and channel, and carry the
+    gradient. The result is the mean over the layers. (As in the reference, a channel that is constant over space has
+    an undefined standard-deviation gradient.)
+
+    Args:
+        layers: adaptive BatchNorm layers; those whose ``recorded`` is ``None`` are skipped.
+
+    Raises:
+        ValueError: if no layer has recorded a forward.
+    """
+    terms = []
+    for layer in layers:
+        if layer.recorded is None:
+            continue
+        x, mean_w, var_w = layer.recorded
+        var_i, mean_i = torch.var_mean(x, dim=tuple(range(2, x.dim())), unbiased=True, keepdim=True)
+        terms.append((mean_w - mean_i).abs().mean() + (var_w.sqrt() - var_i.sqrt()).abs().mean())
+    if not terms:
+        raise ValueError("no layer recorded its statistics: set layer.record = True before the forward.")
+    return torch.stack(terms).mean()
+
+
+def masked_dice_bce_loss(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0
+) -> torch.Tensor:
+    """:func:`dice_bce_loss` restricted to the elements where ``mask`` is 1 (confidence-masked pseudo-labels).
+
+    ``BCE = sum(m * bce) / max(sum(m), 1)`` and ``Dice = (2 sum(m p y) + s) / (sum(m p) + sum(m y) + s)``, over the
+    whole batch and all channels flattened together; the loss is ``BCE + 1 - Dice`` (0 with zero gradient when the
+    mask is empty).
+
+    Args:
+        logits: ``(B, C, *spatial)`` logits.
+        target: binary target of the same shape.
+        mask: weights in ``[0, 1]`` of the same shape (1 = use the element).
+        smooth: smoothing constant ``s``.
+
+    Raises:
+        ValueError: if the shapes differ.
+    """
+    if logits.shape != target.shape or logits.shape != mask.shape:
+        shapes = (tuple(logits.shape), tuple(target.shape), tuple(mask.shape))
+        raise ValueError(f"logits, target and mask differ in shape: {shapes}.")
+    target, mask = target.to(logits.dtype), mask.to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce = (bce * mask).sum() / mask.sum().clamp_min(1.0)
+    p = torch.sigmoid(logits) * mask
+    y = target * mask
+    dice = (2.0 * (p * y).sum() + smooth) / (p.sum() + y.sum() + smooth)
+    return bce + 1.0 - dice

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from monai_tta.adapters.base import Adapter, AdapterState, build_optimizer, set_lr
+from monai_tta.adapters.dyna import NightTrainer, confident_pseudo_label, ema_update_, random_flips
 from monai_tta.adapters.grata import GraTa, cosine_lr
 from monai_tta.adapters.source_only import NormAdapt, SourceOnly
 from monai_tta.adapters.tent import Tent
+from monai_tta.adapters.vptta import VPTTA
 
 __all__ = [
     "Adapter",
@@ -17,4 +19,9 @@ __all__ = [
     "Tent",
     "GraTa",
     "cosine_lr",
+    "VPTTA",
+    "NightTrainer",
+    "confident_pseudo_label",
+    "ema_update_",
+    "random_flips",
 ]

@@ -2,6 +2,25 @@
 
 from __future__ import annotations
 
+from monai_tta.engines.daynight import (
+    DayImageStore,
+    DayNightRunner,
+    atomic_save,
+    atomic_write_json,
+    case_dice,
+    night_schedule,
+)
 from monai_tta.engines.evaluator import ADAPT_KEY, AdaptiveEvaluator, batch_domain, stats_to_batch
 
-__all__ = ["AdaptiveEvaluator", "ADAPT_KEY", "batch_domain", "stats_to_batch"]
+__all__ = [
+    "AdaptiveEvaluator",
+    "ADAPT_KEY",
+    "batch_domain",
+    "stats_to_batch",
+    "DayImageStore",
+    "DayNightRunner",
+    "atomic_save",
+    "atomic_write_json",
+    "case_dice",
+    "night_schedule",
+]

@@ -1,0 +1,536 @@
+"""DyNA's day/night schedule: VPTTA by day, self-training by night, with a crash-safe store and exact resume.
+
+Layout of a run's output folder::
+
+    <output_dir>/checkpoint.pt           the run state, replaced atomically after each day, each night and every
+                                         ``checkpoint_interval`` night iterations
+    <output_dir>/day_store/manifest.json the list of stored day images (replaced atomically after each image)
+    <output_dir>/day_store/items/*.pt    one file per day image: image, binarised prediction, day
+    <output_dir>/report.json             the final report (also returned by :meth:`DayNightRunner.run`)
+
+Every file is written to a temporary name in the same folder, flushed and fsync'ed, then moved into place with
+``os.replace``, so a reader only ever sees a complete old or a complete new version. A day image becomes visible
+only once the manifest that lists it has been replaced, so a partially written image is never read.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import MetaTensor
+from monai.metrics import compute_dice
+from monai.utils import CommonKeys, IgniteInfo, look_up_option, min_version, optional_import
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from monai_tta.adapters.base import Adapter, build_optimizer
+from monai_tta.adapters.dyna import ITERATION_KEY, SEED_KEY, NightTrainer, derived_seed, ema_update_
+from monai_tta.adapters.vptta import VPTTA
+from monai_tta.keys import DataKeys, StatKeys
+from monai_tta.keys import DayNightKeys as K
+from monai_tta.norms import norm_layers
+
+Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+
+__all__ = ["DayImageStore", "DayNightRunner", "atomic_save", "atomic_write_json", "night_schedule", "case_dice"]
+
+_NIGHT_DATA = ("day", "all")
+_PHASE_DAY, _PHASE_NIGHT, _PHASE_DONE = "day", "night", "done"
+CHECKPOINT_NAME = "checkpoint.pt"
+REPORT_NAME = "report.json"
+STORE_NAME = "day_store"
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _write_atomic(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    path = Path(path)
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable where the platform allows it
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` onto ``path``."""
+    _write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_json(data: Any, path: str | os.PathLike) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
+    text = json.dumps(data, indent=2, sort_keys=False)
+    _write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def case_dice(pred: torch.Tensor, label: torch.Tensor) -> float:
+    """Mean over channels of the Dice of one binarised case ``(1, C, *spatial)`` (empty vs empty scores 1)."""
+    dice = compute_dice(pred.float(), label.float(), include_background=True, ignore_empty=False)
+    return float(dice.mean())
+
+
+class DayImageStore:
+    """A persistent, crash-safe store of the images (and predictions) seen during the days.
+
+    Items are keyed by their stream index. :meth:`put` writes the item file atomically, then replaces the manifest
+    atomically; :meth:`get` reads only items listed in the manifest. Writing an index again (a day redone after an
+    interruption) replaces its file atomically. Leftover temporary files of an interrupted write are ignored and
+    removed when the store is opened.
+
+    Args:
+        root: folder of the store (created if needed).
+    """
+
+    MANIFEST = "manifest.json"
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        (self.root / "items").mkdir(parents=True, exist_ok=True)
+        for folder in (self.root, self.root / "items"):
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink()
+        self._items: dict[int, dict[str, Any]] = {}
+        manifest = self.root / self.MANIFEST
+        if manifest.exists():
+            data = json.loads(manifest.read_text())
+            self._items = {int(k): v for k, v in data["items"].items()}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, index: int) -> bool:
+        return int(index) in self._items
+
+    def indices(self, day: int | None = None) -> list[int]:
+        """Stored stream indices in increasing order, optionally only those of ``day``."""
+        return sorted(i for i, v in self._items.items() if day is None or v["day"] == day)
+
+    def put(self, index: int, image: torch.Tensor, pred: torch.Tensor | None = None, day: int = 0) -> None:
+        """Store a copy of ``image`` (and ``pred``) under stream index ``index``, for ``day``."""
+        index = int(index)
+        rel = f"items/{index:08d}.pt"
+        item = {
+            DataKeys.IMAGE.value: _plain(image).detach().cpu().clone(),
+            DataKeys.PRED.value: None if pred is None else _plain(pred).detach().cpu().clone(),
+            K.DAY.value: int(day),
+            "index": index,
+        }
+        atomic_save(item, self.root / rel)
+        items = dict(self._items)
+        items[index] = {"file": rel, K.DAY.value: int(day)}
+        atomic_write_json({"version": 1, "items": {str(k): items[k] for k in sorted(items)}}, self.root / self.MANIFEST)
+        self._items = items
+
+    def get(self, index: int) -> dict[str, Any]:
+        """The stored item (``image``, ``pred``, ``day``, ``index``).
+
+        Raises:
+            KeyError: if ``index`` is not listed in the manifest.
+        """
+        entry = self._items.get(int(index))
+        if entry is None:
+            raise KeyError(f"stream index {index} is not in the store.")
+        return torch.load(self.root / entry["file"], map_location="cpu", weights_only=True)
+
+
+def _plain(x: Any) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
+
+
+def night_schedule(
+    indices: Sequence[int], batch_size: int, epochs: int = 1, iterations: int | None = None, seed: int = 0
+) -> list[list[int]]:
+    """The batches of one night: shuffled passes over ``indices``, cut into batches (the last one may be smaller).
+
+    Args:
+        indices: stream indices of the night's images.
+        batch_size: images per batch.
+        epochs: number of passes (ignored when ``iterations`` is given).
+        iterations: exact number of batches (passes are chained and the last one truncated).
+        seed: seed of the shuffles.
+    """
+    if not indices:
+        return []
+    batches: list[list[int]] = []
+    epoch = 0
+    while (len(batches) < iterations) if iterations is not None else (epoch < epochs):
+        g = torch.Generator().manual_seed(derived_seed(seed, "epoch", epoch))
+        order = [indices[i] for i in torch.randperm(len(indices), generator=g).tolist()]
+        batches.extend(order[i : i + batch_size] for i in range(0, len(order), batch_size))
+        epoch += 1
+    return batches[:iterations] if iterations is not None else batches
+
+
+class _NightBatches(Dataset):
+    """Batches ``schedule[start:]`` of stored images, with the seed and number of each iteration."""
+
+    def __init__(self, store: DayImageStore, schedule: list[list[int]], start: int, seed: int) -> None:
+        self.store, self.schedule, self.start, self.seed = store, schedule, start, seed
+
+    def __len__(self) -> int:
+        return len(self.schedule) - self.start
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        k = self.start + j
+        images = torch.stack([self.store.get(i)[DataKeys.IMAGE] for i in self.schedule[k]]).float()
+        return {DataKeys.IMAGE.value: images, SEED_KEY: derived_seed(self.seed, k), ITERATION_KEY: k + 1}
+
+
+class DayNightRunner:
+    """Run DyNA over a stream: days of VPTTA on ``images_per_day`` images, each followed by a night of self-training.
+
+    By day the day adapter (VPTTA by default) adapts and predicts each image with the day model, and every image and
+    its binarised prediction (sigmoid >= 0.5) are put in the :class:`DayImageStore`. By night a
+    :class:`~monai_tta.adapters.dyna.NightTrainer` trains a student (teacher = EMA of the student) on the stored
+    images of that day (``night_data="day"``) or of all days so far (``"all"``); then the global student is updated
+    as an EMA of the night's student, and becomes the next day's model (parameters and BN running statistics). The
+    last day is followed by a night too. See :mod:`monai_tta.adapters.dyna` for the night's defaults (ours: DyNA has
+    no public code).
+
+    Checkpoints hold the global student, the night's student, teacher and optimizer, the day and night counters, the
+    position in the stream and the day adapter's state (prompt, Adam state, memory bank, warm-up counter). Calling
+    :meth:`run` again with the same output folder resumes: an interrupted night continues from its last intra-night
+    checkpoint (or its start), with the same batches and random draws as an uninterrupted run; an interrupted day is
+    redone from its first image with the adapter state saved at its start (the same predictions; its stored images
+    are rewritten). The day adapter is continual across days by default (our default: its bank, Adam state and
+    warm-up counter persist; ``reset_each_day=True`` resets it at the start of each day).
+
+    Args:
+        network: the source network (plain BatchNorm layers, not yet converted by an adapter); it is the day model
+            and is updated in place after each night.
+        output_dir: folder of the run (store, checkpoint, report).
+        day_adapter: the day adapter; default ``VPTTA()``. It must provide ``state_dict(network)`` and
+            ``load_state_dict(network, state)``.
+        images_per_day: number of stream images per day.
+        night_epochs: passes over the night's images.
+        night_iterations: exact number of night iterations instead of ``night_epochs``.
+        night_batch_size: images per night batch.
+        night_optimizer: ``"adam"`` or ``"sgd"`` (a fresh optimizer each night).
+        night_lr: learning rate of the night optimizer.
+        teacher_momentum: teacher EMA momentum (0.999).
+        global_momentum: global-student EMA momentum at the end of each night (0.9).
+        threshold: pseudo-label threshold (0.5).
+        confidence: confidence threshold on ``max(p, 1 - p)`` (0.9).
+        night_data: ``"day"`` (the images of that day) or ``"all"`` (every image stored so far).
+        checkpoint_interval: write an intra-night checkpoint every this many night iterations (0: none).
+        reset_each_day: reset the day adapter at the start of each day.
+        strong_augment: the night's strong augmentation (default ``StrongStyle``).
+        seed: seed of every random draw of the nights.
+        device: device of the run (default: that of the network's parameters).
+        image_key: key of the image in the stream's items (unbatched ``(C, *spatial)``).
+        label_key: key of the optional label (binary, ``(C_out, *spatial)``) used for the day Dice.
+        callback: called as ``callback(event, info)`` after each stored image and each checkpoint (events in
+            :class:`~monai_tta.keys.DayNightKeys`); an exception raised there interrupts the run like a crash.
+
+    Raises:
+        ValueError: for invalid counts or options, or a network whose norms were already converted.
+        TypeError: if the day adapter cannot save its state.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        output_dir: str | os.PathLike,
+        day_adapter: Adapter | None = None,
+        images_per_day: int = 100,
+        night_epochs: int = 1,
+        night_iterations: int | None = None,
+        night_batch_size: int = 4,
+        night_optimizer: str = "adam",
+        night_lr: float = 1e-4,
+        teacher_momentum: float = 0.999,
+        global_momentum: float = 0.9,
+        threshold: float = 0.5,
+        confidence: float = 0.9,
+        night_data: str = "day",
+        checkpoint_interval: int = 0,
+        reset_each_day: bool = False,
+        strong_augment: Callable[..., torch.Tensor] | None = None,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        image_key: str = DataKeys.IMAGE,
+        label_key: str = DataKeys.LABEL,
+        callback: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        if images_per_day < 1 or night_epochs < 0 or night_batch_size < 1 or checkpoint_interval < 0:
+            raise ValueError(
+                "images_per_day and night_batch_size must be >= 1, night_epochs and checkpoint_interval >= 0; got "
+                f"{images_per_day}, {night_batch_size}, {night_epochs}, {checkpoint_interval}."
+            )
+        if night_iterations is not None and night_iterations < 0:
+            raise ValueError(f"night_iterations must be >= 0, got {night_iterations}.")
+        if not 0.0 <= global_momentum <= 1.0:
+            raise ValueError(f"global_momentum must be in [0, 1], got {global_momentum}.")
+        if norm_layers(network):
+            raise ValueError("network already has adaptive norms: pass a freshly built (or loaded) source network.")
+        self.day_adapter = day_adapter if day_adapter is not None else VPTTA()
+        if not (hasattr(self.day_adapter, "state_dict") and hasattr(self.day_adapter, "load_state_dict")):
+            raise TypeError("day_adapter must provide state_dict(network) and load_state_dict(network, state).")
+        self.network = network
+        self.output_dir = Path(output_dir)
+        self.images_per_day, self.night_epochs, self.night_iterations = images_per_day, night_epochs, night_iterations
+        self.night_batch_size, self.night_lr = night_batch_size, night_lr
+        self.night_optimizer = look_up_option(night_optimizer.lower(), ("adam", "sgd"))
+        self.teacher_momentum, self.global_momentum = teacher_momentum, global_momentum
+        self.threshold, self.confidence = threshold, confidence
+        self.night_data = look_up_option(night_data, _NIGHT_DATA)
+        self.checkpoint_interval, self.reset_each_day = checkpoint_interval, reset_each_day
+        self.strong_augment, self.seed = strong_augment, seed
+        param = next(network.parameters(), None)
+        self.device = torch.device(device) if device is not None else (param.device if param is not None else "cpu")
+        self.image_key, self.label_key, self.callback = image_key, label_key, callback
+        self.global_student = copy.deepcopy(network)
+        self.store: DayImageStore | None = None
+        self.checkpoint_path = self.output_dir / CHECKPOINT_NAME
+        self.report_path = self.output_dir / REPORT_NAME
+
+    # ----------------------------------------------------------------- helpers
+    def _config(self, n_stream: int) -> dict[str, Any]:
+        return {
+            "images_per_day": self.images_per_day,
+            "n_stream": n_stream,
+            "night_epochs": self.night_epochs,
+            "night_iterations": self.night_iterations,
+            "night_batch_size": self.night_batch_size,
+            "night_data": str(self.night_data),
+            "seed": self.seed,
+        }
+
+    def _emit(self, event: str, **info: Any) -> None:
+        if self.callback is not None:
+            self.callback(str(event), info)
+
+    def _save(self, ckpt: dict[str, Any]) -> None:
+        atomic_save(ckpt, self.checkpoint_path)
+
+    def _batch(self, value: Any) -> torch.Tensor:
+        return _plain(value).float().unsqueeze(0).to(self.device)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, cases: Sequence[Mapping[str, Any]]) -> float | None:
+        """Mean Dice of ``model`` (``eval()`` mode, its running statistics, no adaptation) over labelled ``cases``."""
+        scores = []
+        model.eval()
+        for case in cases:
+            logits = model(self._batch(case[self.image_key]))
+            pred = torch.sigmoid(logits) >= 0.5
+            scores.append(case_dice(pred, self._batch(case[self.label_key])))
+        return float(sum(scores) / len(scores)) if scores else None
+
+    def _fresh_checkpoint(self, n_stream: int, heldout: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+        return {
+            K.CONFIG.value: self._config(n_stream),
+            "phase": _PHASE_DAY,
+            K.DAY.value: 0,
+            "position": 0,
+            "night_iteration": 0,
+            "night_loss_sum": 0.0,
+            "night_mask_sum": 0.0,
+            "global_student": copy.deepcopy(self.global_student.state_dict()),
+            "student": None,
+            "teacher": None,
+            "optimizer": None,
+            "day_adapter": None,
+            "records": [],
+            K.INITIAL_HELDOUT_DICE.value: self.evaluate(self.global_student, heldout) if heldout else None,
+        }
+
+    # ----------------------------------------------------------------- the run
+    def run(
+        self, stream: Sequence[Mapping[str, Any]], heldout: Sequence[Mapping[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """Run (or resume) the day/night schedule over ``stream`` and return the report (also in ``report.json``).
+
+        Args:
+            stream: indexable sequence of cases (dicts with an unbatched image and optionally a label), in order.
+            heldout: labelled cases on which the global student is evaluated before the first day and after each
+                night (optional).
+
+        Raises:
+            ValueError: if the output folder holds a run with a different configuration.
+        """
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in self.output_dir.glob(".*.tmp"):  # left by a kill during a checkpoint or report write
+            tmp.unlink()
+        self.store = DayImageStore(self.output_dir / STORE_NAME)
+        n = len(stream)
+        if self.checkpoint_path.exists():
+            ckpt = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+            if ckpt[K.CONFIG.value] != self._config(n):
+                raise ValueError(
+                    f"{self.output_dir} holds a run with config {ckpt[K.CONFIG.value]}, not {self._config(n)}."
+                )
+        else:
+            ckpt = self._fresh_checkpoint(n, heldout)
+        self.global_student.load_state_dict(ckpt["global_student"])
+        self.network.load_state_dict(ckpt["global_student"])
+        if ckpt["day_adapter"] is not None:
+            self.day_adapter.load_state_dict(self.network, ckpt["day_adapter"])
+        else:  # first day (again): the adapter starts from its initial state even if this object ran before
+            self.day_adapter.reset(self.network)
+        n_days = math.ceil(n / self.images_per_day)
+        while ckpt["phase"] != _PHASE_DONE:
+            if ckpt["phase"] == _PHASE_DAY and ckpt[K.DAY.value] >= n_days:
+                ckpt["phase"] = _PHASE_DONE
+            elif ckpt["phase"] == _PHASE_DAY:
+                self._day(ckpt, stream)
+            else:
+                self._night(ckpt, heldout)
+        report = self._report(ckpt, n)
+        atomic_write_json(report, self.report_path)
+        self._save(ckpt)
+        self._emit(K.DONE_EVENT, report=report)
+        return report
+
+    def _day(self, ckpt: dict[str, Any], stream: Sequence[Mapping[str, Any]]) -> None:
+        day = ckpt[K.DAY.value]
+        start = day * self.images_per_day
+        end = min(len(stream), start + self.images_per_day)
+        if self.reset_each_day:
+            self.day_adapter.reset(self.network)
+        scores = []
+        for i in range(start, end):
+            case = stream[i]
+            image = _plain(case[self.image_key]).float()
+            logits = self.day_adapter(self._batch(image), self.network)
+            pred = torch.sigmoid(_plain(logits)) >= 0.5
+            self.store.put(i, image, pred[0].to(torch.uint8), day=day)
+            if self.label_key in case and case[self.label_key] is not None:
+                scores.append(case_dice(pred, self._batch(case[self.label_key])))
+            self._emit(K.IMAGE_EVENT, day=day, index=i)
+        record = {
+            K.DAY.value: day,
+            K.START.value: start,
+            K.END.value: end,
+            K.N_IMAGES.value: end - start,
+            K.DAY_DICE.value: float(sum(scores) / len(scores)) if scores else None,
+            "n_labelled": len(scores),
+        }
+        ckpt.update(
+            phase=_PHASE_NIGHT,
+            position=end,
+            night_iteration=0,
+            night_loss_sum=0.0,
+            night_mask_sum=0.0,
+            student=None,
+            teacher=None,
+            optimizer=None,
+            day_adapter=self.day_adapter.state_dict(self.network),
+            records=[*ckpt["records"], record],
+        )
+        self._save(ckpt)
+        self._emit(K.DAY_EVENT, day=day, position=end)
+
+    def _night(self, ckpt: dict[str, Any], heldout: Sequence[Mapping[str, Any]] | None) -> None:
+        day = ckpt[K.DAY.value]
+        indices = self.store.indices(day=day) if self.night_data == "day" else self.store.indices()
+        night_seed = derived_seed(self.seed, "night", day)
+        schedule = night_schedule(
+            indices, self.night_batch_size, self.night_epochs, self.night_iterations, seed=night_seed
+        )
+        student = copy.deepcopy(self.global_student).to(self.device)
+        teacher = copy.deepcopy(self.global_student).to(self.device)
+        optimizer = build_optimizer(list(student.parameters()), self.night_optimizer, self.night_lr)
+        done = int(ckpt["night_iteration"])
+        if done > 0:
+            student.load_state_dict(ckpt["student"])
+            teacher.load_state_dict(ckpt["teacher"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        if done < len(schedule):
+            loader = DataLoader(_NightBatches(self.store, schedule, done, night_seed), batch_size=None, shuffle=False)
+            trainer = NightTrainer(
+                device=self.device,
+                train_data_loader=loader,
+                network=student,
+                teacher=teacher,
+                optimizer=optimizer,
+                teacher_momentum=self.teacher_momentum,
+                threshold=self.threshold,
+                confidence=self.confidence,
+                strong_augment=self.strong_augment,
+                seed=night_seed,
+            )
+
+            def _after_iteration(engine: NightTrainer) -> None:
+                k = done + engine.state.iteration
+                ckpt["night_loss_sum"] += float(engine.state.output[CommonKeys.LOSS].detach())
+                ckpt["night_mask_sum"] += float(engine.state.output[StatKeys.MASK_FRACTION])
+                ckpt["night_iteration"] = k
+                if self.checkpoint_interval and k % self.checkpoint_interval == 0 and k < len(schedule):
+                    ckpt.update(
+                        student=copy.deepcopy(student.state_dict()),
+                        teacher=copy.deepcopy(teacher.state_dict()),
+                        optimizer=copy.deepcopy(optimizer.state_dict()),
+                    )
+                    self._save(ckpt)
+                    self._emit(K.NIGHT_CHECKPOINT_EVENT, day=day, iteration=k)
+
+            trainer.add_event_handler(Events.ITERATION_COMPLETED, _after_iteration)
+            trainer.run()
+        ema_update_(self.global_student, student, self.global_momentum)
+        self.network.load_state_dict(self.global_student.state_dict())
+        total = len(schedule)
+        record = dict(ckpt["records"][-1])
+        record.update(
+            {
+                K.NIGHT_ITERATIONS.value: total,
+                K.NIGHT_LOSS.value: ckpt["night_loss_sum"] / total if total else None,
+                StatKeys.MASK_FRACTION.value: ckpt["night_mask_sum"] / total if total else None,
+                K.HELDOUT_DICE.value: self.evaluate(self.global_student, heldout) if heldout else None,
+            }
+        )
+        ckpt.update(
+            phase=_PHASE_DAY,
+            day=day + 1,
+            night_iteration=0,
+            night_loss_sum=0.0,
+            night_mask_sum=0.0,
+            student=None,
+            teacher=None,
+            optimizer=None,
+            global_student=copy.deepcopy(self.global_student.state_dict()),
+            records=[*ckpt["records"][:-1], record],
+        )
+        self._save(ckpt)
+        self._emit(K.NIGHT_EVENT, day=day)
+
+    def _report(self, ckpt: dict[str, Any], n_stream: int) -> dict[str, Any]:
+        records = ckpt["records"]
+        labelled = [(r[K.DAY_DICE.value], r["n_labelled"]) for r in records if r[K.DAY_DICE.value] is not None]
+        n_lab = sum(c for _, c in labelled)
+        heldout = [r.get(K.HELDOUT_DICE.value) for r in records if K.NIGHT_ITERATIONS.value in r]
+        return {
+            K.N_IMAGES.value: n_stream,
+            K.N_DAYS.value: len(records),
+            K.N_NIGHTS.value: sum(1 for r in records if K.NIGHT_ITERATIONS.value in r),
+            K.MEAN_DAY_DICE.value: sum(d * c for d, c in labelled) / n_lab if n_lab else None,
+            K.INITIAL_HELDOUT_DICE.value: ckpt[K.INITIAL_HELDOUT_DICE.value],
+            K.FINAL_HELDOUT_DICE.value: heldout[-1] if heldout else None,
+            K.DAYS.value: records,
+            K.CONFIG.value: ckpt[K.CONFIG.value],
+        }

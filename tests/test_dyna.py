@@ -1,0 +1,390 @@
+"""DyNA: night components against plain computations, the crash-safe store, multi-day runs, crash and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny import TinyNet
+
+from monai_tta.adapters import VPTTA
+from monai_tta.adapters.dyna import (
+    NightTrainer,
+    PackedMaskedDiceBCELoss,
+    confident_pseudo_label,
+    ema_update_,
+    random_flips,
+)
+from monai_tta.engines import DayImageStore, DayNightRunner, night_schedule
+from monai_tta.losses import dice_bce_loss, masked_dice_bce_loss
+
+TESTS = Path(__file__).parent
+N_STREAM, PER_DAY = 10, 4  # days of 4, 4 and 2 images
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks on a shared 2-core machine: one thread is far faster and makes runs reproducible."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def cases(n: int, seed: int = 0, shift: float = 0.0) -> list[dict]:
+    """Random 3x16x16 images with two simple binary label channels; ``shift`` mixes in a channel-reversed copy."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        img = torch.rand(3, 16, 16, generator=g)
+        label = torch.stack([img.mean(0) > 0.5, img[1] > 0.7]).float()
+        out.append({"image": ((1 - shift) * img + shift * img.flip(0)).clamp(0, 1), "label": label})
+    return out
+
+
+@lru_cache(maxsize=1)
+def _source_state() -> dict:
+    torch.manual_seed(0)
+    net = TinyNet(in_channels=3)
+    data = cases(16, seed=5)
+    x, y = torch.stack([d["image"] for d in data]), torch.stack([d["label"] for d in data])
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    net.train()
+    for _ in range(60):
+        opt.zero_grad()
+        dice_bce_loss(net(x), y).backward()
+        opt.step()
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def source_net() -> TinyNet:
+    """A freshly built TinyNet carrying the (cached) weights of a short source training, in eval mode."""
+    net = TinyNet(in_channels=3)
+    net.load_state_dict(_source_state())
+    return net.eval()
+
+
+def stream() -> list[dict]:
+    return cases(N_STREAM, seed=1, shift=0.3)
+
+
+def heldout() -> list[dict]:
+    return cases(3, seed=2, shift=0.3)
+
+
+def make_runner(out_dir, callback=None, network=None) -> DayNightRunner:
+    """The run used by the tests (the "same command" when resuming)."""
+    return DayNightRunner(
+        network if network is not None else source_net(),
+        out_dir,
+        day_adapter=VPTTA(prompt_size=3, memory_size=4, neighbors=2),
+        images_per_day=PER_DAY,
+        night_epochs=2,
+        night_batch_size=2,
+        night_lr=1e-2,
+        checkpoint_interval=1,
+        seed=7,
+        callback=callback,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted run: its report, its global student and its output folder."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    runner = make_runner(out)
+    report = runner.run(stream(), heldout())
+    return report, {k: v.clone() for k, v in runner.global_student.state_dict().items()}, out
+
+
+def assert_same_state(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0 if atol == 0 else 1e-5, msg=k)
+
+
+def assert_same_report(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and len(a["days"]) == len(b["days"])
+    for key, value in a.items():
+        if key != "days":
+            assert b[key] == (pytest.approx(value, abs=1e-6) if isinstance(value, float) else value), key
+    for ra, rb in zip(a["days"], b["days"]):
+        assert ra.keys() == rb.keys()
+        for key, value in ra.items():
+            assert rb[key] == pytest.approx(value, abs=1e-6), key
+
+
+# ----------------------------------------------------------------------------- night components
+def test_ema_update_matches_formula_on_params_and_buffers():
+    a, b = TinyNet(3), TinyNet(3)
+    b.train()
+    b(torch.rand(2, 3, 8, 8))  # moves b's running statistics and num_batches_tracked
+    before_a = {k: v.clone() for k, v in a.state_dict().items()}
+    ema_update_(a, b, 0.9)
+    for k, v in a.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, 0.9 * before_a[k] + 0.1 * b.state_dict()[k], atol=1e-7, rtol=0)
+        else:
+            assert torch.equal(v, b.state_dict()[k])
+    with pytest.raises(ValueError):
+        ema_update_(a, b, 1.5)
+
+
+def test_confident_pseudo_label_is_per_channel():
+    prob = torch.tensor([[[[0.95, 0.5, 0.05, 0.92]], [[0.2, 0.08, 0.91, 0.89]]]])  # (1, 2, 1, 4)
+    label, mask = confident_pseudo_label(prob, threshold=0.5, confidence=0.9)
+    assert label.tolist() == [[[[1.0, 1.0, 0.0, 1.0]], [[0.0, 0.0, 1.0, 1.0]]]]
+    assert mask.tolist() == [[[[1.0, 0.0, 1.0, 1.0]], [[0.0, 1.0, 1.0, 0.0]]]]
+    with pytest.raises(ValueError):
+        confident_pseudo_label(prob, confidence=0.3)
+
+
+def test_masked_dice_bce_against_plain():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 4, 4, generator=g)
+    target = (torch.rand(2, 2, 4, 4, generator=g) > 0.5).float()
+    mask = (torch.rand(2, 2, 4, 4, generator=g) > 0.3).float()
+    p = torch.sigmoid(logits)
+    keep = mask.bool()
+    bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p))[keep].mean()
+    dice = (2 * (p * target)[keep].sum() + 1) / (p[keep].sum() + target[keep].sum() + 1)
+    expected = bce + 1 - dice
+    torch.testing.assert_close(masked_dice_bce_loss(logits, target, mask), expected, atol=1e-6, rtol=1e-6)
+    packed = torch.cat([target, mask], dim=1)
+    torch.testing.assert_close(PackedMaskedDiceBCELoss()(logits, packed), expected, atol=1e-6, rtol=1e-6)
+    # an empty mask gives zero loss and zero gradient; a full mask gives the unmasked loss
+    z = logits.clone().requires_grad_(True)
+    loss = masked_dice_bce_loss(z, target, torch.zeros_like(mask))
+    loss.backward()
+    assert loss.item() == 0.0 and z.grad.abs().max() == 0
+    torch.testing.assert_close(
+        masked_dice_bce_loss(logits, target, torch.ones_like(mask)), dice_bce_loss(logits, target), atol=1e-6, rtol=0
+    )
+
+
+def test_night_schedule_covers_each_image_once_per_epoch():
+    idx = [3, 4, 5, 6, 7]
+    batches = night_schedule(idx, batch_size=2, epochs=2, seed=1)
+    assert [len(b) for b in batches] == [2, 2, 1, 2, 2, 1]
+    assert sorted(sum(batches[:3], [])) == idx and sorted(sum(batches[3:], [])) == idx
+    assert batches == night_schedule(idx, batch_size=2, epochs=2, seed=1)
+    assert batches != night_schedule(idx, batch_size=2, epochs=2, seed=2)
+    assert len(night_schedule(idx, batch_size=2, iterations=7, seed=1)) == 7
+    assert night_schedule([], batch_size=2, iterations=3) == []
+
+
+def square_minmax(x):
+    """A deterministic strong view for the exact test."""
+    y = x**2
+    lo, hi = y.amin(dim=(1, 2, 3), keepdim=True), y.amax(dim=(1, 2, 3), keepdim=True)
+    return (y - lo) / (hi - lo)
+
+
+def test_night_iteration_against_plain_step():
+    student, teacher = source_net(), source_net()
+    with torch.no_grad():
+        teacher.head.bias.add_(0.3)  # a teacher that differs from the student
+    plain_student, plain_teacher = source_net(), source_net()
+    plain_teacher.load_state_dict(teacher.state_dict())
+    opt = torch.optim.Adam(student.parameters(), lr=1e-2)
+    plain_opt = torch.optim.Adam(plain_student.parameters(), lr=1e-2)
+    x = torch.stack([c["image"] for c in cases(3, seed=4)])
+    batches = [{"image": x, "seed": 123}]
+    trainer = NightTrainer(
+        "cpu", batches, student, teacher, opt, teacher_momentum=0.99, confidence=0.8, strong_augment=square_minmax
+    )
+    trainer.run()
+
+    g = torch.Generator().manual_seed(123)
+    coins = torch.rand(3, 2, generator=g) < 0.5
+    weak = torch.stack(
+        [img.flip([d for d, c in ((-2, ch), (-1, cw)) if c]) for img, (ch, cw) in zip(x, coins.tolist())]
+    )
+    plain_teacher.eval()
+    with torch.no_grad():
+        p = torch.sigmoid(plain_teacher(weak))
+    label, mask = (p >= 0.5).float(), (torch.maximum(p, 1 - p) >= 0.8).float()
+    plain_student.train()
+    logits = plain_student(square_minmax(weak))
+    q = torch.sigmoid(logits)
+    bce = (F.binary_cross_entropy_with_logits(logits, label, reduction="none") * mask).sum() / mask.sum()
+    dice = (2 * (q * mask * label * mask).sum() + 1) / ((q * mask).sum() + (label * mask).sum() + 1)
+    plain_opt.zero_grad()
+    (bce + 1 - dice).backward()
+    plain_opt.step()
+    with torch.no_grad():
+        for k, v in plain_teacher.state_dict().items():
+            s = plain_student.state_dict()[k]
+            v.copy_(0.99 * v + 0.01 * s if v.is_floating_point() else s)
+
+    torch.testing.assert_close(trainer.state.output["loss"].detach(), (bce + 1 - dice).detach(), atol=1e-6, rtol=0)
+    assert trainer.state.output["mask_fraction"] == pytest.approx(float(mask.mean()))
+    assert_same_state(student.state_dict(), plain_student.state_dict(), atol=1e-6)
+    assert_same_state(teacher.state_dict(), plain_teacher.state_dict(), atol=1e-6)
+    assert 0 < float(mask.mean()) < 1
+
+
+def test_random_flips_are_flips():
+    x = torch.arange(2 * 16, dtype=torch.float32).view(2, 1, 4, 4)
+    y = random_flips(x, torch.Generator().manual_seed(0))
+    for a, b in zip(x, y):
+        assert any(torch.equal(b, a.flip(d)) if d else torch.equal(b, a) for d in ([], [-1], [-2], [-2, -1]))
+
+
+# ----------------------------------------------------------------------------- the store
+def test_store_never_reads_partial_writes(tmp_path, monkeypatch):
+    store = DayImageStore(tmp_path / "s")
+    img = torch.rand(3, 4, 4)
+    store.put(0, img, torch.ones(2, 4, 4, dtype=torch.uint8), day=0)
+    store.put(1, img + 1, None, day=1)
+    assert store.indices() == [0, 1] and store.indices(day=1) == [1]
+    assert torch.equal(DayImageStore(tmp_path / "s").get(0)["image"], img)
+
+    real_replace = os.replace
+
+    def crash_on(name):
+        def replace(src, dst):
+            if Path(dst).name == name:
+                raise OSError("simulated crash")
+            real_replace(src, dst)
+
+        return replace
+
+    # a crash while writing the item file: nothing is listed, no temporary file is left behind
+    monkeypatch.setattr(os, "replace", crash_on("00000002.pt"))
+    with pytest.raises(OSError):
+        store.put(2, img, None, day=1)
+    # a crash after the item file but before the manifest: the complete file is still not visible
+    monkeypatch.setattr(os, "replace", crash_on("manifest.json"))
+    with pytest.raises(OSError):
+        store.put(3, img, None, day=1)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (tmp_path / "s" / "items" / "00000003.pt").exists()
+    # a truncated item file and a half-written temporary manifest, as a kill during a write leaves them
+    (tmp_path / "s" / "items" / "00000004.pt").write_bytes(b"PK\x03\x04 truncated")
+    (tmp_path / "s" / ".manifest.json.999.tmp").write_text('{"version": 1, "items": {"4": {"fil')
+    reopened = DayImageStore(tmp_path / "s")
+    assert reopened.indices() == [0, 1]
+    for i in (2, 3, 4):
+        assert i not in reopened
+        with pytest.raises(KeyError):
+            reopened.get(i)
+    assert not list((tmp_path / "s").glob(".*.tmp"))
+    # a later complete write of the same index is valid
+    reopened.put(4, img * 2, None, day=1)
+    assert torch.equal(DayImageStore(tmp_path / "s").get(4)["image"], img * 2)
+
+
+# ----------------------------------------------------------------------------- runs
+def test_multi_day_run(reference_run):
+    report, global_state, out = reference_run
+    assert report["n_days"] == 3 and report["n_nights"] == 3 and report["n_images"] == N_STREAM
+    days = report["days"]
+    assert [(d["start"], d["end"]) for d in days] == [(0, 4), (4, 8), (8, 10)]
+    assert [d["night_iterations"] for d in days] == [4, 4, 2]  # 2 epochs of ceil(n / 2) batches
+    assert all(0 < d["mask_fraction"] <= 1 and d["night_loss"] > 0 for d in days)
+    assert all(0 <= d["day_dice"] <= 1 and 0 <= d["heldout_dice"] <= 1 for d in days)
+    assert report["initial_heldout_dice"] is not None and report["final_heldout_dice"] == days[-1]["heldout_dice"]
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    # the store holds every image with its day, and day 0's predictions are plain VPTTA on the source network
+    store = DayImageStore(out / "day_store")
+    assert store.indices() == list(range(N_STREAM))
+    assert [store.get(i)["day"] for i in range(N_STREAM)] == [0] * 4 + [1] * 4 + [2] * 2
+    vptta, net = VPTTA(prompt_size=3, memory_size=4, neighbors=2), source_net()
+    for i, case in enumerate(stream()[:PER_DAY]):
+        assert torch.equal(store.get(i)["image"], case["image"])
+        pred = torch.sigmoid(vptta(case["image"][None], net))[0] >= 0.5
+        assert torch.equal(store.get(i)["pred"], pred.to(torch.uint8))
+    # the nights changed the model, and the global student is what a resumed call returns
+    assert any(not torch.equal(global_state[k], v) for k, v in _source_state().items())
+    again = make_runner(out)
+    assert again.run(stream(), heldout()) == report
+    assert_same_state(again.network.state_dict(), global_state)
+
+
+def test_crash_mid_night_and_mid_day_then_resume(tmp_path, reference_run):
+    report, global_state, _ = reference_run
+
+    def crash(when):
+        def callback(event, info):
+            if when(event, info):
+                raise RuntimeError(f"simulated crash at {event} {info}")
+
+        return callback
+
+    # crash in the middle of the second night (after its 2nd intra-night checkpoint)
+    with pytest.raises(RuntimeError):
+        make_runner(tmp_path, crash(lambda e, i: e == "night_checkpoint" and i == {"day": 1, "iteration": 2})).run(
+            stream(), heldout()
+        )
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert (ckpt["phase"], ckpt["day"], ckpt["night_iteration"]) == ("night", 1, 2)
+    assert DayImageStore(tmp_path / "day_store").indices() == list(range(8))
+    # resume, then crash in the middle of the third day (its second image is stored)
+    with pytest.raises(RuntimeError):
+        make_runner(tmp_path, crash(lambda e, i: e == "image" and i["index"] == 9)).run(stream(), heldout())
+    assert DayImageStore(tmp_path / "day_store").indices() == list(range(10))
+    # resume to the end with the same command
+    runner = make_runner(tmp_path)
+    resumed = runner.run(stream(), heldout())
+    assert_same_report(resumed, report)
+    assert_same_state(runner.global_student.state_dict(), global_state, atol=1e-6)
+    store = DayImageStore(tmp_path / "day_store")
+    assert all(torch.equal(store.get(i)["image"], c["image"]) for i, c in enumerate(stream()))
+    with pytest.raises(ValueError):
+        DayNightRunner(source_net(), tmp_path, images_per_day=3).run(stream())
+
+
+def test_crash_on_first_day_resumes_with_the_same_object(tmp_path, reference_run):
+    """The same runner object (its adapter already advanced) redoes the first day from the adapter's initial state."""
+    report, global_state, _ = reference_run
+
+    def callback(event, info):
+        if event == "image" and info["index"] == 2:
+            raise RuntimeError("simulated crash")
+
+    runner = make_runner(tmp_path, callback)
+    with pytest.raises(RuntimeError):
+        runner.run(stream(), heldout())
+    assert not (tmp_path / "checkpoint.pt").exists() and DayImageStore(tmp_path / "day_store").indices() == [0, 1, 2]
+    runner.callback = None
+    assert_same_report(runner.run(stream(), heldout()), report)
+    assert_same_state(runner.global_student.state_dict(), global_state, atol=1e-6)
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from test_dyna import make_runner, stream, heldout
+
+def kill(event, info):
+    if event == "night_checkpoint" and info == {{"day": 0, "iteration": 1}}:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+make_runner({out!r}, kill).run(stream(), heldout())
+"""
+
+
+def test_killed_process_resumes(tmp_path, reference_run):
+    report, global_state, _ = reference_run
+    out = tmp_path / "run"
+    script = KILL_SCRIPT.format(tests=str(TESTS), out=str(out))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert (ckpt["phase"], ckpt["day"], ckpt["night_iteration"]) == ("night", 0, 1)
+    assert DayImageStore(out / "day_store").indices() == list(range(4))
+    runner = make_runner(out)
+    resumed = runner.run(stream(), heldout())
+    assert_same_report(resumed, report)
+    assert_same_state(runner.global_student.state_dict(), global_state, atol=1e-5)
