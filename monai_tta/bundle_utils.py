@@ -74,7 +74,9 @@ def ensure_source_checkpoint(
     Args:
         checkpoint: expected path of the source weights (``models/model.pt``).
         bundle_root: bundle folder holding ``configs/train.json``.
-        overrides: overrides passed to the training run (data folder, image size, channels, ...).
+        overrides: overrides passed to the training run; values may be objects already built by the calling config
+            (its ``network``, ``preprocessing``, ``datalist_file``, ``device``), so that the source model is trained
+            with exactly the inference run's network and data. Keys starting with ``_`` are ignored.
         configs: the config files that make up the training run.
 
     Returns:
@@ -87,7 +89,8 @@ def ensure_source_checkpoint(
     if checkpoint.is_file():
         return checkpoint
     logger.info(f"source checkpoint {checkpoint} not found: training the source model with {list(configs)}.")
-    run_bundle(bundle_root, configs, {**dict(overrides or {}), "ckpt_dir": str(checkpoint.parent)}, logging_file=False)
+    overrides = {k: v for k, v in dict(overrides or {}).items() if not k.startswith("_")}
+    run_bundle(bundle_root, configs, {**overrides, "ckpt_dir": str(checkpoint.parent), "ckpt_filename": checkpoint.name}, logging_file=False)
     if not checkpoint.is_file():
         raise RuntimeError(f"source training finished but {checkpoint} was not written.")
     return checkpoint

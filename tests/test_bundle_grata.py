@@ -1,0 +1,150 @@
+"""The GraTa bundle end to end on tiny generated data, the thin bundles, and a user's own NIfTI data set."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from monai_tta.bundle_utils import run_bundle
+from monai_tta.reports import read_case_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+GRATA = ROOT / "bundles" / "grata_fundus_segmentation"
+BUNDLES = ROOT / "bundles"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Overrides for a tiny run: 2 target domains x 3 cases at 32x32, 1 source epoch, all outputs in a tmp folder."""
+    tmp = tmp_path_factory.mktemp("grata")
+    return {
+        "dataset_dir": str(tmp / "data"),
+        "output_dir": str(tmp / "eval"),
+        "source_checkpoint": str(tmp / "models" / "model.pt"),
+        "num_per_domain": 3,
+        "image_size": 32,
+        "target_domains": ["camera", "dim"],
+        "source_training#epochs": 1,
+        "handlers#0#_disabled_": True,
+    }
+
+
+def digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_evaluate_trains_source_on_first_use_adapts_and_reports(tiny):
+    run_bundle(GRATA, ["inference.json", "evaluate.json"], tiny, logging_file=False)
+    ckpt = Path(tiny["source_checkpoint"])
+    assert ckpt.is_file()
+    before = digest(ckpt)
+    rows = read_case_csv(Path(tiny["output_dir"]) / "GraTa" / "cases.csv")
+    assert [r["domain"] for r in rows] == ["camera"] * 3 + ["dim"] * 3
+    assert all(0.0 <= r["dice_mean"] <= 100.0 for r in rows)
+    assert [r["reset"] for r in rows] == [0, 0, 0, 1, 0, 0]  # reset at the domain change only
+    assert all(r["n_params"] > 0 and 0.0 <= r["lr"] <= 1e-4 for r in rows)
+    summary = json.loads((Path(tiny["output_dir"]) / "GraTa" / "summary.json").read_text())["GraTa"]
+    assert set(summary) == {"camera", "dim", "overall"}
+    expected = np.mean([r["dice_mean"] for r in rows if r["domain"] == "dim"])
+    assert summary["dim"]["dice_mean"] == pytest.approx(expected)
+    assert (Path(tiny["output_dir"]) / "GraTa" / "dice_per_domain.png").is_file()
+    # a second run reuses the checkpoint and never writes it
+    run_bundle(GRATA, ["inference.json", "evaluate.json"], tiny, logging_file=False)
+    assert digest(ckpt) == before
+
+
+@pytest.mark.parametrize("bundle,method", [("tent_fundus_segmentation", "TENT"), ("source_only_fundus_segmentation", "SourceOnly")])
+def test_thin_bundles_override_only_the_inferer(tiny, bundle, method):
+    override = BUNDLES / bundle / "configs" / "inferer.json"
+    run_bundle(GRATA, ["inference.json", "evaluate.json", str(override)], tiny, logging_file=False)
+    rows = read_case_csv(Path(tiny["output_dir"]) / method / "cases.csv")
+    assert len(rows) == 6 and {r["method"] for r in rows} == {method}
+    assert json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text())["version"]
+
+
+def test_inference_saves_masks_and_has_infer_properties(tiny):
+    workflow = ConfigWorkflow(
+        config_file=str(GRATA / "configs" / "inference.json"),
+        meta_file=str(GRATA / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="infer",
+        **{"bundle_root": str(GRATA), **tiny},
+    )
+    workflow.initialize()
+    assert workflow.check_properties() in (None, [])
+    workflow.run()
+    workflow.finalize()
+    masks = sorted((Path(tiny["output_dir"]) / "masks").glob("*.nii.gz"))
+    assert len(masks) == 6
+    assert nib.load(masks[0]).get_fdata().shape[:2] == (32, 32)
+
+
+def test_metadata_is_complete():
+    required = {"schema", "version", "changelog", "monai_version", "pytorch_version", "numpy_version"}
+    required |= {"required_packages_version", "task", "description", "authors", "copyright", "network_data_format"}
+    for bundle in ("grata_fundus_segmentation", "tent_fundus_segmentation", "source_only_fundus_segmentation"):
+        meta = json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text())
+        assert required <= set(meta), bundle
+        assert meta["version"] in meta["changelog"]
+        assert (BUNDLES / bundle / "LICENSE").is_file() and (BUNDLES / bundle / "docs" / "README.md").is_file()
+
+
+def write_nifti_dataset(root: Path) -> Path:
+    """A user's own data: 1-channel 32x32 NIfTI images with a bright square, binary labels, two sites."""
+    rng = np.random.default_rng(0)
+    sections = {}
+    for site, gain in (("siteA", 1.0), ("siteB", 0.5)):
+        items = []
+        for i in range(4):
+            img = rng.normal(0.2, 0.05, (32, 32)).astype(np.float32)
+            lab = np.zeros((32, 32), np.uint8)
+            r, c = rng.integers(6, 18, size=2)
+            lab[r : r + 10, c : c + 10] = 1
+            img = gain * (img + 0.6 * lab)
+            for name, arr in (("img", img), ("lab", lab)):
+                nib.save(nib.Nifti1Image(arr, np.eye(4)), root / f"{site}_{i}_{name}.nii.gz")
+            items.append({"image": f"{site}_{i}_img.nii.gz", "label": f"{site}_{i}_lab.nii.gz"})
+        sections[site] = items
+    datalist = {"source_train": sections["siteA"][:3], "source_val": sections["siteA"][3:], **sections}
+    path = root / "my_datalist.json"
+    path.write_text(json.dumps(datalist))
+    return path
+
+
+def test_own_nifti_data_by_overrides(tmp_path):
+    datalist = write_nifti_dataset(tmp_path)
+    overrides = {
+        "generate_data": False,
+        "datalist_file": str(datalist),
+        "target_domains": ["siteB"],
+        "in_channels": 1,
+        "out_channels": 1,
+        "label_encoding": "binary",
+        "channel_names": ["lesion"],
+        "image_size": 32,
+        "preprocessing#transforms#0#reader": "NibabelReader",
+        "preprocessing#transforms#0#reverse_indexing": True,
+        "source_checkpoint": str(tmp_path / "my_source.pt"),
+        "output_dir": str(tmp_path / "eval"),
+        "source_training#epochs": 1,
+        "handlers#0#_disabled_": True,
+    }
+    run_bundle(GRATA, ["inference.json", "evaluate.json"], overrides, logging_file=False)
+    rows = read_case_csv(tmp_path / "eval" / "GraTa" / "cases.csv")
+    assert len(rows) == 4 and {r["domain"] for r in rows} == {"siteB"}
+    assert "dice_lesion" in rows[0] and "dice_cup" not in rows[0]
