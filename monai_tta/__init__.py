@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
-from monai_tta import adapters, data, engines, handlers, losses, metrics, networks, norms, transforms
-from monai_tta import bundle_utils, gradients, keys, reports
+from monai_tta import (
+    adapters,
+    bundle_utils,
+    data,
+    engines,
+    gradients,
+    handlers,
+    keys,
+    losses,
+    metrics,
+    networks,
+    norms,
+    reports,
+    transforms,
+)
 
 __version__ = "0.1.0"
 
