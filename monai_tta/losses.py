@@ -25,8 +25,8 @@ __all__ = [
 _ACTIVATIONS = ("sigmoid", "softmax")
 
 
-def entropy_loss(logits: torch.Tensor, activation: str = "sigmoid", eps: float = 1e-6) -> torch.Tensor:
-    """Mean pixel entropy ``mean_{b, spatial} [ -sum_c p_c log(p_c + eps) ]`` (GraTa's auxiliary loss, TENT's loss).
+def entropy_map(logits: torch.Tensor, activation: str = "sigmoid", eps: float = 1e-6) -> torch.Tensor:
+    """Per-pixel entropy ``-sum_c p_c log(p_c + eps)``, shape ``(B, *spatial)``.
 
     For ``"sigmoid"`` (multi-label, as GraTa and the VPTTA authors' TENT) only the ``p log p`` term of each channel is
     used, not ``(1 - p) log(1 - p)``; for ``"softmax"`` it is the usual categorical entropy.
@@ -43,7 +43,15 @@ def entropy_loss(logits: torch.Tensor, activation: str = "sigmoid", eps: float =
     if logits.dim() < 2:
         raise ValueError(f"logits must be (B, C, ...), got shape {tuple(logits.shape)}.")
     p = torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, dim=1)
-    return -(p * torch.log(p + eps)).sum(dim=1).mean()
+    return -(p * torch.log(p + eps)).sum(dim=1)
+
+
+def entropy_loss(logits: torch.Tensor, activation: str = "sigmoid", eps: float = 1e-6) -> torch.Tensor:
+    """Mean pixel entropy ``mean_{b, spatial} [ -sum_c p_c log(p_c + eps) ]`` (GraTa's auxiliary loss, TENT's loss).
+
+    See :func:`entropy_map` for the arguments.
+    """
+    return entropy_map(logits, activation, eps).mean()
 
 
 def consistency_loss(logits: torch.Tensor, soft_target: torch.Tensor) -> torch.Tensor:

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from tiny import tiny_image, tiny_net
 
-from monai_tta.adapters import GraTa, NormAdapt, SourceOnly, Tent
+from monai_tta.adapters import SAR, VPTTA, GraTa, NormAdapt, SourceOnly, Tent
 from monai_tta.norms import AdaptiveBatchNorm, NormPolicy, convert_norms, per_sample_stats, warmup_lambda
 
-ADAPTERS = [SourceOnly, NormAdapt, Tent, GraTa]
+ADAPTERS = [SourceOnly, NormAdapt, Tent, GraTa, SAR, VPTTA]
 
 
 def state(net):

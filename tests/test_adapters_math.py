@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tiny import tiny_image, tiny_net
 
-from monai_tta.adapters import GraTa, Tent
+from monai_tta.adapters import SAR, GraTa, Tent
 
 EPS_BN = 1e-5
 
@@ -155,3 +155,37 @@ def test_tent_predict_after_update():
     out = Tent(predict_after_update=True)(x, net)
     Tent()(x, ref)
     torch.testing.assert_close(out, forward(ref, x, ref.bn.weight, ref.bn.bias).detach(), atol=1e-6, rtol=1e-6)
+
+
+def test_sar_matches_reference_step():
+    net = tiny_net()
+    ref = copy.deepcopy(net)
+    x = tiny_image()
+    lr, rho = 0.1, 0.05
+    theta = torch.cat([ref.bn.weight.detach(), ref.bn.bias.detach()]).clone()
+    t = theta.clone().requires_grad_(True)
+    logits = forward(ref, x, t[:3], t[3:])
+    g = torch.autograd.grad(entropy(logits), t)[0]
+    t2 = (theta + rho * g / (g.norm() + 1e-12)).requires_grad_(True)
+    loss2 = entropy(forward(ref, x, t2[:3], t2[3:]))
+    g2 = torch.autograd.grad(loss2, t2)[0]
+    expected = theta - lr * g2  # first SGD step with momentum: the buffer is the gradient itself
+    adapter = SAR(lr=lr, rho=rho, margin=10.0)
+    out = adapter(x, net)
+    torch.testing.assert_close(out, logits.detach(), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(torch.cat([net.bn.weight, net.bn.bias]).detach(), expected, atol=1e-7, rtol=1e-6)
+    assert adapter.last_stats["ema"] == pytest.approx(float(loss2), rel=1e-6)
+
+
+def test_sar_filters_unreliable_cases_and_recovers():
+    x = tiny_image()
+    net = tiny_net()
+    before = torch.cat([net.bn.weight, net.bn.bias]).detach().clone()
+    adapter = SAR(lr=0.1)  # default margin 0.4 * 2 / e: the tiny net's near-0.5 outputs are above it
+    adapter(x, net)
+    assert adapter.last_stats["n_steps"] == 0
+    assert torch.equal(torch.cat([net.bn.weight, net.bn.bias]).detach(), before)
+    recovering = SAR(lr=0.1, margin=10.0, reset_threshold=10.0)  # every loss EMA is below: recover at once
+    recovering(x, net)
+    assert recovering.last_stats["recovered"] is True
+    assert torch.equal(torch.cat([net.bn.weight, net.bn.bias]).detach(), before)

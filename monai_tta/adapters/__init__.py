@@ -5,6 +5,7 @@ from __future__ import annotations
 from monai_tta.adapters.base import Adapter, AdapterState, build_optimizer, set_lr
 from monai_tta.adapters.dyna import NightTrainer, confident_pseudo_label, ema_update_, random_flips
 from monai_tta.adapters.grata import GraTa, cosine_lr
+from monai_tta.adapters.sar import SAR, max_entropy
 from monai_tta.adapters.source_only import NormAdapt, SourceOnly
 from monai_tta.adapters.tent import Tent
 from monai_tta.adapters.vptta import VPTTA
@@ -19,6 +20,8 @@ __all__ = [
     "Tent",
     "GraTa",
     "cosine_lr",
+    "SAR",
+    "max_entropy",
     "VPTTA",
     "NightTrainer",
     "confident_pseudo_label",
