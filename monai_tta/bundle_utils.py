@@ -90,7 +90,12 @@ def ensure_source_checkpoint(
         return checkpoint
     logger.info(f"source checkpoint {checkpoint} not found: training the source model with {list(configs)}.")
     overrides = {k: v for k, v in dict(overrides or {}).items() if not k.startswith("_")}
-    run_bundle(bundle_root, configs, {**overrides, "ckpt_dir": str(checkpoint.parent), "ckpt_filename": checkpoint.name}, logging_file=False)
+    run_bundle(
+        bundle_root,
+        configs,
+        {**overrides, "ckpt_dir": str(checkpoint.parent), "ckpt_filename": checkpoint.name},
+        logging_file=False,
+    )
     if not checkpoint.is_file():
         raise RuntimeError(f"source training finished but {checkpoint} was not written.")
     return checkpoint

@@ -15,7 +15,9 @@ __all__ = ["summarize", "read_case_csv", "write_case_csv", "markdown_table", "pl
 MEAN_DICE = "dice_mean"
 
 
-def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (``nan`` for an empty sequence).
 
     Args:

@@ -68,7 +68,9 @@ def test_evaluate_trains_source_on_first_use_adapts_and_reports(tiny):
     assert digest(ckpt) == before
 
 
-@pytest.mark.parametrize("bundle,method", [("tent_fundus_segmentation", "TENT"), ("source_only_fundus_segmentation", "SourceOnly")])
+@pytest.mark.parametrize(
+    "bundle,method", [("tent_fundus_segmentation", "TENT"), ("source_only_fundus_segmentation", "SourceOnly")]
+)
 def test_thin_bundles_override_only_the_inferer(tiny, bundle, method):
     override = BUNDLES / bundle / "configs" / "inferer.json"
     run_bundle(GRATA, ["inference.json", "evaluate.json", str(override)], tiny, logging_file=False)
