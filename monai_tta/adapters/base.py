@@ -74,7 +74,8 @@ class AdapterState:
         snapshot: source values of ``params`` (restored by ``reset``).
         optimizer: optimizer over ``params`` (``None`` for gradient-free methods).
         step: number of cases adapted since the last reset.
-        seen: number of cases seen since the adapter was created (never reset; VPTTA's warm-up counter).
+        seen: number of cases seen (the warm-up counter of the ``"warmup"`` norm regime); the base class never
+            resets it, a method may (VPTTA does, in ``reset_state``).
         extra: method-specific state (memory bank, prompt, ...).
     """
 
