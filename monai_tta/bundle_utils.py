@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import platform
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ensure_source_checkpoint", "run_bundle"]
+__all__ = ["ensure_source_checkpoint", "run_bundle", "record_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +60,55 @@ def run_bundle(
         **{"bundle_root": str(root), **dict(overrides or {})},
     )
     workflow.initialize()
+    record_config(workflow, [str(f) for f in files], dict(overrides or {}))
     workflow.run()
     workflow.finalize()
     return workflow
+
+
+def record_config(workflow: Any, config_files: Sequence[str], overrides: Mapping[str, Any]) -> Path | None:
+    """Write the merged config, the overrides and the software versions of a run next to its results.
+
+    The file is ``<output_dir>/<method>/config.json`` (``<output_dir>/config.json`` without a ``method`` key); a run
+    without ``output_dir`` records nothing. Objects that are not JSON (e.g. a network passed as an override) are
+    written as their ``repr``.
+
+    Args:
+        workflow: an initialised :class:`monai.bundle.ConfigWorkflow`.
+        config_files: the merged config files, in order.
+        overrides: the overrides given to the run.
+
+    Returns:
+        the path written, or ``None``.
+    """
+    import monai
+    import torch
+
+    parser = workflow.parser
+    if "output_dir" not in parser:
+        return None
+    folder = Path(parser.get_parsed_content("output_dir"))
+    if "method" in parser:
+        folder = folder / str(parser.get_parsed_content("method"))
+    folder.mkdir(parents=True, exist_ok=True)
+    from monai_tta import __version__
+
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config_files": list(config_files),
+        "overrides": dict(overrides),
+        "versions": {
+            "monai_tta": __version__,
+            "monai": monai.__version__,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+        },
+        "config": parser.get(),
+    }
+    path = folder / "config.json"
+    path.write_text(json.dumps(record, indent=2, default=repr))
+    return path
 
 
 def ensure_source_checkpoint(

@@ -63,6 +63,8 @@ def test_evaluate_trains_source_on_first_use_adapts_and_reports(tiny):
     expected = np.mean([r["dice_mean"] for r in rows if r["domain"] == "dim"])
     assert summary["dim"]["dice_mean"] == pytest.approx(expected)
     assert (Path(tiny["output_dir"]) / "GraTa" / "dice_per_domain.png").is_file()
+    recorded = json.loads((Path(tiny["output_dir"]) / "GraTa" / "config.json").read_text())
+    assert recorded["overrides"]["num_per_domain"] == 3 and recorded["config"]["inferer"]["_target_"].endswith("GraTa")
     # a second run reuses the checkpoint and never writes it
     run_bundle(GRATA, ["inference.json", "evaluate.json"], tiny, logging_file=False)
     assert digest(ckpt) == before
