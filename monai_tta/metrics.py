@@ -14,8 +14,17 @@ __all__ = ["dice_per_channel", "asd_per_channel", "EMPTY_ASD"]
 EMPTY_ASD = 100.0
 
 
-def _binary(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).detach().cpu() > 0.5
+def _binary_pair(
+    pred: torch.Tensor | np.ndarray, label: torch.Tensor | np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both masks as boolean CPU tensors (thresholded at 0.5), checked for equal shapes."""
+    p, y = (
+        torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).detach().cpu() > 0.5
+        for x in (pred, label)
+    )
+    if p.shape != y.shape:
+        raise ValueError(f"prediction {tuple(p.shape)} and label {tuple(y.shape)} differ in shape.")
+    return p, y
 
 
 def dice_per_channel(pred: torch.Tensor | np.ndarray, label: torch.Tensor | np.ndarray) -> list[float]:
@@ -30,9 +39,7 @@ def dice_per_channel(pred: torch.Tensor | np.ndarray, label: torch.Tensor | np.n
     Raises:
         ValueError: if the shapes differ.
     """
-    p, y = _binary(pred), _binary(label)
-    if p.shape != y.shape:
-        raise ValueError(f"prediction {tuple(p.shape)} and label {tuple(y.shape)} differ in shape.")
+    p, y = _binary_pair(pred, label)
     p, y = p.flatten(1).double(), y.flatten(1).double()
     dice = (2 * (p * y).sum(1) + 1e-6) / (p.sum(1) + y.sum(1) + 1e-6) * 100
     return [float(v) for v in dice]
@@ -50,9 +57,7 @@ def asd_per_channel(pred: torch.Tensor | np.ndarray, label: torch.Tensor | np.nd
     Raises:
         ValueError: if the shapes differ.
     """
-    p, y = _binary(pred), _binary(label)
-    if p.shape != y.shape:
-        raise ValueError(f"prediction {tuple(p.shape)} and label {tuple(y.shape)} differ in shape.")
+    p, y = _binary_pair(pred, label)
     out = []
     for pc, yc in zip(p, y):
         n = pc.numel()
