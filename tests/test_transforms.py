@@ -1,0 +1,89 @@
+"""GraTa's strong augmentation and the flip/rotation views."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from monai_tta.transforms import (
+    FLIP_ROT_VIEWS,
+    StrongStyle,
+    StrongStyled,
+    apply_view,
+    gaussian_blur_channel,
+    invert_view,
+    minmax_per_sample,
+)
+
+OFF = dict(prob_brightness=0.0, prob_contrast=0.0, prob_gamma=0.0, prob_noise=0.0, prob_blur=0.0)
+
+
+def image(seed=0, shape=(2, 3, 12, 12)):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_views_are_inverted_exactly_and_match_rot90():
+    x = image(shape=(1, 2, 5, 5))
+    for view in FLIP_ROT_VIEWS:
+        assert torch.equal(invert_view(apply_view(x, view), view), x)
+    assert torch.equal(apply_view(x, "rot90"), torch.rot90(x, 1, dims=(-2, -1)))
+    assert torch.equal(apply_view(x, "rot270"), torch.rot90(x, 3, dims=(-2, -1)))
+    with pytest.raises(ValueError, match="view"):
+        apply_view(x, "rot45")
+
+
+def test_all_steps_off_is_the_per_sample_minmax():
+    x = image()
+    out = StrongStyle(**OFF)(x)
+    torch.testing.assert_close(out, minmax_per_sample(x))
+    flat = out.flatten(1)
+    assert torch.equal(flat.min(1).values, torch.zeros(2)) and torch.equal(flat.max(1).values, torch.ones(2))
+
+
+def test_output_range_input_untouched_and_seeded():
+    x = image()
+    before = x.clone()
+    aug = StrongStyle(prob_brightness=1, prob_contrast=1, prob_gamma=1, prob_noise=1, prob_blur=1)
+    a = aug(x, generator=torch.Generator().manual_seed(3))
+    b = aug(x, generator=torch.Generator().manual_seed(3))
+    c = aug(x, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(x, before)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == x.shape and float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+
+
+def test_gamma_keeps_each_channel_range_and_contrast_stays_inside_it():
+    x = image(shape=(1, 3, 12, 12))[0]
+    g = torch.Generator().manual_seed(0)
+    for step in ("prob_gamma", "prob_contrast"):
+        aug = StrongStyle(**{**OFF, step: 1.0})
+        y = aug._augment_one(x, g)
+        lo, hi = x.amin(dim=(1, 2)), x.amax(dim=(1, 2))
+        if step == "prob_gamma":
+            torch.testing.assert_close(y.amin(dim=(1, 2)), lo, atol=1e-6, rtol=0)
+            torch.testing.assert_close(y.amax(dim=(1, 2)), hi, atol=1e-6, rtol=0)
+        else:
+            assert bool((y.amin(dim=(1, 2)) >= lo - 1e-7).all() and (y.amax(dim=(1, 2)) <= hi + 1e-7).all())
+        assert not torch.equal(y, x)
+
+
+def test_noise_std_is_within_its_range():
+    x = image(shape=(1, 3, 64, 64))[0]
+    y = StrongStyle(**{**OFF, "prob_noise": 1.0})._augment_one(x, torch.Generator().manual_seed(1))
+    assert 0.0 < float((y - x).std()) < 0.05 * 1.1
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 1.5])
+def test_blur_matches_scipy_reflect(sigma):
+    x = image(shape=(1, 1, 15, 13))[0, 0]
+    expected = ndimage.gaussian_filter(x.double().numpy(), sigma, mode="reflect", truncate=4.0)
+    np.testing.assert_allclose(gaussian_blur_channel(x.double(), sigma).numpy(), expected, atol=1e-10)
+
+
+def test_dict_version_and_bad_probability():
+    d = StrongStyled(keys="image", **OFF)({"image": image(shape=(1, 3, 8, 8))[0], "label": 1})
+    assert d["image"].shape == (3, 8, 8) and d["label"] == 1
+    with pytest.raises(ValueError, match="prob_noise"):
+        StrongStyle(prob_noise=1.5)
