@@ -7,6 +7,7 @@ Layout of a run's output folder::
     <output_dir>/day_store/manifest.json the list of stored day images (replaced atomically after each image)
     <output_dir>/day_store/items/*.pt    one file per day image: image, binarised prediction, day
     <output_dir>/report.json             the final report (also returned by :meth:`DayNightRunner.run`)
+    <output_dir>/report.md, report.png   tables and plot of the report (:func:`write_daynight_summary`, optional)
 
 Every file is written to a temporary name in the same folder, flushed and fsync'ed, then moved into place with
 ``os.replace``, so a reader only ever sees a complete old or a complete new version. A day image becomes visible
@@ -39,13 +40,38 @@ from monai_tta.norms import norm_layers
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
-__all__ = ["DayImageStore", "DayNightRunner", "atomic_save", "atomic_write_json", "night_schedule", "case_dice"]
+__all__ = [
+    "DayImageStore",
+    "DayNightRunner",
+    "atomic_save",
+    "atomic_write_json",
+    "night_schedule",
+    "case_dice",
+    "write_daynight_summary",
+    "DAY_DICE_PER_GROUP",
+    "N_LABELLED_PER_GROUP",
+    "HELDOUT_DICE_PER_GROUP",
+    "INITIAL_HELDOUT_DICE_PER_GROUP",
+    "FINAL_HELDOUT_DICE_PER_GROUP",
+]
 
 _NIGHT_DATA = ("day", "all")
+#: held-out cases: a sequence, ``{group: cases}`` or ``None``.
+_HeldOut = Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]] | None
 _PHASE_DAY, _PHASE_NIGHT, _PHASE_DONE = "day", "night", "done"
 CHECKPOINT_NAME = "checkpoint.pt"
 REPORT_NAME = "report.json"
 STORE_NAME = "day_store"
+SUMMARY_NAME = "report.md"
+PLOT_NAME = "report.png"
+
+#: report fields present only when the stream's cases carry a group (``group_key``, e.g. the domain) or when the
+#: held-out cases are given as ``{group: cases}``: per-group Dice, keyed by group name.
+DAY_DICE_PER_GROUP = "day_dice_per_group"
+N_LABELLED_PER_GROUP = "n_labelled_per_group"
+HELDOUT_DICE_PER_GROUP = "heldout_dice_per_group"
+INITIAL_HELDOUT_DICE_PER_GROUP = "initial_heldout_dice_per_group"
+FINAL_HELDOUT_DICE_PER_GROUP = "final_heldout_dice_per_group"
 
 
 def _temp_path(path: Path) -> Path:
@@ -244,6 +270,8 @@ class DayNightRunner:
         device: device of the run (default: that of the network's parameters).
         image_key: key of the image in the stream's items (unbatched ``(C, *spatial)``).
         label_key: key of the optional label (binary, ``(C_out, *spatial)``) used for the day Dice.
+        group_key: key of the optional group of a stream case (e.g. its domain); when cases carry it, each day
+            record also holds the day Dice per group (``None``: no grouping).
         callback: called as ``callback(event, info)`` after each stored image and each checkpoint (events in
             :class:`~monai_tta.keys.DayNightKeys`); an exception raised there interrupts the run like a crash.
 
@@ -275,6 +303,7 @@ class DayNightRunner:
         device: str | torch.device | None = None,
         image_key: str = DataKeys.IMAGE,
         label_key: str = DataKeys.LABEL,
+        group_key: str | None = DataKeys.DOMAIN,
         callback: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         if images_per_day < 1 or night_epochs < 0 or night_batch_size < 1 or checkpoint_interval < 0:
@@ -304,6 +333,7 @@ class DayNightRunner:
         param = next(network.parameters(), None)
         self.device = torch.device(device) if device is not None else (param.device if param is not None else "cpu")
         self.image_key, self.label_key, self.callback = image_key, label_key, callback
+        self.group_key = group_key
         self.global_student = copy.deepcopy(network)
         self.store: DayImageStore | None = None
         self.checkpoint_path = self.output_dir / CHECKPOINT_NAME
@@ -342,7 +372,28 @@ class DayNightRunner:
             scores.append(case_dice(pred, self._batch(case[self.label_key])))
         return float(sum(scores) / len(scores)) if scores else None
 
-    def _fresh_checkpoint(self, n_stream: int, heldout: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+    def evaluate_heldout(self, model: nn.Module, heldout: _HeldOut) -> tuple[float | None, dict[str, float] | None]:
+        """Mean Dice of ``model`` on the held-out cases, and per group when they are given as ``{group: cases}``.
+
+        For groups, the mean is the mean over the groups' mean Dice (each group weighs the same).
+
+        Args:
+            model: the model to score (``eval()`` mode, its running statistics, no adaptation).
+            heldout: labelled cases, as a sequence or as ``{group: cases}``, or ``None``.
+
+        Returns:
+            ``(mean, per_group)``; ``per_group`` is ``None`` for a plain sequence, both are ``None`` without cases.
+        """
+        if not heldout:
+            return None, None
+        if not isinstance(heldout, Mapping):
+            return self.evaluate(model, heldout), None
+        per_group = {str(g): self.evaluate(model, cases) for g, cases in heldout.items()}
+        per_group = {g: v for g, v in per_group.items() if v is not None}
+        return (float(sum(per_group.values()) / len(per_group)) if per_group else None), per_group
+
+    def _fresh_checkpoint(self, n_stream: int, heldout: _HeldOut) -> dict[str, Any]:
+        initial, initial_groups = self.evaluate_heldout(self.global_student, heldout)
         return {
             K.CONFIG.value: self._config(n_stream),
             "phase": _PHASE_DAY,
@@ -357,19 +408,19 @@ class DayNightRunner:
             "optimizer": None,
             "day_adapter": None,
             "records": [],
-            K.INITIAL_HELDOUT_DICE.value: self.evaluate(self.global_student, heldout) if heldout else None,
+            K.INITIAL_HELDOUT_DICE.value: initial,
+            INITIAL_HELDOUT_DICE_PER_GROUP: initial_groups,
         }
 
     # ----------------------------------------------------------------- the run
-    def run(
-        self, stream: Sequence[Mapping[str, Any]], heldout: Sequence[Mapping[str, Any]] | None = None
-    ) -> dict[str, Any]:
+    def run(self, stream: Sequence[Mapping[str, Any]], heldout: _HeldOut = None) -> dict[str, Any]:
         """Run (or resume) the day/night schedule over ``stream`` and return the report (also in ``report.json``).
 
         Args:
             stream: indexable sequence of cases (dicts with an unbatched image and optionally a label), in order.
             heldout: labelled cases on which the global student is evaluated before the first day and after each
-                night (optional).
+                night, as a sequence or as ``{group: cases}`` (then also per group, e.g. per target domain;
+                optional).
 
         Raises:
             ValueError: if the output folder holds a run with a different configuration.
@@ -414,6 +465,7 @@ class DayNightRunner:
         if self.reset_each_day:
             self.day_adapter.reset(self.network)
         scores = []
+        group_scores: dict[str, list[float]] = {}
         for i in range(start, end):
             case = stream[i]
             image = _plain(case[self.image_key]).float()
@@ -422,6 +474,8 @@ class DayNightRunner:
             self.store.put(i, image, pred[0].to(torch.uint8), day=day)
             if self.label_key in case and case[self.label_key] is not None:
                 scores.append(case_dice(pred, self._batch(case[self.label_key])))
+                if self.group_key is not None and case.get(self.group_key) is not None:
+                    group_scores.setdefault(str(case[self.group_key]), []).append(scores[-1])
             self._emit(K.IMAGE_EVENT, day=day, index=i)
         record = {
             K.DAY.value: day,
@@ -431,6 +485,9 @@ class DayNightRunner:
             K.DAY_DICE.value: float(sum(scores) / len(scores)) if scores else None,
             "n_labelled": len(scores),
         }
+        if group_scores:
+            record[DAY_DICE_PER_GROUP] = {g: float(sum(v) / len(v)) for g, v in group_scores.items()}
+            record[N_LABELLED_PER_GROUP] = {g: len(v) for g, v in group_scores.items()}
         ckpt.update(
             phase=_PHASE_NIGHT,
             position=end,
@@ -446,7 +503,7 @@ class DayNightRunner:
         self._save(ckpt)
         self._emit(K.DAY_EVENT, day=day, position=end)
 
-    def _night(self, ckpt: dict[str, Any], heldout: Sequence[Mapping[str, Any]] | None) -> None:
+    def _night(self, ckpt: dict[str, Any], heldout: _HeldOut) -> None:
         day = ckpt[K.DAY.value]
         indices = self.store.indices(day=day) if self.night_data == "day" else self.store.indices()
         night_seed = derived_seed(self.seed, "night", day)
@@ -496,14 +553,17 @@ class DayNightRunner:
         self.network.load_state_dict(self.global_student.state_dict())
         total = len(schedule)
         record = dict(ckpt["records"][-1])
+        heldout_dice, heldout_groups = self.evaluate_heldout(self.global_student, heldout)
         record.update(
             {
                 K.NIGHT_ITERATIONS.value: total,
                 K.NIGHT_LOSS.value: ckpt["night_loss_sum"] / total if total else None,
                 StatKeys.MASK_FRACTION.value: ckpt["night_mask_sum"] / total if total else None,
-                K.HELDOUT_DICE.value: self.evaluate(self.global_student, heldout) if heldout else None,
+                K.HELDOUT_DICE.value: heldout_dice,
             }
         )
+        if heldout_groups is not None:
+            record[HELDOUT_DICE_PER_GROUP] = heldout_groups
         ckpt.update(
             phase=_PHASE_DAY,
             day=day + 1,
@@ -523,14 +583,210 @@ class DayNightRunner:
         records = ckpt["records"]
         labelled = [(r[K.DAY_DICE.value], r["n_labelled"]) for r in records if r[K.DAY_DICE.value] is not None]
         n_lab = sum(c for _, c in labelled)
-        heldout = [r.get(K.HELDOUT_DICE.value) for r in records if K.NIGHT_ITERATIONS.value in r]
-        return {
+        nights = [r for r in records if K.NIGHT_ITERATIONS.value in r]
+        heldout = [r.get(K.HELDOUT_DICE.value) for r in nights]
+        report = {
             K.N_IMAGES.value: n_stream,
             K.N_DAYS.value: len(records),
-            K.N_NIGHTS.value: sum(1 for r in records if K.NIGHT_ITERATIONS.value in r),
+            K.N_NIGHTS.value: len(nights),
             K.MEAN_DAY_DICE.value: sum(d * c for d, c in labelled) / n_lab if n_lab else None,
             K.INITIAL_HELDOUT_DICE.value: ckpt[K.INITIAL_HELDOUT_DICE.value],
             K.FINAL_HELDOUT_DICE.value: heldout[-1] if heldout else None,
-            K.DAYS.value: records,
-            K.CONFIG.value: ckpt[K.CONFIG.value],
         }
+        # per-group fields only when the run has groups (a plain run's report keeps its keys)
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for r in records:
+            for g, d in r.get(DAY_DICE_PER_GROUP, {}).items():
+                c = r[N_LABELLED_PER_GROUP][g]
+                sums[g], counts[g] = sums.get(g, 0.0) + d * c, counts.get(g, 0) + c
+        if counts:
+            report[DAY_DICE_PER_GROUP] = {g: sums[g] / counts[g] for g in counts}
+        if ckpt.get(INITIAL_HELDOUT_DICE_PER_GROUP) is not None:
+            report[INITIAL_HELDOUT_DICE_PER_GROUP] = ckpt[INITIAL_HELDOUT_DICE_PER_GROUP]
+        if nights and HELDOUT_DICE_PER_GROUP in nights[-1]:
+            report[FINAL_HELDOUT_DICE_PER_GROUP] = nights[-1][HELDOUT_DICE_PER_GROUP]
+        report[K.DAYS.value] = records
+        report[K.CONFIG.value] = ckpt[K.CONFIG.value]
+        return report
+
+
+def _percent(value: Any) -> float | None:
+    return None if value is None else 100.0 * float(value)
+
+
+def write_daynight_summary(
+    report: Mapping[str, Any] | str | os.PathLike, output_dir: str | os.PathLike | None = None, title: str = "DyNA"
+) -> dict[str, Path]:
+    """Write a day/night report as Markdown tables (``report.md``) and a plot (``report.png``), Dice in percent.
+
+    The tables: one row per day (its images, the Dice of the day's predictions, the night's iterations, loss and
+    confident fraction, the held-out Dice of the global student after the night); when the report has groups (e.g.
+    target domains), the held-out Dice per group before the first day and after each night, and the day Dice per
+    group. Days and nights are numbered from 1 (night ``k`` follows day ``k``).
+
+    Args:
+        report: the report returned by :meth:`DayNightRunner.run`, or the path of its ``report.json``.
+        output_dir: where to write; default: the folder of ``report`` when it is a path.
+        title: heading of the Markdown file and of the plot.
+
+    Returns:
+        ``{"json": ..., "markdown": ..., "plot": ...}`` paths (``"json"`` only when ``report`` was a path or the
+        folder holds a ``report.json``).
+
+    Raises:
+        ValueError: if no ``output_dir`` is given for a report passed as a mapping.
+    """
+    if isinstance(report, (str, os.PathLike)):
+        path = Path(report)
+        output_dir = path.parent if output_dir is None else output_dir
+        report = json.loads(path.read_text())
+    if output_dir is None:
+        raise ValueError("output_dir is required when the report is given as a mapping.")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    days = list(report[K.DAYS.value])
+    config = report.get(K.CONFIG.value, {})
+
+    per_day = {}
+    for r in days:
+        per_day[f"day {r[K.DAY.value] + 1}"] = {
+            "stream images": f"{r[K.START.value]}-{r[K.END.value] - 1}",
+            "day Dice": _percent(r.get(K.DAY_DICE.value)),
+            "night iterations": r.get(K.NIGHT_ITERATIONS.value),
+            "night loss": r.get(K.NIGHT_LOSS.value),
+            "confident fraction": r.get(StatKeys.MASK_FRACTION.value),
+            "held-out Dice after the night": _percent(r.get(K.HELDOUT_DICE.value)),
+        }
+    columns = list(next(iter(per_day.values()))) if per_day else []
+    lines = [
+        f"# {title}: day/night report",
+        "",
+        f"Stream of {report[K.N_IMAGES.value]} images in {report[K.N_DAYS.value]} days "
+        f"({config.get('images_per_day')} images per day), {report[K.N_NIGHTS.value]} nights "
+        f"({config.get('night_epochs')} epochs, batch {config.get('night_batch_size')}, night data "
+        f"'{config.get('night_data')}'). Dice in %, mean over the output channels of each case, averaged over cases. "
+        "The day Dice scores the predictions made during the day (VPTTA on the day model); the held-out Dice scores "
+        "the global student (no adaptation) on the held-out cases.",
+        "",
+        "## Per day",
+        "",
+        _md_table(per_day, columns, "day") if per_day else "(no day)",
+        "",
+        f"Mean day Dice over the stream: {_fmt(_percent(report.get(K.MEAN_DAY_DICE.value)))}. Held-out Dice of the "
+        f"initial model: {_fmt(_percent(report.get(K.INITIAL_HELDOUT_DICE.value)))}, after the last night: "
+        f"{_fmt(_percent(report.get(K.FINAL_HELDOUT_DICE.value)))}.",
+    ]
+    heldout_groups: dict[str, dict[str, float | None]] = {}
+    if report.get(INITIAL_HELDOUT_DICE_PER_GROUP) is not None:
+        heldout_groups["initial model"] = dict(report[INITIAL_HELDOUT_DICE_PER_GROUP])
+        heldout_groups["initial model"]["mean"] = report.get(K.INITIAL_HELDOUT_DICE.value)
+        for r in days:
+            if HELDOUT_DICE_PER_GROUP in r:
+                row = dict(r[HELDOUT_DICE_PER_GROUP])
+                row["mean"] = r.get(K.HELDOUT_DICE.value)
+                heldout_groups[f"after night {r[K.DAY.value] + 1}"] = row
+        groups = list(report[INITIAL_HELDOUT_DICE_PER_GROUP])
+        table = {k: {g: _percent(v) for g, v in row.items()} for k, row in heldout_groups.items()}
+        lines += [
+            "",
+            "## Held-out Dice per group",
+            "",
+            "Global student on the held-out cases of each group; 'mean' is the mean over groups.",
+            "",
+            _md_table(table, [*groups, "mean"], "model"),
+        ]
+    if report.get(DAY_DICE_PER_GROUP):
+        stream_groups = list(report[DAY_DICE_PER_GROUP])
+        table = {}
+        for r in days:
+            row = {g: _percent(v) for g, v in r.get(DAY_DICE_PER_GROUP, {}).items()}
+            row["all"] = _percent(r.get(K.DAY_DICE.value))
+            table[f"day {r[K.DAY.value] + 1}"] = row
+        table["whole stream"] = {g: _percent(v) for g, v in report[DAY_DICE_PER_GROUP].items()}
+        table["whole stream"]["all"] = _percent(report.get(K.MEAN_DAY_DICE.value))
+        lines += [
+            "",
+            "## Day Dice per group",
+            "",
+            "Predictions made during the days, per group of the stream ('-': no case of that group that day).",
+            "",
+            _md_table(table, [*stream_groups, "all"], "day"),
+        ]
+    lines += ["", f"![{title}]({PLOT_NAME})", ""]
+    paths = {"markdown": out / SUMMARY_NAME, "plot": out / PLOT_NAME}
+    _write_atomic(paths["markdown"], lambda f: f.write("\n".join(lines).encode()))
+    _plot_daynight(report, heldout_groups, paths["plot"], title)
+    if (out / REPORT_NAME).is_file():
+        paths["json"] = out / REPORT_NAME
+    return paths
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def _md_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str], row_title: str) -> str:
+    """A Markdown table: floats with 2 decimals, other values as text, missing values as ``-``."""
+    lines = ["| " + " | ".join([row_title, *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+    for name, values in rows.items():
+        lines.append("| " + " | ".join([name, *(_fmt(values.get(c)) for c in columns)]) + " |")
+    return "\n".join(lines)
+
+
+def _plot_daynight(
+    report: Mapping[str, Any], heldout_groups: Mapping[str, Mapping[str, float | None]], path: Path, title: str
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    days = list(report[K.DAYS.value])
+    fig, axes = plt.subplots(1, 2 if heldout_groups else 1, figsize=(10 if heldout_groups else 5.5, 3.8), squeeze=False)
+    ax = axes[0, 0]
+    xs = [r[K.DAY.value] + 1 for r in days]
+    day_dice = [_percent(r.get(K.DAY_DICE.value)) for r in days]
+    if any(v is not None for v in day_dice):
+        ax.plot(xs, [float("nan") if v is None else v for v in day_dice], "o-", label="day predictions (day k)")
+    nights = [(0, _percent(report.get(K.INITIAL_HELDOUT_DICE.value)))]
+    nights += [(r[K.DAY.value] + 1, _percent(r.get(K.HELDOUT_DICE.value))) for r in days if K.HELDOUT_DICE.value in r]
+    if any(v is not None for _, v in nights):
+        ax.plot(
+            [n for n, _ in nights],
+            [float("nan") if v is None else v for _, v in nights],
+            "s--",
+            label="held-out, after night k (0: initial)",
+        )
+    ax.set_xticks(range(len(days) + 1))
+    ax.set_xlabel("day / night k")
+    ax.set_ylabel("Dice (%)")
+    ax.set_title(f"{title}: mean Dice")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if heldout_groups:
+        ax = axes[0, 1]
+        rows = list(heldout_groups.values())
+        for group in rows[0]:
+            values = [_percent(row.get(group)) for row in rows]
+            style = "k--" if group == "mean" else "o-"
+            ax.plot(range(len(rows)), [float("nan") if v is None else v for v in values], style, label=group)
+        ax.set_xticks(range(len(rows)), [str(i) for i in range(len(rows))])
+        ax.set_xlabel("nights (0: initial model)")
+        ax.set_ylabel("Dice (%)")
+        ax.set_title(f"{title}: held-out Dice per group")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    tmp = _temp_path(path)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
