@@ -9,7 +9,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from monai.bundle import ConfigWorkflow
 
 from monai_tta.bundle_utils import run_bundle
@@ -18,14 +17,6 @@ from monai_tta.reports import read_case_csv
 ROOT = Path(__file__).resolve().parents[1]
 GRATA = ROOT / "bundles" / "grata_fundus_segmentation"
 BUNDLES = ROOT / "bundles"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

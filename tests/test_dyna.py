@@ -30,15 +30,6 @@ TESTS = Path(__file__).parent
 N_STREAM, PER_DAY = 10, 4  # days of 4, 4 and 2 images
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks on a shared 2-core machine: one thread is far faster and makes runs reproducible."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cases(n: int, seed: int = 0, shift: float = 0.0) -> list[dict]:
     """Random 3x16x16 images with two simple binary label channels; ``shift`` mixes in a channel-reversed copy."""
     g = torch.Generator().manual_seed(seed)

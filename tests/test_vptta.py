@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import TinyNet
+from tiny import TinyNet, tiny_net
 from torch import nn
 
 from monai_tta.adapters import VPTTA
@@ -23,25 +23,9 @@ S = 3  # prompt side
 PAD = (SIZE - S) // 2  # the reference's window start
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: one thread is faster and steadier."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def net3(seed: int = 0) -> TinyNet:
     """TinyNet with 3 input channels, non-trivial BN affine values and source statistics, in eval mode."""
-    torch.manual_seed(seed)
-    net = TinyNet(in_channels=3)
-    with torch.no_grad():
-        net.bn.weight.uniform_(0.5, 1.5)
-        net.bn.bias.uniform_(-0.5, 0.5)
-        net.bn.running_mean.uniform_(-0.2, 0.2)
-        net.bn.running_var.uniform_(0.5, 2.0)
-    return net.eval()
+    return tiny_net(seed, in_channels=3)
 
 
 def images(n: int, seed: int = 3, size: int = SIZE) -> list[torch.Tensor]:

@@ -21,10 +21,10 @@ class TinyNet(nn.Module):
         return self.head(torch.relu(self.bn(self.conv(x))))
 
 
-def tiny_net(seed: int = 0) -> TinyNet:
+def tiny_net(seed: int = 0, in_channels: int = 2) -> TinyNet:
     """A TinyNet with random weights, non-trivial BN affine values and source running statistics, in eval mode."""
     torch.manual_seed(seed)
-    net = TinyNet()
+    net = TinyNet(in_channels=in_channels)
     with torch.no_grad():
         net.bn.weight.uniform_(0.5, 1.5)
         net.bn.bias.uniform_(-0.5, 0.5)
