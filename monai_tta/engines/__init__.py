@@ -9,6 +9,7 @@ from monai_tta.engines.daynight import (
     atomic_write_json,
     case_dice,
     night_schedule,
+    write_daynight_summary,
 )
 from monai_tta.engines.evaluator import ADAPT_KEY, AdaptiveEvaluator, batch_domain, stats_to_batch
 
@@ -23,4 +24,5 @@ __all__ = [
     "atomic_write_json",
     "case_dice",
     "night_schedule",
+    "write_daynight_summary",
 ]
