@@ -399,7 +399,7 @@ class DayNightRunner:
             "day_adapter": None,
             "records": [],
             K.INITIAL_HELDOUT_DICE.value: initial,
-            K.INITIAL_HELDOUT_DICE_PER_GROUP: initial_groups,
+            K.INITIAL_HELDOUT_DICE_PER_GROUP.value: initial_groups,
         }
 
     # ----------------------------------------------------------------- the run
@@ -476,8 +476,8 @@ class DayNightRunner:
             "n_labelled": len(scores),
         }
         if group_scores:
-            record[K.DAY_DICE_PER_GROUP] = {g: float(sum(v) / len(v)) for g, v in group_scores.items()}
-            record[K.N_LABELLED_PER_GROUP] = {g: len(v) for g, v in group_scores.items()}
+            record[K.DAY_DICE_PER_GROUP.value] = {g: float(sum(v) / len(v)) for g, v in group_scores.items()}
+            record[K.N_LABELLED_PER_GROUP.value] = {g: len(v) for g, v in group_scores.items()}
         ckpt.update(
             phase=_PHASE_NIGHT,
             position=end,
@@ -553,7 +553,7 @@ class DayNightRunner:
             }
         )
         if heldout_groups is not None:
-            record[K.HELDOUT_DICE_PER_GROUP] = heldout_groups
+            record[K.HELDOUT_DICE_PER_GROUP.value] = heldout_groups
         ckpt.update(
             phase=_PHASE_DAY,
             day=day + 1,
@@ -587,15 +587,15 @@ class DayNightRunner:
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         for r in records:
-            for g, d in r.get(K.DAY_DICE_PER_GROUP, {}).items():
-                c = r[K.N_LABELLED_PER_GROUP][g]
+            for g, d in r.get(K.DAY_DICE_PER_GROUP.value, {}).items():
+                c = r[K.N_LABELLED_PER_GROUP.value][g]
                 sums[g], counts[g] = sums.get(g, 0.0) + d * c, counts.get(g, 0) + c
         if counts:
-            report[K.DAY_DICE_PER_GROUP] = {g: sums[g] / counts[g] for g in counts}
-        if ckpt.get(K.INITIAL_HELDOUT_DICE_PER_GROUP) is not None:
-            report[K.INITIAL_HELDOUT_DICE_PER_GROUP] = ckpt[K.INITIAL_HELDOUT_DICE_PER_GROUP]
-        if nights and K.HELDOUT_DICE_PER_GROUP in nights[-1]:
-            report[K.FINAL_HELDOUT_DICE_PER_GROUP] = nights[-1][K.HELDOUT_DICE_PER_GROUP]
+            report[K.DAY_DICE_PER_GROUP.value] = {g: sums[g] / counts[g] for g in counts}
+        if ckpt.get(K.INITIAL_HELDOUT_DICE_PER_GROUP.value) is not None:
+            report[K.INITIAL_HELDOUT_DICE_PER_GROUP.value] = ckpt[K.INITIAL_HELDOUT_DICE_PER_GROUP.value]
+        if nights and K.HELDOUT_DICE_PER_GROUP.value in nights[-1]:
+            report[K.FINAL_HELDOUT_DICE_PER_GROUP.value] = nights[-1][K.HELDOUT_DICE_PER_GROUP.value]
         report[K.DAYS.value] = records
         report[K.CONFIG.value] = ckpt[K.CONFIG.value]
         return report
@@ -668,15 +668,15 @@ def write_daynight_summary(
         f"{_fmt(_percent(report.get(K.FINAL_HELDOUT_DICE.value)))}.",
     ]
     heldout_groups: dict[str, dict[str, float | None]] = {}
-    if report.get(K.INITIAL_HELDOUT_DICE_PER_GROUP) is not None:
-        heldout_groups["initial model"] = dict(report[K.INITIAL_HELDOUT_DICE_PER_GROUP])
+    if report.get(K.INITIAL_HELDOUT_DICE_PER_GROUP.value) is not None:
+        heldout_groups["initial model"] = dict(report[K.INITIAL_HELDOUT_DICE_PER_GROUP.value])
         heldout_groups["initial model"]["mean"] = report.get(K.INITIAL_HELDOUT_DICE.value)
         for r in days:
-            if K.HELDOUT_DICE_PER_GROUP in r:
-                row = dict(r[K.HELDOUT_DICE_PER_GROUP])
+            if K.HELDOUT_DICE_PER_GROUP.value in r:
+                row = dict(r[K.HELDOUT_DICE_PER_GROUP.value])
                 row["mean"] = r.get(K.HELDOUT_DICE.value)
                 heldout_groups[f"after night {r[K.DAY.value] + 1}"] = row
-        groups = list(report[K.INITIAL_HELDOUT_DICE_PER_GROUP])
+        groups = list(report[K.INITIAL_HELDOUT_DICE_PER_GROUP.value])
         table = {k: {g: _percent(v) for g, v in row.items()} for k, row in heldout_groups.items()}
         lines += [
             "",
@@ -686,14 +686,14 @@ def write_daynight_summary(
             "",
             _md_table(table, [*groups, "mean"], "model"),
         ]
-    if report.get(K.DAY_DICE_PER_GROUP):
-        stream_groups = list(report[K.DAY_DICE_PER_GROUP])
+    if report.get(K.DAY_DICE_PER_GROUP.value):
+        stream_groups = list(report[K.DAY_DICE_PER_GROUP.value])
         table = {}
         for r in days:
-            row = {g: _percent(v) for g, v in r.get(K.DAY_DICE_PER_GROUP, {}).items()}
+            row = {g: _percent(v) for g, v in r.get(K.DAY_DICE_PER_GROUP.value, {}).items()}
             row["all"] = _percent(r.get(K.DAY_DICE.value))
             table[f"day {r[K.DAY.value] + 1}"] = row
-        table["whole stream"] = {g: _percent(v) for g, v in report[K.DAY_DICE_PER_GROUP].items()}
+        table["whole stream"] = {g: _percent(v) for g, v in report[K.DAY_DICE_PER_GROUP.value].items()}
         table["whole stream"]["all"] = _percent(report.get(K.MEAN_DAY_DICE.value))
         lines += [
             "",
