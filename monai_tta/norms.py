@@ -229,3 +229,17 @@ def per_sample_stats(layers: Sequence[AdaptiveBatchNorm]) -> Iterator[None]:
     finally:
         for layer, flag in zip(layers, flags):
             layer.per_sample = flag
+
+
+@contextmanager
+def recording_stats(layers: Sequence[AdaptiveBatchNorm]) -> Iterator[None]:
+    """Within the context, ``layers`` keep ``(x, mean, var)`` of their last forward in ``recorded`` (for statistics
+    alignment losses); on exit recording stops and the records are dropped."""
+    try:
+        for layer in layers:
+            layer.record = True
+        yield
+    finally:
+        for layer in layers:
+            layer.record = False
+            layer.recorded = None

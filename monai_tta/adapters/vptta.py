@@ -14,7 +14,7 @@ from monai_tta.adapters.base import Adapter, AdapterState
 from monai_tta.gradients import param_grads, set_grads
 from monai_tta.keys import NormRegime, Setting, StatKeys
 from monai_tta.losses import bn_alignment_loss
-from monai_tta.norms import warmup_lambda
+from monai_tta.norms import recording_stats, warmup_lambda
 from monai_tta.prompts import FourierPrompt, PromptMemory
 
 __all__ = ["VPTTA"]
@@ -171,15 +171,9 @@ class VPTTA(Adapter):
         if state.extra[_NEEDS_INIT]:
             stats[StatKeys.FROM_MEMORY] = self._init_prompt(state, inputs)
         prompt: FourierPrompt = state.extra[_PROMPT]
-        try:
-            for layer in state.norms:
-                layer.record = True
+        with recording_stats(state.norms):
             network(prompt(inputs)[0])
             loss = bn_alignment_loss(state.norms)
-        finally:
-            for layer in state.norms:
-                layer.record = False
-                layer.recorded = None
         set_grads(state.params, param_grads(loss, state.params))
         state.optimizer.step()
         stats[StatKeys.LOSS] = float(loss.detach())
