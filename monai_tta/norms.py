@@ -29,6 +29,7 @@ __all__ = [
     "bn_affine_params",
     "warmup_lambda",
     "per_sample_stats",
+    "recording_stats",
 ]
 
 
@@ -36,10 +37,9 @@ class AdaptiveBatchNorm(nn.Module):
     """A BatchNorm layer whose statistics are chosen by the adapter, whatever the module's train/eval mode.
 
     The layer normalises with ``mean = prior * running_mean + (1 - prior) * mean(x)`` (same for the variance):
-    ``prior = 1`` is plain inference with the source statistics, ``prior = 0`` uses the input's own statistics exactly
-    as
-    ``nn.BatchNorm`` in training mode does (biased variance, gradient through the statistics), without touching the
-    running buffers.
+    ``prior = 1`` is plain inference with the source statistics, ``prior = 0`` uses the input's own statistics
+    exactly as ``nn.BatchNorm`` in training mode does (biased variance, gradient through the statistics), without
+    touching the running buffers.
 
     Attributes:
         prior: weight on the source running statistics, in ``[0, 1]``.
