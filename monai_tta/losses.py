@@ -55,8 +55,7 @@ def entropy_loss(logits: torch.Tensor, activation: str = "sigmoid", eps: float =
 
 
 def consistency_loss(logits: torch.Tensor, soft_target: torch.Tensor) -> torch.Tensor:
-    """GraTa's pseudo loss: binary cross-entropy with logits against a soft target in ``[0, 1]``, mean over all
-    elements.
+    """GraTa's pseudo loss: BCE with logits against a soft target in ``[0, 1]``, mean over all elements.
 
     Args:
         logits: ``(B, C, *spatial)`` logits of the strong view.

@@ -19,8 +19,8 @@ class Tent(Adapter):
     """Entropy minimisation on the BatchNorm affine parameters with per-image statistics.
 
     Defaults follow the medical variant of the spec: sigmoid entropy ``-sum_c p_c log p_c``, Adam lr 1e-4, BN affine
-    only,
-    per-image statistics, one step per case, continual. The reference returns the forward made *before* the update.
+    only, per-image statistics, one step per case, continual. The reference returns the forward made *before* the
+    update.
 
     Args:
         activation: ``"sigmoid"`` (multi-label heads) or ``"softmax"``.
