@@ -1,0 +1,158 @@
+"""The benchmark runner end to end on a tiny problem, and its summary, target and memory helpers."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from monai_tta import bench
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_runner_end_to_end(tmp_path):
+    out = tmp_path / "bench"
+    argv = [
+        "--domains", "camera", "dim",
+        "--num-per-domain", "2",
+        "--num-source", "4",
+        "--image-size", "32",
+        "--timing-size", "0",
+        "--source-epochs", "1",
+        "--methods", "source_only", "grata",
+        "--timing-reps", "2",
+        "--out", str(out),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    for name in ("results.md", "results.json", "cases.csv", "timing.csv", "stream_dice.png", "time_per_case.png"):
+        assert (out / name).is_file(), name
+    for setting in bench.SETTINGS:
+        assert (out / f"dice_{setting}.png").is_file()
+    # the source model was trained into the cache folder (ignored by git), not into a bundle
+    checkpoints = list((out / "cache").glob("source_small_32_*.pt"))
+    assert len(checkpoints) == 1
+    assert (out / "cache" / ".gitignore").read_text().strip().endswith("*")
+
+    rows = read_rows(out / "cases.csv")
+    # 2 methods x (3 one-pass settings + 3 rounds of the stream) x 2 domains x 2 cases
+    assert len(rows) == 2 * (3 + 3) * 4
+    stream = [r for r in rows if r["setting"] == "stream" and r["method"] == "grata"]
+    assert [int(r["round"]) for r in stream] == [1] * 4 + [2] * 4 + [3] * 4
+    assert [r["domain"] for r in stream[:4]] == ["camera", "camera", "dim", "dim"]
+    assert all(0.0 <= float(r["dice_mean"]) <= 100.0 and float(r["time_ms"]) > 0 for r in rows)
+
+    results = json.loads((out / "results.json").read_text())
+    summary = results["summary"]
+    assert set(summary) == set(bench.SETTINGS)
+    for setting, methods in summary.items():
+        for method, block in methods.items():
+            sel = [r for r in rows if r["setting"] == setting and r["method"] == method]
+            per_domain = {
+                d: np.mean([float(r["dice_mean"]) for r in sel if r["domain"] == d]) for d in ("camera", "dim")
+            }
+            assert block["camera"]["dice"] == pytest.approx(per_domain["camera"])
+            assert block["overall"]["dice"] == pytest.approx(np.mean(list(per_domain.values())))
+            assert block["overall"]["dice_lo"] <= block["overall"]["dice"] <= block["overall"]["dice_hi"]
+            assert block["overall"]["asd"] == pytest.approx(
+                np.mean([np.mean([float(r["asd_mean"]) for r in sel if r["domain"] == d]) for d in ("camera", "dim")])
+            )
+    assert set(summary["stream"]["grata"]["rounds"]) == {"1", "2", "3"}
+    # the first case of a run starts from the source model in every setting: episodic and domain agree on it
+    episodic = [r for r in rows if r["setting"] == "episodic" and r["method"] == "grata"]
+    domain = [r for r in rows if r["setting"] == "domain" and r["method"] == "grata"]
+    assert float(episodic[0]["dice_mean"]) == pytest.approx(float(domain[0]["dice_mean"]))
+
+    timing = results["timing"]
+    assert list(timing) == ["source_only", "grata", "grata_batched"]  # on a CPU grata runs its views one by one
+    calls = read_rows(out / "timing.csv")
+    assert len(calls) == 3 * 2
+    for method, t in timing.items():
+        times = [float(c["time_ms"]) for c in calls if c["method"] == method]
+        assert t["median_ms"] == pytest.approx(float(np.median(times)))
+    if bench._reset_rss_peak():  # Linux: the memory probes ran in their own process
+        assert all(
+            t["memory_kind"] == "process_rss" and t["peak_total_mb"] > t["peak_extra_mb"] > 0 for t in timing.values()
+        )
+    markdown = (out / "results.md").read_text()
+    assert "python -m monai_tta.bench --domains camera dim" in markdown
+    assert "| source_only | " in markdown and "| camera | dim | overall |" in markdown
+    assert any(t["target"].startswith("exact GraTa time") for t in results["targets"])
+
+    # a second run reuses the cached checkpoint instead of training again
+    mtime = checkpoints[0].stat().st_mtime_ns
+    bench.main(argv[:-2] + ["--settings", "episodic", "--methods", "source_only", "--no-memory", "--out", str(out)])
+    assert checkpoints[0].stat().st_mtime_ns == mtime
+
+
+def test_summaries_and_stratified_interval():
+    rows = []
+    for domain, values in (("a", [10.0, 20.0, 30.0]), ("b", [50.0, 70.0])):
+        for i, v in enumerate(values):
+            row = {"domain": domain, "case_id": f"{domain}{i}", "dice_mean": v, "asd_mean": v / 10, "time_ms": i}
+            rows.append({"setting": "domain", "method": "m", **row})
+            # a 2-round stream repeating the same images: same means, and the same intervals (images are resampled)
+            rows += [{"setting": "stream", "method": "m", "round": k, **row} for k in (1, 2)]
+    summaries = bench.summarize_runs(rows, ["a", "b"])
+    summary = summaries["domain"]["m"]
+    stream = summaries["stream"]["m"]
+    for key in ("dice", "dice_lo", "dice_hi", "asd"):
+        assert stream["overall"][key] == pytest.approx(summary["overall"][key])
+    assert stream["rounds"]["2"]["b"]["dice"] == pytest.approx(60.0)
+    assert summary["a"]["dice"] == pytest.approx(20.0)
+    assert summary["b"]["dice"] == pytest.approx(60.0)
+    assert summary["overall"]["dice"] == pytest.approx(40.0)  # mean over domains, not over cases (42)
+    assert summary["overall"]["asd"] == pytest.approx(4.0)
+    assert summary["overall"]["time_ms"] == pytest.approx(1.0)
+    # each bootstrap mean lies between the smallest and the largest possible mean of domain means
+    lo, hi = bench._stratified_ci({"a": [10.0, 20.0, 30.0], "b": [50.0, 70.0]})
+    assert (10 + 50) / 2 <= lo <= 40.0 <= hi <= (30 + 70) / 2
+    assert bench._stratified_ci({"a": [5.0, 5.0]}) == (5.0, 5.0)
+
+
+def test_targets():
+    timing = {
+        "source_only": {"median_ms": 10.0, "peak_extra_mb": 10.0, "peak_total_mb": 100.0},
+        "grata": {"median_ms": 90.0, "peak_extra_mb": 40.0, "peak_total_mb": 150.0},
+        "grata_approx": {"median_ms": 45.0, "peak_extra_mb": 20.0, "peak_total_mb": 120.0},
+    }
+    summary = {"domain": {"grata": {"overall": {"dice": 80.0}}, "grata_approx": {"overall": {"dice": 79.7}}}}
+    targets = {t["target"]: t for t in bench.check_targets(timing, summary, torch.device("cpu"))}
+    assert targets["exact GraTa time / source-only (CPU) <= 9.5"]["measured"] == pytest.approx(9.0)
+    assert targets["exact GraTa time / source-only (CPU) <= 9.5"]["met"] is True
+    assert targets["approximate GraTa time / source-only (CPU) <= 4"]["met"] is False
+    assert targets["Dice(exact GraTa) - Dice(approximate), domain <= 0.5"]["measured"] == pytest.approx(0.3)
+    assert targets["grata peak memory (extra) / source-only <= 3"]["met"] is False
+    assert targets["grata peak memory (total) / source-only <= 3"]["measured"] == pytest.approx(1.5)
+
+
+@pytest.mark.skipif(not bench._reset_rss_peak(), reason="needs Linux /proc/self/clear_refs")
+def test_peak_memory_sees_torch_allocations():
+    with bench.PeakMemory(torch.device("cpu")) as mem:
+        x = torch.ones(16 * 2**20 // 4 * 4)  # 64 MiB, touched
+        del x
+    assert mem.kind == "process_rss"
+    assert 60.0 <= mem.extra <= 90.0
+
+
+def test_make_adapter_and_arguments():
+    assert bench.make_adapter("grata", "stream", 32).setting == "continual"
+    assert bench.make_adapter("grata_approx", "episodic", 32).mode == "approximate"
+    assert bench.make_adapter("grata_separate", "domain", 32).view_mode == "separate"
+    with pytest.raises(ValueError):
+        bench.make_adapter("nope", "domain", 32)
+    with pytest.raises(ValueError):
+        bench.make_adapter("grata", "weekly", 32)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--methods", "nope"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--settings", "weekly"])
+    args = bench.parse_args([])
+    assert args.methods[:5] == ["source_only", "norm_adapt", "tent", "grata", "grata_approx"]
+    assert args.settings == list(bench.SETTINGS)
