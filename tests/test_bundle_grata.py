@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from monai.bundle import ConfigWorkflow
+from tiny import digest, tiny_bundle_overrides
 
 from monai_tta.bundle_utils import run_bundle
 from monai_tta.reports import read_case_csv
@@ -22,21 +22,7 @@ BUNDLES = ROOT / "bundles"
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Overrides for a tiny run: 2 target domains x 3 cases at 32x32, 1 source epoch, all outputs in a tmp folder."""
-    tmp = tmp_path_factory.mktemp("grata")
-    return {
-        "dataset_dir": str(tmp / "data"),
-        "output_dir": str(tmp / "eval"),
-        "source_checkpoint": str(tmp / "models" / "model.pt"),
-        "num_per_domain": 3,
-        "image_size": 32,
-        "target_domains": ["camera", "dim"],
-        "source_training#epochs": 1,
-        "handlers#0#_disabled_": True,
-    }
-
-
-def digest(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return tiny_bundle_overrides(tmp_path_factory.mktemp("grata"))
 
 
 def test_evaluate_trains_source_on_first_use_adapts_and_reports(tiny):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_bundle_overrides
 
 from monai_tta.adapters import VPTTA
 from monai_tta.bundle_utils import run_bundle
@@ -30,21 +30,7 @@ PER_DOMAIN = 3
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Overrides for a tiny run: 2 target domains x 3 cases at 32x32, 1 source epoch, all outputs in a tmp folder."""
-    tmp = tmp_path_factory.mktemp("prompt_bundles")
-    return {
-        "dataset_dir": str(tmp / "data"),
-        "output_dir": str(tmp / "eval"),
-        "source_checkpoint": str(tmp / "models" / "model.pt"),
-        "num_per_domain": PER_DOMAIN,
-        "image_size": 32,
-        "target_domains": DOMAINS,
-        "source_training#epochs": 1,
-        "handlers#0#_disabled_": True,
-    }
-
-
-def digest(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return tiny_bundle_overrides(tmp_path_factory.mktemp("prompt_bundles"), tuple(DOMAINS), PER_DOMAIN)
 
 
 def dyna_overrides(tiny: dict, out: Path) -> dict:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 from torch import nn
 
-__all__ = ["TinyNet", "tiny_net", "tiny_image"]
+__all__ = ["TinyNet", "tiny_net", "tiny_image", "tiny_bundle_overrides", "digest"]
 
 
 class TinyNet(nn.Module):
@@ -37,3 +40,23 @@ def tiny_image(seed: int = 1, size: int = 8, channels: int = 2) -> torch.Tensor:
     """A (1, C, size, size) image in [0, 1]."""
     g = torch.Generator().manual_seed(seed)
     return torch.rand(1, channels, size, size, generator=g)
+
+
+def tiny_bundle_overrides(tmp: Path, domains: tuple[str, ...] = ("camera", "dim"), per_domain: int = 3) -> dict:
+    """Bundle overrides for a tiny run: ``per_domain`` cases of each domain at 32x32, 1 source epoch, no progress bar,
+    all outputs under ``tmp``."""
+    return {
+        "dataset_dir": str(tmp / "data"),
+        "output_dir": str(tmp / "eval"),
+        "source_checkpoint": str(tmp / "models" / "model.pt"),
+        "num_per_domain": per_domain,
+        "image_size": 32,
+        "target_domains": list(domains),
+        "source_training#epochs": 1,
+        "handlers#0#_disabled_": True,
+    }
+
+
+def digest(path) -> str:
+    """SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

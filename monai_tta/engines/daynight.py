@@ -40,6 +40,16 @@ from monai_tta.norms import norm_layers
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
+#: checkpoint fields of a night in progress, as they are when no night is running.
+_NO_NIGHT_STATE = {
+    "night_iteration": 0,
+    "night_loss_sum": 0.0,
+    "night_mask_sum": 0.0,
+    "student": None,
+    "teacher": None,
+    "optimizer": None,
+}
+
 __all__ = [
     "DayImageStore",
     "DayNightRunner",
@@ -481,12 +491,7 @@ class DayNightRunner:
         ckpt.update(
             phase=_PHASE_NIGHT,
             position=end,
-            night_iteration=0,
-            night_loss_sum=0.0,
-            night_mask_sum=0.0,
-            student=None,
-            teacher=None,
-            optimizer=None,
+            **_NO_NIGHT_STATE,
             day_adapter=self.day_adapter.state_dict(self.network),
             records=[*ckpt["records"], record],
         )
@@ -557,12 +562,7 @@ class DayNightRunner:
         ckpt.update(
             phase=_PHASE_DAY,
             day=day + 1,
-            night_iteration=0,
-            night_loss_sum=0.0,
-            night_mask_sum=0.0,
-            student=None,
-            teacher=None,
-            optimizer=None,
+            **_NO_NIGHT_STATE,
             global_student=copy.deepcopy(self.global_student.state_dict()),
             records=[*ckpt["records"][:-1], record],
         )
