@@ -53,9 +53,12 @@ Options (defaults in brackets):
   on the device: ``grata_batched`` on a CPU, ``grata_separate`` and ``grata_joint`` on a GPU];
 - device and speed: ``--device auto|cpu|cuda|cuda:N`` [auto]; ``--amp none|bf16|fp16`` (``torch.autocast`` around
   every method's call; not exact) [none]; ``--channels-last`` (network and inputs in channels-last memory format, all
-  methods); ``--compile`` (``torch.compile`` of each method's network copy; for GPUs); ``--threads`` torch CPU threads
-  [torch's default];
-- output: ``--out`` [docs/benchmarks]; ``--no-asd``; ``--no-plots``; ``--no-memory`` (skip the memory probes);
+  methods); ``--compile`` (``torch.compile`` of each method's network copy; for GPUs); ``--cudnn-benchmark``
+  (``torch.backends.cudnn.benchmark``: cuDNN autotunes each convolution shape during the warm-up calls); ``--threads``
+  torch CPU threads [torch's default]. On CUDA, float32 convolutions run as PyTorch's defaults say (cuDNN may use TF32
+  on Ampere and later GPUs); ``results.md`` records those flags;
+- output: ``--out`` [docs/benchmarks]; ``--timing-only`` (no Dice runs: the timing and memory phases alone, e.g. to
+  compare speed options); ``--no-asd``; ``--no-plots``; ``--no-memory`` (skip the memory probes);
   ``--seed`` [0].
 
 Example (the committed results; see ``docs/benchmarks/README.md``)::
@@ -331,6 +334,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp", default="none", choices=list(_AMP), help="torch.autocast around every call (not exact)")
     p.add_argument("--channels-last", action="store_true", help="channels-last network and inputs (all methods)")
     p.add_argument("--compile", action="store_true", help="torch.compile each method's network copy (GPU)")
+    p.add_argument(
+        "--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True (autotuned convolutions)"
+    )
+    p.add_argument("--timing-only", action="store_true", help="skip the Dice runs: timing and memory phases only")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", default="docs/benchmarks", help="output folder")
     p.add_argument("--no-asd", action="store_true", help="skip the average surface distance")
@@ -871,6 +878,12 @@ def _environment(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+        # float32 convolutions and matrix products may run in TF32 on Ampere and later: record what this run allowed
+        env["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
+        env["matmul_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        env["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
     return env
 
 
@@ -940,7 +953,15 @@ def _markdown(
         f"Data: {cfg['data']} ({cfg['num_per_domain']} cases per target domain, domains {', '.join(domains)}), "
         f"images {cfg['image_size']}x{cfg['image_size']}; network `{cfg['network']}`, source weights "
         f"`{meta.get('checkpoint')}`; AMP {cfg['amp']}, channels-last {cfg['channels_last']}, "
-        f"compile {cfg['compile']}.",
+        f"compile {cfg['compile']}"
+        + (
+            f"; CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, TF32 allowed in convolutions "
+            f"{env.get('cudnn_allow_tf32')} / matrix products {env.get('matmul_allow_tf32')}, cuDNN benchmark "
+            f"{env.get('cudnn_benchmark')}"
+            if "gpu" in env
+            else ""
+        )
+        + ".",
         "",
         "## Cost per case",
         "",
@@ -1095,6 +1116,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(int(args.threads))
     device = _resolve_device(args.device)
+    if args.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
     amp = _AMP[args.amp]
     out = Path(args.out)
     args.cache = str(Path(args.cache) if args.cache else out / "cache")
@@ -1111,7 +1134,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     logger.info(f"{sum(len(v) for v in cases.values())} target cases in {list(cases)}; device {device}")
 
     rows: list[dict[str, Any]] = []
-    for setting in args.settings:
+    for setting in [] if args.timing_only else args.settings:
         for method in args.methods:
             t0 = time.perf_counter()
             new = run_cases(

@@ -90,6 +90,17 @@ def test_runner_end_to_end(tmp_path):
     bench.main(argv[:-2] + ["--settings", "episodic", "--methods", "source_only", "--no-memory", "--out", str(out)])
     assert checkpoints[0].stat().st_mtime_ns == mtime
 
+    # a timing-only run (speed options compared without the Dice runs): no case rows, the timing phase alone
+    fast = tmp_path / "timing_only"
+    bench.main(
+        argv[:-2]
+        + ["--timing-only", "--cudnn-benchmark", "--no-memory", "--cache", str(out / "cache"), "--out", str(fast)]
+    )
+    assert not (fast / "cases.csv").exists() and (fast / "timing.csv").is_file()
+    results = json.loads((fast / "results.json").read_text())
+    assert results["summary"] == {} and list(results["timing"]) == ["source_only", "grata", "grata_batched"]
+    assert checkpoints[0].stat().st_mtime_ns == mtime
+
 
 def test_summaries_and_stratified_interval():
     rows = []

@@ -30,7 +30,7 @@ VIEWS = {
 
 def strong(x: torch.Tensor) -> torch.Tensor:
     """Deterministic stand-in for the strong augmentation: a per-channel gain, squared, min-maxed per sample."""
-    y = (x * torch.tensor([0.7, 1.2, 0.9]).view(1, 3, 1, 1)) ** 2
+    y = (x * torch.tensor([0.7, 1.2, 0.9], device=x.device).view(1, 3, 1, 1)) ** 2
     return (y - y.amin()) / (y.amax() - y.amin())
 
 
@@ -160,6 +160,35 @@ def test_default_view_mode_and_all_view_modes_agree_with_strong_style():
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
         for a, b in zip(results[mode][0], results["separate"][0]):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture
+def cuda_fp32():
+    """CUDA with TF32 off and deterministic cuDNN algorithms, restored afterwards (TF32 rounds float32 operands to
+    10 mantissa bits, far above the tolerances here)."""
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.deterministic)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    yield torch.device("cuda")
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.deterministic = flags
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("view_mode", ["auto", "batched", "joint", "separate"])
+def test_fast_path_equals_plain_separate_forwards_on_cuda(view_mode, cuda_fp32):
+    """On a GPU, where ``"auto"`` batches the views: same parameters and predictions as the plain structure (the
+    reference runs on the GPU too; different cuDNN kernels for batch 1 and 6 leave float32 rounding differences)."""
+    stream = [x.to(cuda_fp32) for x in images(3, size=64)]
+    adapter = GraTa(strong_augment=strong, view_mode=view_mode, lr=LR)
+    assert adapter.resolved_view_mode(stream[0]) == ("batched" if view_mode == "auto" else view_mode)
+    ref_preds, ref_params = plain_grata(source_net().to(cuda_fp32), stream)
+    preds, params = run_adapter(adapter, source_net().to(cuda_fp32), stream)
+    for p, r in zip(params, ref_params):
+        torch.testing.assert_close(p, r, atol=1e-5, rtol=1e-4)
+    for p, r in zip(preds, ref_preds):
+        torch.testing.assert_close(p, r, atol=1e-4, rtol=1e-4)
+    source = [p.detach().to(cuda_fp32) for p in plain_bn_params(source_net())]
+    assert max(float((p - s).abs().max()) for p, s in zip(params, source)) > 1e-4
 
 
 @pytest.mark.parametrize("predict_after, scale, size", [(False, None, 16), (True, None, 16), (False, 1.0, None)])

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# GPU runs of the benchmark (docs/benchmarks/gpu.md), from the repository root on a machine with a CUDA GPU.
+#
+#   tools/gpu_bench.sh main      # CUDA equivalence tests, then the full benchmark: ResUNet-34, 512x512
+#   tools/gpu_bench.sh options   # timing phase alone, once per speed option (cuDNN benchmark, channels-last, bf16,
+#                                # torch.compile), ResUNet-34 at 512x512 and the small UNet at 256x256
+#
+# Results go to $OUT (default ./gpu_out), one tar.gz per stage. When a folder .whl/ of wheels is present (monai and
+# pytorch-ignite for a machine that has torch but not them), they are installed into /tmp/site first.
+set -uo pipefail
+stage=${1:-main}
+OUT=${OUT:-$PWD/gpu_out}
+CACHE=${CACHE:-/tmp/monai_tta_bench_cache}
+mkdir -p "$OUT" "$CACHE"
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/$stage.gpu.txt"
+python3 -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'monai', monai.__version__)"
+
+bench() {  # bench <name> <timeout seconds> <options...>
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name: python -m monai_tta.bench $*"
+    local t0=$SECONDS
+    timeout "$limit" python3 -m monai_tta.bench --device cuda --cache "$CACHE" --out "$OUT/$stage/$name" "$@" \
+        2>&1 | tee "$OUT/$stage/$name.log" | grep -v "Epoch\[\|it/s\]" | tail -30
+    echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
+}
+
+mkdir -p "$OUT/$stage"
+case $stage in
+main)
+    python3 -m pytest -q -p no:cacheprovider tests/test_grata_fast.py 2>&1 | tail -5 | tee "$OUT/$stage/pytest.log"
+    bench resunet34_512 470 --network resunet34 --image-size 512 --timing-size 512 --timing-reps 20
+    ;;
+options)
+    r34=(--network resunet34 --image-size 512 --timing-size 512 --timing-reps 20 --timing-only --num-per-domain 1
+        --timing-methods source_only norm_adapt tent grata grata_separate grata_joint grata_approx vptta)
+    bench r34_default 150 "${r34[@]}"
+    bench r34_cudnn_benchmark 100 "${r34[@]}" --cudnn-benchmark
+    bench r34_channels_last 100 "${r34[@]}" --cudnn-benchmark --channels-last
+    bench r34_bf16 100 "${r34[@]}" --cudnn-benchmark --channels-last --amp bf16
+    bench small_256 100 --network small --image-size 128 --timing-size 256 --timing-reps 20 --timing-only --num-per-domain 1 \
+        --timing-methods source_only norm_adapt tent grata grata_separate grata_joint grata_approx vptta
+    bench r34_compile 200 "${r34[@]}" --cudnn-benchmark --compile --no-memory \
+        --timing-methods source_only tent grata grata_separate
+    ;;
+*)
+    echo "unknown stage $stage (main or options)" >&2
+    exit 2
+    ;;
+esac
+tar -czf "$OUT/$stage.tar.gz" -C "$OUT" "$stage" && rm -rf "${OUT:?}/$stage"
+ls -la "$OUT"
