@@ -169,6 +169,14 @@ METHODS: dict[str, MethodSpec] = {
         lambda s, i, r: GraTa(setting=s, seed=r, view_mode="batched"),
         "GraTa exact, the 6 views in one forward with per-sample statistics (same result as grata)",
     ),
+    "grata_chunk2": MethodSpec(
+        lambda s, i, r: GraTa(setting=s, seed=r, view_mode="batched", view_chunk=2),
+        "GraTa exact, the 6 views in 3 forwards of 2 with per-sample statistics (same result as grata)",
+    ),
+    "grata_chunk3": MethodSpec(
+        lambda s, i, r: GraTa(setting=s, seed=r, view_mode="batched", view_chunk=3),
+        "GraTa exact, the 6 views in 2 forwards of 3 with per-sample statistics (same result as grata)",
+    ),
     "grata_separate": MethodSpec(
         lambda s, i, r: GraTa(setting=s, seed=r, view_mode="separate"),
         "GraTa exact, one forward per view (the reference's structure; same result as grata)",

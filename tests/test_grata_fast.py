@@ -131,11 +131,15 @@ def run_adapter(adapter: GraTa, net: nn.Module, stream: list[torch.Tensor]):
     return preds, [p.detach().clone() for p in adapter.state_for(net).params]
 
 
-@pytest.mark.parametrize("view_mode", ["auto", "batched", "joint", "separate"])
-def test_fast_path_equals_plain_separate_forwards(view_mode):
+@pytest.mark.parametrize(
+    "view_mode, view_chunk",
+    [("auto", None), ("batched", None), ("batched", 2), ("batched", 4), ("joint", None), ("separate", None)],
+)
+def test_fast_path_equals_plain_separate_forwards(view_mode, view_chunk):
     stream = images()
     ref_preds, ref_params = plain_grata(source_net(), stream)
-    preds, params = run_adapter(GraTa(strong_augment=strong, view_mode=view_mode, lr=LR), source_net(), stream)
+    adapter = GraTa(strong_augment=strong, view_mode=view_mode, view_chunk=view_chunk, lr=LR)
+    preds, params = run_adapter(adapter, source_net(), stream)
     for p, r in zip(params, ref_params):
         torch.testing.assert_close(p, r, atol=1e-6, rtol=1e-5)
     for p, r in zip(preds, ref_preds):
@@ -174,12 +178,12 @@ def cuda_fp32():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("view_mode", ["auto", "batched", "joint", "separate"])
-def test_fast_path_equals_plain_separate_forwards_on_cuda(view_mode, cuda_fp32):
+@pytest.mark.parametrize("view_mode, view_chunk", [("auto", None), ("batched", 2), ("joint", None), ("separate", None)])
+def test_fast_path_equals_plain_separate_forwards_on_cuda(view_mode, view_chunk, cuda_fp32):
     """On a GPU, where ``"auto"`` batches the views: same parameters and predictions as the plain structure (the
     reference runs on the GPU too; different cuDNN kernels for batch 1 and 6 leave float32 rounding differences)."""
     stream = [x.to(cuda_fp32) for x in images(3, size=64)]
-    adapter = GraTa(strong_augment=strong, view_mode=view_mode, lr=LR)
+    adapter = GraTa(strong_augment=strong, view_mode=view_mode, view_chunk=view_chunk, lr=LR)
     assert adapter.resolved_view_mode(stream[0]) == ("batched" if view_mode == "auto" else view_mode)
     ref_preds, ref_params = plain_grata(source_net().to(cuda_fp32), stream)
     preds, params = run_adapter(adapter, source_net().to(cuda_fp32), stream)
@@ -230,6 +234,8 @@ class CallCounter:
     [
         ({}, 9, 9),  # on the CPU "auto" runs the views one by one
         ({"view_mode": "batched"}, 4, 9),  # entropy, 6 views in one batch, strong, final
+        ({"view_mode": "batched", "view_chunk": 2}, 6, 9),  # entropy, 3 batches of 2 views, strong, final
+        ({"view_mode": "batched", "view_chunk": 4}, 5, 9),  # entropy, views 4 + 2, strong, final
         ({"view_mode": "joint"}, 3, 9),  # entropy, views + strong in one batch, final
         ({"view_mode": "separate"}, 9, 9),
         ({"mode": "approximate"}, 2, 2),  # entropy (reported), strong (at half size)
@@ -259,6 +265,9 @@ def test_invalid_options_raise():
         GraTa(strong_scale=0.5)  # the exact mode runs the strong view at full size
     with pytest.raises(ValueError):
         GraTa(mode="approximate", strong_scale=0.0)
+    for chunk in (0, 1.5, True):
+        with pytest.raises(ValueError, match="view_chunk"):
+            GraTa(view_chunk=chunk)
 
 
 def test_approximate_strong_size_is_a_multiple_of_the_network_divisor():

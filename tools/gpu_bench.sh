@@ -27,7 +27,7 @@ bench() {  # bench <name> <timeout seconds> <options...>
     echo "=== $name: python -m monai_tta.bench $*"
     local t0=$SECONDS
     timeout "$limit" python3 -m monai_tta.bench --device cuda --cache "$CACHE" --out "$OUT/$stage/$name" "$@" \
-        2>&1 | tee "$OUT/$stage/$name.log" | grep -v "Epoch\[\|it/s\]" | tail -30
+        2>&1 | tee "$OUT/$stage/$name.log" | grep -E "timing |Error|Traceback|MISSED|\(met\)" | tail -16
     echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
 }
 
@@ -38,15 +38,19 @@ main)
     bench resunet34_512 470 --network resunet34 --image-size 512 --timing-size 512 --timing-reps 20
     ;;
 options)
-    r34=(--network resunet34 --image-size 512 --timing-size 512 --timing-reps 20 --timing-only --num-per-domain 1
-        --timing-methods source_only norm_adapt tent grata grata_separate grata_joint grata_approx vptta)
-    bench r34_default 150 "${r34[@]}"
-    bench r34_cudnn_benchmark 100 "${r34[@]}" --cudnn-benchmark
-    bench r34_channels_last 100 "${r34[@]}" --cudnn-benchmark --channels-last
-    bench r34_bf16 100 "${r34[@]}" --cudnn-benchmark --channels-last --amp bf16
-    bench small_256 100 --network small --image-size 128 --timing-size 256 --timing-reps 20 --timing-only --num-per-domain 1 \
-        --timing-methods source_only norm_adapt tent grata grata_separate grata_joint grata_approx vptta
-    bench r34_compile 200 "${r34[@]}" --cudnn-benchmark --compile --no-memory \
+    python3 tools/profile_adapters.py --device cuda --network resunet34 --size 512 --calls 5 --rows 8 \
+        --methods source_only norm_adapt tent grata grata_separate grata_approx vptta \
+        --out "$OUT/$stage/profile_resunet34_512.txt" 2>&1 | grep -v "^USDT\|^STAGE" | tee "$OUT/$stage/profile.log" \
+        | grep "ms/call"
+    methods=(source_only norm_adapt tent grata grata_chunk2 grata_chunk3 grata_separate grata_joint grata_approx vptta)
+    r34=(--network resunet34 --image-size 512 --timing-size 512 --timing-reps 20 --timing-only --num-per-domain 1)
+    bench r34_default 150 "${r34[@]}" --timing-methods "${methods[@]}"
+    bench r34_cudnn_benchmark 100 "${r34[@]}" --timing-methods "${methods[@]}" --cudnn-benchmark
+    bench r34_channels_last 100 "${r34[@]}" --timing-methods "${methods[@]}" --cudnn-benchmark --channels-last
+    bench r34_bf16 100 "${r34[@]}" --timing-methods "${methods[@]}" --cudnn-benchmark --channels-last --amp bf16
+    bench small_256 100 --network small --image-size 128 --timing-size 256 --timing-reps 20 --timing-only \
+        --num-per-domain 1 --timing-methods "${methods[@]}"
+    bench r34_compile 150 "${r34[@]}" --cudnn-benchmark --compile --no-memory \
         --timing-methods source_only tent grata grata_separate
     ;;
 *)

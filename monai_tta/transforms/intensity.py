@@ -62,6 +62,21 @@ def _uniform(low: float, high: float, generator: torch.Generator | None, size: i
     return low + (high - low) * torch.rand(size, generator=generator, dtype=torch.float64)
 
 
+def _normal_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, drawn where ``x`` lives.
+
+    On the CPU it comes from ``generator`` itself. On an accelerator, drawing a whole image on the CPU and copying it
+    over costs more than the rest of the augmentation (measured on an H100: milliseconds per 512x512 image), so one
+    seed is drawn from ``generator`` and the noise comes from a generator of ``x``'s device seeded with it: the result
+    is reproducible for a seeded ``generator`` (but not the same numbers as on the CPU).
+    """
+    if x.device.type == "cpu":
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    device_generator = torch.Generator(device=x.device).manual_seed(seed)
+    return torch.randn(x.shape, generator=device_generator, dtype=x.dtype, device=x.device)
+
+
 def _split_factor(low: float, high: float, generator: torch.Generator | None, size: int) -> torch.Tensor:
     """batchgenerators' rule for ranges around 1: half the draws from ``U(low, 1)``, half from ``U(1, high)``."""
     below = torch.rand(size, generator=generator, dtype=torch.float64) < 0.5
@@ -161,7 +176,7 @@ class StrongStyle(Transform):
             x = -y
         if self._coin(self.prob_noise, g):
             std = float(_uniform(*self.noise_std, g).item())
-            x = x + std * torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
+            x = x + std * _normal_like(x, g)
         if self._coin(self.prob_blur, g):
             channels = []
             for ch in x:
