@@ -42,10 +42,8 @@ def global_cosine(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], eps: flo
     """
     if len(a) != len(b):
         raise ValueError(f"gradient lists differ in length: {len(a)} vs {len(b)}.")
-    dot = torch.stack([(x * y).sum() for x, y in zip(a, b)]).sum()
-    norm_a = torch.stack([x.pow(2).sum() for x in a]).sum().sqrt()
-    norm_b = torch.stack([y.pow(2).sum() for y in b]).sum().sqrt()
-    return dot / (norm_a * norm_b + eps)
+    flat_a, flat_b = flatten(a), flatten(b)  # 2 concatenations and 3 reductions, not 3 reductions per tensor
+    return torch.dot(flat_a, flat_b) / (flat_a.norm() * flat_b.norm() + eps)
 
 
 @torch.no_grad()

@@ -178,21 +178,55 @@ def cuda_fp32():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("view_mode, view_chunk", [("auto", None), ("batched", 2), ("joint", None), ("separate", None)])
-def test_fast_path_equals_plain_separate_forwards_on_cuda(view_mode, view_chunk, cuda_fp32):
-    """On a GPU, where ``"auto"`` batches the views: same parameters and predictions as the plain structure (the
-    reference runs on the GPU too; different cuDNN kernels for batch 1 and 6 leave float32 rounding differences)."""
+@pytest.mark.parametrize(
+    "view_mode, view_chunk, cuda_graph",
+    [
+        ("auto", None, None),  # the default on a GPU: batched views, CUDA graphs
+        ("auto", None, False),
+        ("batched", 2, True),
+        ("joint", None, True),
+        ("separate", None, False),
+    ],
+)
+def test_fast_path_equals_plain_separate_forwards_on_cuda(view_mode, view_chunk, cuda_graph, cuda_fp32):
+    """On a GPU, where ``"auto"`` batches the views and replays CUDA graphs: same parameters and predictions as the
+    plain structure (the reference runs on the GPU too; different cuDNN kernels for batch 1 and 6 leave float32
+    rounding differences)."""
     stream = [x.to(cuda_fp32) for x in images(3, size=64)]
-    adapter = GraTa(strong_augment=strong, view_mode=view_mode, view_chunk=view_chunk, lr=LR)
+    adapter = GraTa(strong_augment=strong, view_mode=view_mode, view_chunk=view_chunk, cuda_graph=cuda_graph, lr=LR)
     assert adapter.resolved_view_mode(stream[0]) == ("batched" if view_mode == "auto" else view_mode)
+    assert adapter.uses_cuda_graph(stream[0]) == (cuda_graph is not False)
     ref_preds, ref_params = plain_grata(source_net().to(cuda_fp32), stream)
-    preds, params = run_adapter(adapter, source_net().to(cuda_fp32), stream)
+    net = source_net().to(cuda_fp32)
+    preds, params = run_adapter(adapter, net, stream)
+    extra = adapter.state_for(net).extra
+    if cuda_graph is not False:  # one capture of the update and one of the prediction, replayed for every case
+        assert extra["graph_update"].captures == 1 and extra["graph_predict"].captures == 1
+        assert "graph_failed" not in extra
+    else:
+        assert "graph_update" not in extra
     for p, r in zip(params, ref_params):
         torch.testing.assert_close(p, r, atol=1e-5, rtol=1e-4)
     for p, r in zip(preds, ref_preds):
         torch.testing.assert_close(p, r, atol=1e-4, rtol=1e-4)
     source = [p.detach().to(cuda_fp32) for p in plain_bn_params(source_net())]
     assert max(float((p - s).abs().max()) for p, s in zip(params, source)) > 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["exact", "approximate"])
+def test_cuda_graph_replays_equal_eager_calls(mode, cuda_fp32):
+    """The graphs replay the eager kernels: same updates, same predictions, case after case (default StrongStyle)."""
+    stream = [x.to(cuda_fp32) for x in images(4, size=64)]
+    results = []
+    for cuda_graph in (False, True):
+        adapter = GraTa(mode=mode, cuda_graph=cuda_graph, predict_after_update=True, lr=LR, seed=3)
+        results.append(run_adapter(adapter, source_net().to(cuda_fp32), stream))
+    (eager_preds, eager_params), (graph_preds, graph_params) = results
+    for a, b in zip(graph_params, eager_params):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    for a, b in zip(graph_preds, eager_preds):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("predict_after, scale, size", [(False, None, 16), (True, None, 16), (False, 1.0, None)])

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # GPU runs of the benchmark (docs/benchmarks/gpu.md), from the repository root on a machine with a CUDA GPU.
 #
-#   tools/gpu_bench.sh main      # CUDA equivalence tests, then the full benchmark: ResUNet-34, 512x512
-#   tools/gpu_bench.sh options   # timing phase alone, once per speed option (cuDNN benchmark, channels-last, bf16,
-#                                # torch.compile), ResUNet-34 at 512x512 and the small UNet at 256x256
+#   tools/gpu_bench.sh main      # CUDA equivalence tests, the full benchmark (ResUNet-34, 512x512), and the timing
+#                                # phase of the small UNet at 256x256
+#   tools/gpu_bench.sh options   # profile, then the timing phase alone once per speed option (cuDNN benchmark,
+#                                # channels-last, bf16, torch.compile), ResUNet-34 at 512x512
 #
 # Results go to $OUT (default ./gpu_out), one tar.gz per stage. When a folder .whl/ of wheels is present (monai and
 # pytorch-ignite for a machine that has torch but not them), they are installed into /tmp/site first.
@@ -32,17 +33,24 @@ bench() {  # bench <name> <timeout seconds> <options...>
 }
 
 mkdir -p "$OUT/$stage"
+# every method, and the exact GraTa's variants (same result): views 2 or 3 per forward, no CUDA graph, the reference's
+# one forward per view, views and strong view in one forward
+methods=(source_only norm_adapt tent grata grata_chunk2 grata_chunk3 grata_eager grata_separate grata_joint grata_approx
+    vptta)
 case $stage in
 main)
-    python3 -m pytest -q -p no:cacheprovider tests/test_grata_fast.py 2>&1 | tail -5 | tee "$OUT/$stage/pytest.log"
-    bench resunet34_512 470 --network resunet34 --image-size 512 --timing-size 512 --timing-reps 20
+    python3 -m pytest -q -p no:cacheprovider tests/test_grata_fast.py tests/test_graphs.py 2>&1 | tail -5 \
+        | tee "$OUT/$stage/pytest.log"
+    bench resunet34_512 420 --network resunet34 --image-size 512 --timing-size 512 --timing-reps 20 \
+        --timing-methods "${methods[@]}"
+    bench small_256 100 --network small --image-size 128 --timing-size 256 --timing-reps 20 --timing-only \
+        --num-per-domain 1 --timing-methods "${methods[@]}"
     ;;
 options)
     python3 tools/profile_adapters.py --device cuda --network resunet34 --size 512 --calls 5 --rows 8 \
         --methods source_only norm_adapt tent grata grata_separate grata_approx vptta \
         --out "$OUT/$stage/profile_resunet34_512.txt" 2>&1 | grep -v "^USDT\|^STAGE" | tee "$OUT/$stage/profile.log" \
         | grep "ms/call"
-    methods=(source_only norm_adapt tent grata grata_chunk2 grata_chunk3 grata_separate grata_joint grata_approx vptta)
     r34=(--network resunet34 --image-size 512 --timing-size 512 --timing-reps 20 --timing-only --num-per-domain 1)
     bench r34_default 150 "${r34[@]}" --timing-methods "${methods[@]}"
     bench r34_cudnn_benchmark 100 "${r34[@]}" --timing-methods "${methods[@]}" --cudnn-benchmark

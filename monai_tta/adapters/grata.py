@@ -24,6 +24,8 @@ make that cheap without changing the result:
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,6 +36,7 @@ from torch import nn
 
 from monai_tta.adapters.base import Adapter, AdapterState, set_lr
 from monai_tta.gradients import global_cosine, param_grads, perturb, restore, set_grads
+from monai_tta.graphs import CapturedCall
 from monai_tta.keys import Setting, StatKeys
 from monai_tta.losses import consistency_loss, entropy_loss
 from monai_tta.norms import AdaptiveBatchNorm, per_sample_stats
@@ -120,6 +123,7 @@ class GraTa(Adapter):
         predict_after_update: bool | None = None,
         strong_scale: float | None = None,
         view_chunk: int | None = None,
+        cuda_graph: bool | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("setting", Setting.DOMAIN)
@@ -136,6 +140,7 @@ class GraTa(Adapter):
         if view_chunk is not None and (isinstance(view_chunk, bool) or int(view_chunk) != view_chunk or view_chunk < 1):
             raise ValueError(f"view_chunk must be None or a positive integer, got {view_chunk!r}.")
         self.view_chunk = None if view_chunk is None else int(view_chunk)
+        self.cuda_graph = cuda_graph
         self.strong_augment = strong_augment if strong_augment is not None else StrongStyle()
         default_scale = 1.0 if self.mode == "exact" else 0.5
         self.strong_scale = default_scale if strong_scale is None else float(strong_scale)
@@ -182,10 +187,12 @@ class GraTa(Adapter):
                 logits = [network(apply_view(inputs, v)) for v in self.views]
             return self._mean_probability(logits)
 
-    def _pseudo_loss(self, state: AdapterState, inputs: torch.Tensor, network: nn.Module) -> torch.Tensor:
+    def _pseudo_loss(
+        self, state: AdapterState, inputs: torch.Tensor, network: nn.Module, strong: torch.Tensor
+    ) -> torch.Tensor:
         """BCE of the strong view against the 6-view soft pseudo-label, both at the current (perturbed) weights."""
         if self.resolved_view_mode(inputs) == "joint":
-            batch = [apply_view(inputs, v) for v in self.views] + [self._strong(inputs)]
+            batch = [apply_view(inputs, v) for v in self.views] + [strong]
             with per_sample_stats(state.norms):
                 logits = network(torch.cat(batch))
             n = len(self.views)
@@ -193,7 +200,7 @@ class GraTa(Adapter):
                 pseudo = self._mean_probability(logits[:n].detach().split(1))
             return consistency_loss(logits[n:].float(), pseudo)
         pseudo = self.pseudo_label(inputs, network, state.norms)
-        return consistency_loss(network(self._strong(inputs)).float(), pseudo)
+        return consistency_loss(network(strong).float(), pseudo)
 
     def _scaled_size(self, spatial: Sequence[int], network: nn.Module) -> tuple[int, ...]:
         """Spatial size of the approximate mode's strong pass: a multiple of the network's ``size_divisor``, at least
@@ -204,29 +211,73 @@ class GraTa(Adapter):
         divisor = int(getattr(network, "size_divisor", 1) or 1)
         return tuple(min(max(int(round(s * self.strong_scale / divisor)), 2) * divisor, int(s)) for s in spatial)
 
-    def adapt(
-        self, state: AdapterState, inputs: torch.Tensor, network: nn.Module
-    ) -> tuple[dict[str, Any], torch.Tensor | None]:
-        params = state.params
+    def uses_cuda_graph(self, inputs: torch.Tensor) -> bool:
+        """Whether the update and the prediction of ``inputs`` run as CUDA graphs (``cuda_graph=None``: on CUDA)."""
+        if inputs.device.type != "cuda":
+            return False
+        return True if self.cuda_graph is None else bool(self.cuda_graph)
+
+    def _update_tensors(
+        self, state: AdapterState, inputs: torch.Tensor, strong: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """Steps 1-4 as tensors, with no host synchronisation (so they can be captured in a CUDA graph).
+
+        Returns:
+            the entropy pass's logits, ``[cosine, entropy loss, pseudo-label loss]`` and ``g_pse`` (one per parameter);
+            the parameters are back at ``theta``.
+        """
+        network, params = state.network(), state.params
         aux_logits = network(inputs)
         aux_loss = entropy_loss(aux_logits.float())
         g_aux = param_grads(aux_loss, params)
         theta = perturb(params, g_aux, scale=-1.0)
         if self.mode == "exact":
-            pse_loss = self._pseudo_loss(state, inputs, network)
+            pse_loss = self._pseudo_loss(state, inputs, network, strong)
         else:  # approximate: the pseudo-label is the entropy pass's own prediction (one view, at theta)
             pseudo = torch.sigmoid(aux_logits.detach().float())
-            strong = self._strong(inputs)
             size = self._scaled_size(inputs.shape[2:], network)
             if size != tuple(inputs.shape[2:]):
                 strong, pseudo = F.interpolate(strong, size=size, mode="area"), F.interpolate(pseudo, size, mode="area")
             pse_loss = consistency_loss(network(strong).float(), pseudo)
         g_pse = param_grads(pse_loss, params)
         restore(params, theta)
+        scalars = torch.stack([global_cosine(g_aux, g_pse).float(), aux_loss.detach(), pse_loss.detach()])
+        return (aux_logits.detach(), scalars, *g_pse)
+
+    def _captured(self, state: AdapterState, name: str, fn: Callable[..., Sequence[torch.Tensor]]) -> CapturedCall:
+        runner = state.extra.get(name)
+        if runner is None:
+            runner = state.extra[name] = CapturedCall(fn)
+        return runner
+
+    def _run(
+        self, state: AdapterState, name: str, fn: Callable[..., Sequence[torch.Tensor]], *inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """``fn(*inputs)``, as a CUDA graph when :meth:`uses_cuda_graph` (the outputs are then cloned). A capture
+        that fails (e.g. a network that synchronises with the host) falls back to eager calls, with a warning."""
+        if not self.uses_cuda_graph(inputs[0]) or state.extra.get("graph_failed"):
+            return tuple(fn(*inputs))
+        try:
+            outputs = self._captured(state, name, fn)(*inputs)
+        except RuntimeError as e:
+            if self.cuda_graph:
+                raise
+            warnings.warn(f"GraTa: CUDA graph capture failed ({e}); running eagerly from now on.", stacklevel=3)
+            state.extra["graph_failed"] = True
+            state.extra.pop(name, None)
+            return tuple(fn(*inputs))
+        return tuple(t.clone() for t in outputs)
+
+    def adapt(
+        self, state: AdapterState, inputs: torch.Tensor, network: nn.Module
+    ) -> tuple[dict[str, Any], torch.Tensor | None]:
+        params = state.params
+        strong = self._strong(inputs)  # drawn on the host, outside any graph
+        aux_logits, scalars, *g_pse = self._run(
+            state, "graph_update", functools.partial(self._update_tensors, state), inputs, strong
+        )
         # the single device-to-host transfer of the update: the cosine sets the learning rate (a Python float)
-        cosine, aux_value, pse_value = torch.stack(
-            [global_cosine(g_aux, g_pse).float(), aux_loss.detach(), pse_loss.detach()]
-        ).tolist()
+        cosine, aux_value, pse_value = scalars.tolist()
         lr = cosine_lr(self.lr, cosine)
         set_lr(state.optimizer, lr)
         set_grads(params, g_pse)
@@ -238,4 +289,7 @@ class GraTa(Adapter):
             StatKeys.COSINE: cosine,
             StatKeys.LR: lr,
         }
-        return stats, None if self.predict_after_update else aux_logits.detach()
+        return stats, None if self.predict_after_update else aux_logits
+
+    def predict(self, state: AdapterState, inputs: torch.Tensor, network: nn.Module) -> torch.Tensor:
+        return self._run(state, "graph_predict", lambda x: (state.network()(x),), inputs)[0]
