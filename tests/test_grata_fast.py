@@ -152,6 +152,7 @@ def test_fast_path_equals_plain_separate_forwards(view_mode, view_chunk):
 def test_default_view_mode_and_all_view_modes_agree_with_strong_style():
     default = GraTa()
     assert (default.mode, default.view_mode, default.predict_after_update) == ("exact", "auto", True)
+    assert (default.view_chunk, default.cuda_graph) == (2, None)
     x = images(1)[0]
     assert default.resolved_view_mode(x) == "separate"  # CPU input
     assert default.resolved_view_mode(x.to("meta")) == "batched"  # any accelerator
@@ -181,7 +182,7 @@ def cuda_fp32():
 @pytest.mark.parametrize(
     "view_mode, view_chunk, cuda_graph",
     [
-        ("auto", None, None),  # the default on a GPU: batched views, CUDA graphs
+        ("auto", 2, None),  # the default on a GPU: views batched 2 at a time, CUDA graphs
         ("auto", None, False),
         ("batched", 2, True),
         ("joint", None, True),
@@ -202,6 +203,7 @@ def test_fast_path_equals_plain_separate_forwards_on_cuda(view_mode, view_chunk,
     extra = adapter.state_for(net).extra
     if cuda_graph is not False:  # one capture of the update and one of the prediction, replayed for every case
         assert extra["graph_update"].captures == 1 and extra["graph_predict"].captures == 1
+        assert extra["graph_predict"].share_pool_with is extra["graph_update"]  # one memory pool for both graphs
         assert "graph_failed" not in extra
     else:
         assert "graph_update" not in extra
@@ -267,8 +269,8 @@ class CallCounter:
     "kwargs, calls, samples",
     [
         ({}, 9, 9),  # on the CPU "auto" runs the views one by one
-        ({"view_mode": "batched"}, 4, 9),  # entropy, 6 views in one batch, strong, final
-        ({"view_mode": "batched", "view_chunk": 2}, 6, 9),  # entropy, 3 batches of 2 views, strong, final
+        ({"view_mode": "batched"}, 6, 9),  # entropy, 3 batches of 2 views (the default chunk), strong, final
+        ({"view_mode": "batched", "view_chunk": None}, 4, 9),  # entropy, 6 views in one batch, strong, final
         ({"view_mode": "batched", "view_chunk": 4}, 5, 9),  # entropy, views 4 + 2, strong, final
         ({"view_mode": "joint"}, 3, 9),  # entropy, views + strong in one batch, final
         ({"view_mode": "separate"}, 9, 9),

@@ -33,10 +33,9 @@ bench() {  # bench <name> <timeout seconds> <options...>
 }
 
 mkdir -p "$OUT/$stage"
-# every method, and the exact GraTa's variants (same result): views 2 or 3 per forward, no CUDA graph, the reference's
-# one forward per view, views and strong view in one forward
-methods=(source_only norm_adapt tent grata grata_chunk2 grata_chunk3 grata_eager grata_separate grata_joint grata_approx
-    vptta)
+# every method, and the exact GraTa's variants (same result): the 6 views in one forward, no CUDA graph, the
+# reference's one forward per view, views and strong view in one forward
+methods=(source_only norm_adapt tent grata grata_batched grata_eager grata_separate grata_joint grata_approx vptta)
 case $stage in
 main)
     python3 -m pytest -q -p no:cacheprovider tests/test_grata_fast.py tests/test_graphs.py 2>&1 | tail -5 \
