@@ -642,11 +642,12 @@ def _memory_probes(
         net = _prepare_copy(network, channels_last, False)
         adapter = make_adapter(name, "continual", int(image.shape[-1]), seed)
         first = None
-        for i in range(warmup):
-            with PeakMemory(device) if device.type == "cuda" and i == 0 else nullcontext() as mem:
-                with _call_context(device, amp):
-                    adapter(x, net)
-            first = mem if i == 0 else first
+        if device.type == "cuda" and warmup > 0:  # the first call, where CUDA graphs allocate their pool, is measured
+            with PeakMemory(device) as first, _call_context(device, amp):
+                adapter(x, net)
+        with _call_context(device, amp):
+            for _ in range(warmup - (first is not None)):
+                adapter(x, net)
         values = []
         for _ in range(max(int(probes), 1)):
             with PeakMemory(device) as mem:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from monai_tta.bench import METHODS, make_adapter
@@ -56,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.synchronize(device)
         wall = (time.perf_counter() - start) * 1000 / args.calls
         events = prof.key_averages()
-        kernel_ms = sum(e.self_device_time_total for e in events) / 1000 / args.calls if device.type == "cuda" else 0
+        # as the profiler's own "Self CUDA time total": device-side events only (the CPU-side operators carry their
+        # kernels' time as well, so summing over every event counts it twice)
+        device_events = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+        kernel_ms = sum(e.self_device_time_total for e in device_events) / 1000 / args.calls
         launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel")) / args.calls
         head = (
             f"{name}: {wall:.1f} ms/call (profiled), device kernels {kernel_ms:.1f} ms/call "
