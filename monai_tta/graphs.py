@@ -90,7 +90,3 @@ class CapturedCall:
         assert self.graph is not None
         self.graph.replay()
         return self._outputs
-
-    def reset(self) -> None:
-        """Drop the graph and its buffers (the next call captures again)."""
-        self.graph, self._key, self._inputs, self._outputs = None, None, [], ()
