@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from monai_tta.adapters.base import Adapter, build_optimizer
 from monai_tta.adapters.dyna import ITERATION_KEY, SEED_KEY, NightTrainer, derived_seed, ema_update_
 from monai_tta.adapters.vptta import VPTTA
+from monai_tta.io import atomic_save, atomic_write, atomic_write_json, atomic_write_text
 from monai_tta.keys import DataKeys, StatKeys
 from monai_tta.keys import DayNightKeys as K
 from monai_tta.norms import norm_layers
@@ -72,45 +73,6 @@ PLOT_NAME = "report.png"
 
 #: report fields present only when the stream's cases carry a group (``group_key``, e.g. the domain) or when the
 #: held-out cases are given as ``{group: cases}``: per-group Dice, keyed by group name.
-
-
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _write_atomic(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
-    path = Path(path)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable where the platform allows it
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` onto ``path``."""
-    _write_atomic(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_json(data: Any, path: str | os.PathLike) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
-    text = json.dumps(data, indent=2, sort_keys=False)
-    _write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def case_dice(pred: torch.Tensor, label: torch.Tensor) -> float:
@@ -705,7 +667,7 @@ def write_daynight_summary(
         ]
     lines += ["", f"![{title}]({PLOT_NAME})", ""]
     paths = {"markdown": out / SUMMARY_NAME, "plot": out / PLOT_NAME}
-    _write_atomic(paths["markdown"], lambda f: f.write("\n".join(lines).encode()))
+    atomic_write_text("\n".join(lines), paths["markdown"])
     _plot_daynight(report, heldout_groups, paths["plot"], title)
     if (out / REPORT_NAME).is_file():
         paths["json"] = out / REPORT_NAME
@@ -772,11 +734,7 @@ def _plot_daynight(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    tmp = _temp_path(path)
     try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()

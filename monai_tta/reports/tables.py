@@ -1,8 +1,9 @@
-"""Per-case records to per-domain summaries, Markdown tables and plots."""
+"""Per-case records to per-domain summaries, CSV files and Markdown tables."""
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["summarize", "read_case_csv", "write_case_csv", "markdown_table", "plot_domain_dice", "bootstrap_ci"]
+from monai_tta.io import atomic_write_text
+
+__all__ = ["MEAN_DICE", "summarize", "read_case_csv", "write_case_csv", "markdown_table", "bootstrap_ci"]
 
 MEAN_DICE = "dice_mean"
 
@@ -74,12 +77,11 @@ def write_case_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(buffer.getvalue(), path)
 
 
 def read_case_csv(path: str | Path) -> list[dict[str, Any]]:
@@ -97,31 +99,3 @@ def markdown_table(
         cells = [f"{values[c]:.{digits}f}" if c in values and _is_number(values[c]) else "-" for c in columns]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines)
-
-
-def plot_domain_dice(
-    table: Mapping[str, Mapping[str, float]], domains: Sequence[str], path: str | Path, title: str = "Mean Dice"
-) -> Path:
-    """Grouped bar chart of mean Dice per domain (x) per method (bars); written as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    methods = list(table)
-    width = 0.8 / max(len(methods), 1)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(domains), 3.6))
-    for i, method in enumerate(methods):
-        xs = np.arange(len(domains)) + (i - (len(methods) - 1) / 2) * width
-        ax.bar(xs, [table[method].get(d, np.nan) for d in domains], width, label=method)
-    ax.set_xticks(np.arange(len(domains)), domains)
-    ax.set_ylabel("Dice (%)")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
