@@ -11,6 +11,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_tta import distributed
+from monai_tta.io import atomic_write_text
+
 __all__ = ["ensure_source_checkpoint", "run_bundle", "record_config"]
 
 logger = logging.getLogger(__name__)
@@ -79,13 +82,13 @@ def record_config(workflow: Any, config_files: Sequence[str], overrides: Mapping
         overrides: the overrides given to the run.
 
     Returns:
-        the path written, or ``None``.
+        the path written, or ``None`` (also on ranks other than 0 of a sharded run).
     """
     import monai
     import torch
 
     parser = workflow.parser
-    if "output_dir" not in parser:
+    if "output_dir" not in parser or not distributed.is_main_process():
         return None
     folder = Path(parser.get_parsed_content("output_dir"))
     if "method" in parser:
@@ -107,7 +110,7 @@ def record_config(workflow: Any, config_files: Sequence[str], overrides: Mapping
         "config": parser.get(),
     }
     path = folder / "config.json"
-    path.write_text(json.dumps(record, indent=2, default=repr))
+    atomic_write_text(json.dumps(record, indent=2, default=repr), path)
     return path
 
 
@@ -129,13 +132,32 @@ def ensure_source_checkpoint(
             with exactly the inference run's network and data. Keys starting with ``_`` are ignored.
         configs: the config files that make up the training run.
 
+    In a run sharded over ranks (:mod:`monai_tta.distributed`) only rank 0 trains; the other ranks wait for it and
+    then read the same checkpoint.
+
     Returns:
         the checkpoint path.
 
     Raises:
-        RuntimeError: if training finished without writing the checkpoint.
+        RuntimeError: if training finished without writing the checkpoint (on every rank of a sharded run).
     """
     checkpoint = Path(checkpoint)
+    if distributed.get_world_size() > 1:
+        try:
+            if distributed.is_main_process():
+                _train_if_missing(checkpoint, bundle_root, overrides, configs)
+        finally:
+            distributed.barrier()
+        if not checkpoint.is_file():
+            rank = distributed.get_rank()
+            raise RuntimeError(f"rank {rank}: rank 0 did not write the source checkpoint {checkpoint}; see its log.")
+        return checkpoint
+    return _train_if_missing(checkpoint, bundle_root, overrides, configs)
+
+
+def _train_if_missing(
+    checkpoint: Path, bundle_root: str | Path, overrides: Mapping[str, Any] | None, configs: Sequence[str]
+) -> Path:
     if checkpoint.is_file():
         return checkpoint
     logger.info(f"source checkpoint {checkpoint} not found: training the source model with {list(configs)}.")

@@ -11,6 +11,8 @@ class DataKeys(StrEnum):
     """Keys of a data dictionary (one case).
 
     ``IMAGE``, ``LABEL`` and ``PRED`` match :class:`monai.utils.CommonKeys`, so MONAI handlers and ``from_engine`` work.
+    ``STREAM_INDEX`` (a case's position in the single-process stream) and ``STREAM_SEGMENT`` (its run of consecutive
+    cases of one domain) are set by :func:`monai_tta.distributed.shard_stream`.
     """
 
     IMAGE = "image"
@@ -18,6 +20,8 @@ class DataKeys(StrEnum):
     PRED = "pred"
     DOMAIN = "domain"
     CASE_ID = "case_id"
+    STREAM_INDEX = "stream_index"
+    STREAM_SEGMENT = "stream_segment"
 
 
 class StatKeys(StrEnum):

@@ -209,10 +209,16 @@ class Adapter(Inferer):
 
     @torch.no_grad()
     def reset(self, network: nn.Module | None = None) -> None:
-        """Return ``network`` (or every network seen) to the source state: parameters, optimizer, method state.
+        """Return ``network`` (or every network seen) to the source state: parameters, optimizer, method state, and
+        the random generator to its seed.
 
-        The parameter objects stay the same (values are copied back), so references held elsewhere stay valid.
+        Reseeding makes a case's result (``episodic``) or a domain's results (``domain``) depend only on that case or
+        domain, not on how many random draws came before it: this is what makes a run sharded over ranks
+        (:mod:`monai_tta.distributed`) give the single-process results. The parameter objects stay the same (values
+        are copied back), so references held elsewhere stay valid.
         """
+        if self.seed is not None:
+            self.generator.manual_seed(self.seed)
         states = [self._states[network]] if network is not None and network in self._states else []
         if network is None:
             states = list(self._states.values())

@@ -32,6 +32,7 @@ from PIL import Image
 from scipy import fft as sp_fft
 from scipy import ndimage
 
+from monai_tta.io import atomic_write, atomic_write_text
 from monai_tta.keys import DataKeys
 
 __all__ = [
@@ -526,8 +527,8 @@ def generate_fundus_domains(
             case_id = f"{name}_{index:04d}"
             image, mask = synthesize_fundus_case(name, index, shape, seed)
             image_rel, mask_rel = f"{name}/images/{case_id}.png", f"{name}/masks/{case_id}.png"
-            Image.fromarray(image).save(root / image_rel, format="PNG", compress_level=1)
-            Image.fromarray(mask).save(root / mask_rel, format="PNG", compress_level=1)
+            for array, rel in ((image, image_rel), (mask, mask_rel)):  # atomic: ranks of a sharded run may race here
+                atomic_write(root / rel, lambda f, a=array: Image.fromarray(a).save(f, format="PNG", compress_level=1))
             items.append(
                 {
                     DataKeys.IMAGE.value: image_rel,
@@ -543,6 +544,6 @@ def generate_fundus_domains(
         datalist["source_train"] = source[:n_train]
         datalist["source_val"] = source[n_train:]
     datalist.update(sections)
-    datalist_file.write_text(json.dumps(datalist, indent=1))
-    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))  # last: marks the folder complete
+    atomic_write_text(json.dumps(datalist, indent=1), datalist_file)
+    atomic_write_text(json.dumps(manifest, indent=1), root / MANIFEST_NAME)  # last: marks the folder complete
     return datalist_file

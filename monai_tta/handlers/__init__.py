@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
-from monai_tta.handlers.case_report import CaseReport
+from monai_tta.handlers.case_report import SUMMARY_FILES, CaseReport
+from monai_tta.handlers.overlays import OverlaySaver
+from monai_tta.handlers.progress import PROGRESS_MODES, Progress
 
-__all__ = ["CaseReport"]
+__all__ = ["CaseReport", "SUMMARY_FILES", "OverlaySaver", "Progress", "PROGRESS_MODES"]

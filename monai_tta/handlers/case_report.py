@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from monai_tta.engines.evaluator import ADAPT_KEY
+from monai_tta import distributed
+from monai_tta.engines.evaluator import ADAPT_KEY, CASE_METRICS
 from monai_tta.keys import DataKeys
 from monai_tta.metrics import asd_per_channel, dice_per_channel
-from monai_tta.reports import MEAN_DICE, markdown_table, plot_domain_dice, summarize, write_case_csv
+from monai_tta.reports import MEAN_DICE, markdown_table, plot_domain_dice, plot_stream, summarize, write_case_csv
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
@@ -21,7 +23,10 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
-__all__ = ["CaseReport"]
+__all__ = ["CaseReport", "SUMMARY_FILES"]
+
+#: files written only once every case is scored (removed at the start of a run, so none is ever stale or partial).
+SUMMARY_FILES = ("summary.json", "summary.md", "dice_per_domain.png", "stream.png")
 
 
 class CaseReport:
@@ -29,8 +34,15 @@ class CaseReport:
 
     Rows hold ``case_id``, ``domain``, ``method``, Dice and average surface distance per channel and their means, and
     the adapter's statistics. The CSV is rewritten (atomically) after every case, so an interrupted run keeps the
-    cases it scored. At completion it writes ``summary.json``, ``summary.md`` and ``dice_per_domain.png`` and logs the
-    per-domain table.
+    cases it scored. At completion it writes ``summary.json``, ``summary.md``, ``dice_per_domain.png`` and
+    ``stream.png`` (Dice and adaptation statistics along the stream, per domain) and logs the per-domain table.
+    Each case's scalars also go to ``engine.state.case_metrics``, which trackers log.
+
+    In a run sharded over ranks (:mod:`monai_tta.distributed`) each rank writes its rows to ``cases.rank<r>.csv`` as
+    it goes; at completion rank 0 gathers every rank's rows, checks that each case of the stream is there exactly once
+    (and, with ``expected_cases``, that none is missing), puts them in stream order and writes the same ``cases.csv``
+    and summary files as one process. If a rank dies the run fails before that point, so no summary is written; the
+    summary files of an earlier run are removed when a run starts.
 
     Args:
         output_dir: folder for ``cases.csv`` and the summary files.
@@ -39,10 +51,12 @@ class CaseReport:
         pred_key: key of the post-processed, binarised prediction.
         label_key: key of the label.
         compute_asd: also compute the average surface distance.
+        expected_cases: number of cases of the whole stream, checked at completion (``None``: not checked).
         name: logger name.
 
     Raises:
         ValueError: if ``channel_names`` is empty.
+        RuntimeError: at completion, if the gathered rows miss a case or hold one twice.
     """
 
     def __init__(
@@ -53,6 +67,7 @@ class CaseReport:
         pred_key: str = DataKeys.PRED,
         label_key: str = DataKeys.LABEL,
         compute_asd: bool = True,
+        expected_cases: int | None = None,
         name: str = "monai_tta.report",
     ) -> None:
         if not channel_names:
@@ -62,9 +77,18 @@ class CaseReport:
         self.channel_names = list(channel_names)
         self.pred_key, self.label_key = pred_key, label_key
         self.compute_asd = compute_asd
+        self.expected_cases = expected_cases
         self.logger = logging.getLogger(name)
         self.rows: list[dict[str, Any]] = []
+        self.indices: list[int] = []
         self.summary: dict[str, dict[str, float]] = {}
+
+    @property
+    def rows_path(self) -> Path:
+        """The CSV this process writes as it goes: ``cases.csv``, or ``cases.rank<r>.csv`` in a sharded run."""
+        if distributed.get_world_size() > 1:
+            return self.output_dir / f"cases.rank{distributed.get_rank()}.csv"
+        return self.output_dir / "cases.csv"
 
     def attach(self, engine: Engine) -> None:
         """Register on ``engine``'s events."""
@@ -73,14 +97,26 @@ class CaseReport:
         engine.add_event_handler(Events.COMPLETED, self._completed)
 
     def _started(self, engine: Engine) -> None:
-        self.rows = []
+        self.rows, self.indices = [], []
+        if distributed.is_main_process():
+            for name in SUMMARY_FILES:
+                (self.output_dir / name).unlink(missing_ok=True)
 
     def __call__(self, engine: Engine) -> None:
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
+        new = []
         for item, data in zip(outputs, batch):
-            self.rows.append(self.record(item, data, len(self.rows)))
-        write_case_csv(self.output_dir / "cases.csv", self.rows)
+            new.append(self.record(item, data, len(self.rows)))
+            self.indices.append(int(data.get(DataKeys.STREAM_INDEX, len(self.rows))))
+            self.rows.append(new[-1])
+        write_case_csv(self.rows_path, self.rows)
+        metrics = getattr(engine.state, CASE_METRICS, None) or {}
+        for key in new[0] if new else []:
+            values = [row[key] for row in new if isinstance(row.get(key), float)]
+            if len(values) == len(new):
+                metrics[key] = sum(values) / len(values)
+        setattr(engine.state, CASE_METRICS, metrics)
 
     def record(self, item: dict[str, Any], data: dict[str, Any], index: int) -> dict[str, Any]:
         """One CSV row for a decollated output ``item`` and its input ``data``."""
@@ -103,8 +139,35 @@ class CaseReport:
         row.update({k: float(v) for k, v in item.get(ADAPT_KEY, {}).items()})
         return row
 
+    def _gather(self) -> bool:
+        """On rank 0 of a sharded run, replace ``self.rows`` with every rank's rows in stream order and write them.
+
+        Returns:
+            whether this process writes the summary (rank 0).
+        """
+        gathered = distributed.gather_objects((self.indices, self.rows))
+        if gathered is None:
+            return False
+        if len(gathered) == 1:
+            return True
+        pairs = sorted((i, row) for indices, rows in gathered for i, row in zip(indices, rows))
+        indices = [i for i, _ in pairs]
+        twice = sorted(i for i, n in Counter(indices).items() if n > 1)
+        expected = range(self.expected_cases) if self.expected_cases is not None else range(len(set(indices)))
+        missing = sorted(set(expected) - set(indices))
+        if twice or missing or len(indices) != len(expected):
+            raise RuntimeError(
+                f"{self.method}: the gathered per-case rows are incomplete: stream cases {missing} are missing and "
+                f"{twice} appear twice ({len(indices)} rows from {len(gathered)} ranks). No summary was written; "
+                f"rerun the same command."
+            )
+        self.rows = [row for _, row in pairs]
+        self.indices = indices
+        write_case_csv(self.output_dir / "cases.csv", self.rows)
+        return True
+
     def _completed(self, engine: Engine) -> None:
-        if not self.rows:
+        if not self._gather() or not self.rows:
             return
         self.summary = summarize(self.rows)
         (self.output_dir / "summary.json").write_text(json.dumps({self.method: self.summary}, indent=2))
@@ -121,4 +184,5 @@ class CaseReport:
             self.output_dir / "dice_per_domain.png",
             title=f"{self.method}: mean Dice per domain",
         )
+        plot_stream(self.rows, self.output_dir / "stream.png", title=f"{self.method}: along the stream")
         self.logger.info(f"{self.method}: per-domain summary\n{table}")
