@@ -26,6 +26,7 @@ def run_bundle(
     run_id: str = "run",
     meta_file: str | None = None,
     logging_file: str | bool | None = None,
+    tracking: str | dict | None = None,
 ) -> Any:
     """Run ``configs`` of a bundle in this process, merged in order.
 
@@ -38,6 +39,8 @@ def run_bundle(
         run_id: id of the expression list to run.
         meta_file: metadata file (default ``configs/metadata.json``).
         logging_file: logging config (default ``configs/logging.conf``; ``False`` keeps the current logging).
+        tracking: experiment tracking as ``monai.bundle run --tracking``: ``"mlflow"``, or settings (a dict or the
+            path of a settings file such as ``configs/tracking_tensorboard.json``); ``None``: none.
 
     Returns:
         the :class:`monai.bundle.ConfigWorkflow` after it ran.
@@ -60,6 +63,7 @@ def run_bundle(
         logging_file=str(log_conf) if log_conf else False,
         run_id=run_id,
         workflow_type=None,
+        tracking=tracking,
         **{"bundle_root": str(root), **dict(overrides or {})},
     )
     workflow.initialize()
