@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from monai_tta import bench
+from monai_tta.bench.probes import reset_rss_peak
+from monai_tta.bench.stats import stratified_ci
 
 
 def read_rows(path):
@@ -76,7 +78,7 @@ def test_runner_end_to_end(tmp_path):
     for method, t in timing.items():
         times = [float(c["time_ms"]) for c in calls if c["method"] == method]
         assert t["median_ms"] == pytest.approx(float(np.median(times)))
-    if bench._reset_rss_peak():  # Linux: the memory probes ran in their own process
+    if reset_rss_peak():  # Linux: the memory probes ran in their own process
         assert all(
             t["memory_kind"] == "process_rss" and t["peak_total_mb"] > t["peak_extra_mb"] > 0 for t in timing.values()
         )
@@ -122,9 +124,9 @@ def test_summaries_and_stratified_interval():
     assert summary["overall"]["asd"] == pytest.approx(4.0)
     assert summary["overall"]["time_ms"] == pytest.approx(1.0)
     # each bootstrap mean lies between the smallest and the largest possible mean of domain means
-    lo, hi = bench._stratified_ci({"a": [10.0, 20.0, 30.0], "b": [50.0, 70.0]})
+    lo, hi = stratified_ci({"a": [10.0, 20.0, 30.0], "b": [50.0, 70.0]})
     assert (10 + 50) / 2 <= lo <= 40.0 <= hi <= (30 + 70) / 2
-    assert bench._stratified_ci({"a": [5.0, 5.0]}) == (5.0, 5.0)
+    assert stratified_ci({"a": [5.0, 5.0]}) == (5.0, 5.0)
 
 
 def test_targets():
@@ -143,7 +145,7 @@ def test_targets():
     assert targets["grata peak memory (total) / source-only <= 3"]["measured"] == pytest.approx(1.5)
 
 
-@pytest.mark.skipif(not bench._reset_rss_peak(), reason="needs Linux /proc/self/clear_refs")
+@pytest.mark.skipif(not reset_rss_peak(), reason="needs Linux /proc/self/clear_refs")
 def test_peak_memory_sees_torch_allocations():
     with bench.PeakMemory(torch.device("cpu")) as mem:
         x = torch.ones(16 * 2**20 // 4 * 4)  # 64 MiB, touched
