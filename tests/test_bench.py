@@ -22,6 +22,7 @@ def read_rows(path):
 def test_runner_end_to_end(tmp_path):
     out = tmp_path / "bench"
     argv = [
+        "--dims", "2",
         "--domains", "camera", "dim",
         "--num-per-domain", "2",
         "--num-source", "4",
@@ -83,7 +84,7 @@ def test_runner_end_to_end(tmp_path):
             t["memory_kind"] == "process_rss" and t["peak_total_mb"] > t["peak_extra_mb"] > 0 for t in timing.values()
         )
     markdown = (out / "results.md").read_text()
-    assert "python -m monai_tta.bench --domains camera dim" in markdown
+    assert "python -m monai_tta.bench --dims 2 --domains camera dim" in markdown
     assert "| source_only | " in markdown and "| camera | dim | overall |" in markdown
     assert any(t["target"].startswith("exact GraTa time") for t in results["targets"])
 

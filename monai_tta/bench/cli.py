@@ -14,6 +14,17 @@ cache folder), trains the small source UNet on the source domain on first use (b
 - plots: ``dice_<setting>.png`` (Dice per domain per method), ``stream_dice.png`` (Dice along the 3-round stream),
   ``time_per_case.png`` (time and peak memory per case, as ratios to source-only).
 
+With ``--dims 3`` (the default runs ``2 3``) it also benchmarks 3D volumes and writes the same files into
+``<out>/3d/``: the embedded multi-site MR volumes (``monai_tta.data.generate_mr_sites``, into the cache folder), read,
+preprocessed and predicted with the 3D bundle's configs (``bundles/grata_prostate_mr_segmentation``: its
+preprocessing, 3D network and sliding-window options; source weights trained by its ``train.json`` on the source
+site on first use, into the cache folder). Every method is wrapped in ``monai_tta.inferers.SlidingWindowAdapter``
+with the bundle's window, so one call adapts on the volume's patches and predicts the whole volume; the reference of
+every ratio, ``source_only``, is the source model through the same sliding window. Dice per site and method (setting
+``domain`` by default), and time and peak memory per volume (timing phase on one test volume, ``--vol-timing-reps``
+rounds after one warm-up call; memory probes as below); the targets of issue 9 (CPU): exact GraTa <= 12x and TENT
+<= 2.5x source-only per volume, extra peak memory <= 3x.
+
 Settings: ``episodic`` (reset before every case), ``domain`` (reset at each domain change), ``continual`` (never
 reset), each over one pass of the target domains, and ``stream``: a continual run over ``--rounds`` passes (3).
 
@@ -60,6 +71,12 @@ Options (defaults in brackets):
   (``torch.backends.cudnn.benchmark``: cuDNN autotunes each convolution shape during the warm-up calls); ``--threads``
   torch CPU threads [torch's default]. On CUDA, float32 convolutions run as PyTorch's defaults say (cuDNN may use TF32
   on Ampere and later GPUs); ``results.md`` records those flags;
+- 3D volumes: ``--dims`` [2 3]; ``--vol-sites`` target MR sites [all but the source]; ``--vol-cases`` test volumes
+  per site [4]; ``--vol-num-source`` generated cases per site, the source's training split trains the source model
+  [16]; ``--vol-epochs`` [the bundle's ``train.json``]; ``--vol-checkpoint`` [``<cache>/source_mr_...pt``];
+  ``--vol-bundle`` [bundles/grata_prostate_mr_segmentation]; ``--vol-methods`` [source_only norm_adapt tent grata];
+  ``--vol-settings`` [domain]; ``--vol-timing-reps`` [3]; ``--device``, ``--amp``, ``--compile``, ``--seed``,
+  ``--rounds``, ``--timing-only``, ``--no-memory`` and ``--no-plots`` apply to both;
 - output: ``--out`` [docs/benchmarks]; ``--timing-only`` (no Dice runs: the timing and memory phases alone, e.g. to
   compare speed options); ``--no-asd``; ``--no-plots``; ``--no-memory`` (skip the memory probes);
   ``--seed`` [0].
@@ -87,6 +104,7 @@ from monai_tta.bench.data import DEFAULT_BUNDLE, NETWORKS
 from monai_tta.bench.methods import DEFAULT_METHODS, METHODS, SETTINGS, available_methods
 from monai_tta.bench.probes import AMP
 from monai_tta.bench.runner import run_benchmark
+from monai_tta.bench.volumes import VOLUME_BUNDLE, VOLUME_METHODS
 from monai_tta.reports import format_number
 
 __all__ = ["parse_args", "main"]
@@ -99,6 +117,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--dims", nargs="+", type=int, default=[2, 3], choices=(2, 3), help="2: images, 3: volumes")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a MONAI datalist JSON (one section per domain)")
     p.add_argument("--domains", nargs="+", default=None, help="target domains (default: all but the source)")
     p.add_argument("--num-per-domain", type=int, default=16, help="cases per target domain")
@@ -115,6 +134,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timing-size", type=int, default=256, help="image side of the timing phase (0: --image-size)")
     p.add_argument("--timing-reps", type=int, default=7, help="timed calls per method in the timing phase")
     p.add_argument("--timing-methods", nargs="+", default=None, help="methods of the timing phase")
+    v = p.add_argument_group("3D volumes (--dims 3), written to <out>/3d")
+    v.add_argument("--vol-sites", nargs="+", default=None, help="target MR sites (default: all but the source)")
+    v.add_argument("--vol-cases", type=int, default=4, help="test volumes per target site")
+    v.add_argument("--vol-num-source", type=int, default=16, help="generated cases per site (source: training)")
+    v.add_argument("--vol-epochs", type=int, default=None, help="source training epochs (default: the bundle's)")
+    v.add_argument("--vol-checkpoint", default=None, help="source weights of the 3D network (trained when omitted)")
+    v.add_argument("--vol-bundle", default=str(VOLUME_BUNDLE), help="the 3D bundle (configs of data and network)")
+    v.add_argument("--vol-methods", nargs="+", default=list(VOLUME_METHODS), help="methods of the 3D runs")
+    v.add_argument("--vol-settings", nargs="+", default=["domain"], help="settings of the 3D runs")
+    v.add_argument("--vol-timing-reps", type=int, default=3, help="timed calls per method on one volume")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", default="none", choices=list(AMP), help="torch.autocast around every call (not exact)")
     p.add_argument("--channels-last", action="store_true", help="channels-last network and inputs (all methods)")
@@ -133,16 +162,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     known = available_methods()
     args.methods = list(args.methods or [m for m in DEFAULT_METHODS if m in known])
-    for name in args.methods + list(args.timing_methods or []):
+    for name in args.methods + list(args.timing_methods or []) + list(args.vol_methods):
         if name not in METHODS:
             p.error(f"unknown method {name!r}; available: {list(METHODS)}")
         if name not in known:
             p.error(f"method {name!r} cannot be built here (optional module missing)")
-    for s in args.settings:
+    for s in args.settings + args.vol_settings:
         if s not in SETTINGS:
             p.error(f"unknown setting {s!r}; available: {list(SETTINGS)}")
     if args.num_per_domain < 1 or args.num_source < 2 or args.rounds < 1 or args.timing_reps < 1:
         p.error("--num-per-domain, --rounds and --timing-reps must be >= 1, --num-source >= 2")
+    if args.vol_cases < 1 or args.vol_num_source < 2 or args.vol_timing_reps < 1:
+        p.error("--vol-cases and --vol-timing-reps must be >= 1, --vol-num-source >= 2")
+    args.dims = sorted(set(args.dims))
     return args
 
 
@@ -150,8 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: ``python -m monai_tta.bench [options]``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     args = parse_args(argv)
-    result = run_benchmark(args)
-    for t in result["targets"]:
-        met = "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")
-        print(f"{t['target']}: {format_number(t['measured'], 2)} ({met})")
+    for dims, result in run_benchmark(args).items():
+        for t in result["targets"]:
+            met = "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")
+            print(f"{dims} {t['target']}: {format_number(t['measured'], 2)} ({met})")
     return 0

@@ -8,7 +8,7 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ __all__ = [
     "bundle_parser",
     "prepare_data",
     "prepare_network",
+    "preprocess_cases",
+    "load_source_weights",
     "prepare_copy",
     "to_device",
 ]
@@ -114,21 +116,7 @@ def prepare_data(args: argparse.Namespace) -> dict[str, Any]:
         sections = {d: items[: args.num_per_domain] for d, items in sections.items()}
         if "source_train" in content:
             source_datalist = datalist
-    cases: dict[str, list[dict[str, Any]]] = {}
-    for domain in domains:
-        cases[domain] = []
-        for item in sections[domain]:
-            data = preprocessing(dict(item))
-            image = torch.as_tensor(data[DataKeys.IMAGE]).float()
-            label = torch.as_tensor(data[DataKeys.LABEL]).float() if DataKeys.LABEL in data else None
-            cases[domain].append(
-                {
-                    "image": image.unsqueeze(0).contiguous(),
-                    "label": label,
-                    "domain": domain,
-                    "case_id": str(item.get(DataKeys.CASE_ID, len(cases[domain]))),
-                }
-            )
+    cases = preprocess_cases({d: sections[d] for d in domains}, preprocessing)
     channel_names = list(parser.get_parsed_content("channel_names"))
     return {
         "datalist": datalist,
@@ -155,9 +143,6 @@ def prepare_network(args: argparse.Namespace, data: Mapping[str, Any], device: t
     """
     from monai.utils import set_determinism
 
-    from monai_tta.bundle_utils import ensure_source_checkpoint
-    from monai_tta.networks import load_reference_state_dict
-
     parser = data["parser"]
     set_determinism(seed=args.seed)  # torch's default generator is seeded at random: seed the initial weights
     network = parser.get_parsed_content("network_def").to(device)
@@ -166,24 +151,81 @@ def prepare_network(args: argparse.Namespace, data: Mapping[str, Any], device: t
     else:
         name = f"source_{args.network}_{args.image_size}_n{args.num_source}_e{args.source_epochs}_s{args.seed}.pt"
         checkpoint = Path(args.cache) / name
-    if not checkpoint.is_file():
-        if data["source_datalist"] is None:
-            raise FileNotFoundError(f"source checkpoint {checkpoint} is missing and the datalist has no source_train.")
-        logger.info(f"training the source model ({args.source_epochs} epochs) into {checkpoint}")
-        start = time.perf_counter()
-        overrides = {
-            "epochs": int(args.source_epochs),
-            "network": network,
-            "preprocessing": data["preprocessing"],
-            "datalist_file": str(data["source_datalist"]),
-            "device": device,
-            "seed": int(args.seed),
-        }
-        ensure_source_checkpoint(checkpoint, args.bundle, overrides)
-        logger.info(f"source training took {time.perf_counter() - start:.0f} s")
-    load_reference_state_dict(network, str(checkpoint))
+    overrides = {
+        "epochs": int(args.source_epochs),
+        "network": network,
+        "preprocessing": data["preprocessing"],
+        "datalist_file": str(data["source_datalist"]),
+        "device": device,
+        "seed": int(args.seed),
+    }
+    load_source_weights(network, checkpoint, args.bundle, overrides if data["source_datalist"] else None)
     set_determinism(seed=None)
     return network.eval(), checkpoint
+
+
+def preprocess_cases(
+    sections: Mapping[str, Sequence[Mapping[str, Any]]], preprocessing: Callable[[dict], Mapping[str, Any]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Preprocess every case of every domain once, to keep them in memory for all methods and settings.
+
+    Args:
+        sections: ``{domain: [datalist item, ...]}``.
+        preprocessing: the bundle's preprocessing (a dictionary transform).
+
+    Returns:
+        ``{domain: [case, ...]}``; a case holds ``image`` (a batch of one, ``(1, C, *spatial)``), ``label``
+        (``(C', *spatial)`` or ``None``), ``domain`` and ``case_id``.
+    """
+    cases: dict[str, list[dict[str, Any]]] = {}
+    for domain, items in sections.items():
+        cases[domain] = []
+        for item in items:
+            data = preprocessing(dict(item))
+            image = torch.as_tensor(data[DataKeys.IMAGE]).float()
+            label = torch.as_tensor(data[DataKeys.LABEL]).float() if DataKeys.LABEL in data else None
+            cases[domain].append(
+                {
+                    "image": image.unsqueeze(0).contiguous(),
+                    "label": label,
+                    "domain": domain,
+                    "case_id": str(item.get(DataKeys.CASE_ID, len(cases[domain]))),
+                }
+            )
+    return cases
+
+
+def load_source_weights(
+    network: nn.Module, checkpoint: Path, bundle: str | Path, training: Mapping[str, Any] | None
+) -> None:
+    """Load the source weights into ``network``, training them first with the bundle's ``train.json`` when
+    ``checkpoint`` is missing (into ``checkpoint``, never into the bundle's ``models``).
+
+    Args:
+        network: the source network (trained in place when the checkpoint is missing).
+        checkpoint: the source weights.
+        bundle: the bundle folder whose ``inference.json`` + ``train.json`` train the source model.
+        training: overrides of the training run (``epochs``, ``network``, ``datalist_file``, ...); ``None`` when no
+            source training data is known.
+
+    Raises:
+        FileNotFoundError: if the checkpoint is missing and no source training data is known.
+    """
+    from monai_tta.bundle_utils import ensure_source_checkpoint
+    from monai_tta.networks import load_reference_state_dict
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        if training is None:
+            raise FileNotFoundError(
+                f"source checkpoint {checkpoint} is missing and the datalist has no source_train section: pass the "
+                "source weights (--checkpoint) or a datalist with source_train."
+            )
+        logger.info(f"training the source model ({training.get('epochs', 'default')} epochs) into {checkpoint}")
+        start = time.perf_counter()
+        ensure_source_checkpoint(checkpoint, bundle, training)
+        logger.info(f"source training took {time.perf_counter() - start:.0f} s")
+    load_reference_state_dict(network, str(checkpoint))
 
 
 def prepare_copy(network: nn.Module, channels_last: bool = False, compile_net: bool = False) -> nn.Module:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from monai_tta.adapters import GraTa, NormAdapt, SourceOnly, Tent
 from monai_tta.adapters.base import Adapter
@@ -101,7 +102,9 @@ def available_methods() -> list[str]:
     return names
 
 
-def make_adapter(name: str, setting: str, image_size: int, seed: int = 0) -> Adapter:
+def make_adapter(
+    name: str, setting: str, image_size: int, seed: int = 0, window: Mapping[str, Any] | None = None
+) -> Adapter:
     """Build the adapter of method ``name`` for a benchmark ``setting`` (``stream`` is a continual run).
 
     Args:
@@ -109,6 +112,9 @@ def make_adapter(name: str, setting: str, image_size: int, seed: int = 0) -> Ada
         setting: one of :data:`SETTINGS`.
         image_size: side of the images the adapter sees (VPTTA's prompt is sized by it).
         seed: the adapter's seed.
+        window: for volumes, the options of :class:`monai_tta.inferers.SlidingWindowAdapter` (``roi_size``,
+            ``sw_batch_size``, ``overlap``, ``mode``, ...): the adapter is wrapped in it, so that one call adapts on
+            the volume's patches and predicts the whole volume with MONAI's sliding window. ``None``: whole inputs.
 
     Raises:
         ValueError: for an unknown method or setting.
@@ -117,4 +123,9 @@ def make_adapter(name: str, setting: str, image_size: int, seed: int = 0) -> Ada
         raise ValueError(f"unknown method {name!r}; available: {list(METHODS)}.")
     if setting not in SETTINGS:
         raise ValueError(f"unknown setting {setting!r}; available: {list(SETTINGS)}.")
-    return METHODS[name].factory(Setting.CONTINUAL.value if setting == STREAM else setting, image_size, seed)
+    adapter = METHODS[name].factory(Setting.CONTINUAL.value if setting == STREAM else setting, image_size, seed)
+    if window is None:
+        return adapter
+    from monai_tta.inferers import SlidingWindowAdapter
+
+    return SlidingWindowAdapter(adapter, **dict(window))

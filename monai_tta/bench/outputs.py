@@ -38,6 +38,7 @@ def write_outputs(
     meta: Mapping[str, Any],
     domains: Sequence[str],
     plots: bool = True,
+    volumes: bool = False,
 ) -> list[Path]:
     """Write ``results.md``, ``results.json``, ``cases.csv``, ``timing.csv`` and the plots into ``out``.
 
@@ -51,6 +52,7 @@ def write_outputs(
         meta: the command, machine, configuration and run times.
         domains: the target domains, in order.
         plots: also write the plots.
+        volumes: the results are the 3D benchmark's (the Markdown describes volumes and the sliding window).
 
     Returns:
         the paths written.
@@ -68,7 +70,8 @@ def write_outputs(
     written += images
     payload = {"meta": meta, "timing": timing, "targets": targets, "summary": summary}
     atomic_write_text(json.dumps(payload, indent=1, default=json_default), out / "results.json")
-    atomic_write_text(_markdown(summary, timing, targets, meta, domains, images), out / "results.md")
+    markdown = (_volume_markdown if volumes else _markdown)(summary, timing, targets, meta, domains, images)
+    atomic_write_text(markdown, out / "results.md")
     return written + [out / "results.json", out / "results.md"]
 
 
@@ -146,11 +149,7 @@ def _markdown(
         "",
         f"Command: `{meta['command']}`",
         "",
-        f"Machine: {env['cpu']} ({env['cpu_count']} CPUs, {env['torch_threads']} torch threads)"
-        + (f", GPU {env['gpu']}" if "gpu" in env else "")
-        + f"; device `{env['device']}`; torch {env['torch']}, MONAI {env['monai']}, Python {env['python']}. "
-        f"Load average at start / end: {meta.get('loadavg_start')} / {meta.get('loadavg_end')}. "
-        f"Total run time {meta.get('total_s', math.nan):.0f} s (source training {meta.get('train_s', 0.0):.0f} s).",
+        _machine(meta),
         "",
         f"Data: {cfg['data']} ({cfg['num_per_domain']} cases per target domain, domains {', '.join(domains)}), "
         f"images {cfg['image_size']}x{cfg['image_size']}; network `{cfg['network']}`, source weights "
@@ -179,6 +178,26 @@ def _markdown(
     lines += ["", "Methods:", ""]
     lines += [f"- `{m}`: {METHODS[m].description}" for m in timing if m in METHODS]
     lines += ["", "## Targets", "", targets_table(targets)]
+    lines += _dice_sections(summary, meta, domains, "pixels")
+    if images:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images]
+    return "\n".join(lines) + "\n"
+
+
+def _machine(meta: Mapping[str, Any]) -> str:
+    env = meta["environment"]
+    return (
+        f"Machine: {env['cpu']} ({env['cpu_count']} CPUs, {env['torch_threads']} torch threads)"
+        + (f", GPU {env['gpu']}" if "gpu" in env else "")
+        + f"; device `{env['device']}`; torch {env['torch']}, MONAI {env['monai']}, Python {env['python']}. "
+        f"Load average at start / end: {meta.get('loadavg_start')} / {meta.get('loadavg_end')}. "
+        f"Total run time {meta.get('total_s', math.nan):.0f} s (source training {meta.get('train_s', 0.0):.0f} s)."
+    )
+
+
+def _dice_sections(summary: Mapping[str, Any], meta: Mapping[str, Any], domains: Sequence[str], unit: str) -> list[str]:
+    """Per setting: Dice per domain (mean and 95% interval), the surface distance when measured, the stream's rounds."""
+    lines: list[str] = []
     for setting in SETTINGS:
         if setting not in summary:
             continue
@@ -188,13 +207,59 @@ def _markdown(
         lines.append(dice_table(methods, [*domains, "overall"]))
         asd = {m: {c: b[c].get("asd", math.nan) for c in [*domains, "overall"] if c in b} for m, b in methods.items()}
         if any(math.isfinite(v) for row in asd.values() for v in row.values()):
-            lines += ["", f"Average surface distance (pixels), {setting}:", ""]
+            lines += ["", f"Average surface distance ({unit}), {setting}:", ""]
             lines.append(markdown_table(asd, [*domains, "overall"], row_title="method"))
         if setting == STREAM:
             rounds = sorted({r for b in methods.values() for r in b.get("rounds", {})}, key=int)
             lines += ["", "Dice (%) per round of the stream:", ""]
             per_round = {m: {f"round {r}": b["rounds"][r]["overall"] for r in rounds} for m, b in methods.items()}
             lines.append(dice_table(per_round, [f"round {r}" for r in rounds]))
+    return lines
+
+
+def _volume_markdown(
+    summary: Mapping[str, Any],
+    timing: Mapping[str, Mapping[str, Any]],
+    targets: Sequence[Mapping[str, Any]],
+    meta: Mapping[str, Any],
+    domains: Sequence[str],
+    images: Sequence[Path],
+) -> str:
+    cfg, window = meta["config"], meta.get("window", {})
+    shape = "x".join(str(v) for v in meta.get("volume_shape", []))
+    window_text = ", ".join(f"{k}={v}" for k, v in window.items())
+    lines = [
+        "# TTA benchmark results: 3D volumes",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        _machine(meta),
+        "",
+        f"Data: the embedded multi-site MR volumes (`monai_tta.data.generate_mr_sites`, seed {cfg['seed']}), "
+        f"{cfg['vol_cases']} test volumes per target site (sites {', '.join(domains)}), read and preprocessed by "
+        f"the bundle `{Path(cfg['vol_bundle']).name}`'s `inference.json`; network `{meta.get('network')}` "
+        f"({meta.get('network_parameters')} parameters), source weights `{meta.get('checkpoint')}` (trained on "
+        f"{cfg['vol_num_source']} generated source cases, their training split). Every method runs through "
+        f"`monai_tta.inferers.SlidingWindowAdapter` with the bundle's window: {window_text}. AMP {cfg['amp']}, "
+        f"compile {cfg['compile']}.",
+        "",
+        "## Cost per volume",
+        "",
+        f"Timing phase: every method called in turn on the same volume ({shape} voxels after preprocessing), "
+        f"{cfg['vol_timing_reps']} rounds (order rotated, after one warm-up call), median wall time; *runs*: median "
+        "over all volumes of the Dice runs. Peak memory of one call on that volume "
+        f"({meta.get('memory_kind')}, median of 3): *extra* = peak minus the memory in use just before the call, "
+        "*total* = the peak. Ratios are to source-only sliding-window inference (`source_only`: the source model "
+        "through the same sliding window, no adaptation) measured in the same run.",
+        "",
+        cost_table(timing, meta.get("run_time_ms", {})),
+        "",
+        "Methods:",
+        "",
+    ]
+    lines += [f"- `{m}`: {METHODS[m].description}" for m in timing if m in METHODS]
+    lines += ["", "## Targets", "", targets_table(targets)]
+    lines += _dice_sections(summary, meta, domains, "voxels")
     if images:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -157,11 +157,14 @@ def time_methods(
     amp: torch.dtype | None = None,
     channels_last: bool = False,
     compile_net: bool = False,
+    window: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Time every method on the same image, interleaved.
 
     Each method gets a fresh network copy and a continual adapter, and is called ``warmup`` times. Then ``reps``
-    rounds call every method once (the order rotated every round) and time each call.
+    rounds call every method once (the order rotated every round) and time each call. With ``window`` (a volume)
+    every method runs through :class:`~monai_tta.inferers.SlidingWindowAdapter` (see
+    :func:`~monai_tta.bench.methods.make_adapter`).
 
     Returns:
         per method: ``median_ms``, ``mean_ms``, ``min_ms``, ``max_ms``; and the list of timed calls.
@@ -169,7 +172,7 @@ def time_methods(
     x = to_device(image, device, channels_last)
     size = int(image.shape[-1])
     entries = {
-        m: (prepare_copy(network, channels_last, compile_net), make_adapter(m, "continual", size, seed))
+        m: (prepare_copy(network, channels_last, compile_net), make_adapter(m, "continual", size, seed, window))
         for m in methods
     }
     for net, adapter in entries.values():
@@ -204,6 +207,7 @@ def _memory_probes(
     seed: int = 0,
     amp: torch.dtype | None = None,
     channels_last: bool = False,
+    window: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """In this process: per method (one after the other), warm-up calls, then ``probes`` one-call peaks (median).
 
@@ -214,7 +218,7 @@ def _memory_probes(
     results: dict[str, dict[str, Any]] = {}
     for name in methods:
         net = prepare_copy(network, channels_last, False)
-        adapter = make_adapter(name, "continual", int(image.shape[-1]), seed)
+        adapter = make_adapter(name, "continual", int(image.shape[-1]), seed, window)
         first = None
         if device.type == "cuda" and warmup > 0:  # the first call, where CUDA graphs allocate their pool, is measured
             with PeakMemory(device) as first, call_context(device, amp):
@@ -245,6 +249,7 @@ def measure_memory(
     seed: int = 0,
     amp: torch.dtype | None = None,
     channels_last: bool = False,
+    window: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Peak memory of one call of each method on ``image`` (median of ``probes``), see :class:`PeakMemory`.
 
@@ -252,13 +257,15 @@ def measure_memory(
     they run in a fresh Python process whose glibc mmap threshold is fixed at 128 KiB from the start, so that freed
     tensors go back to the system and the resident set follows the live tensors: in a process that has already run
     other methods, glibc's default (dynamic) threshold leaves freed blocks in the heap, and a peak would depend on
-    what ran before. ``torch.compile`` is not applied to the probes.
+    what ran before. ``torch.compile`` is not applied to the probes. ``window``: as in :func:`time_methods`.
 
     Returns:
         per method: ``memory_kind``, ``peak_extra_mb``, ``peak_total_mb``.
     """
     if device.type != "cpu" or not sys.platform.startswith("linux"):
-        return _memory_probes(methods, network, image, device, probes, seed=seed, amp=amp, channels_last=channels_last)
+        return _memory_probes(
+            methods, network, image, device, probes, seed=seed, amp=amp, channels_last=channels_last, window=window
+        )
     import subprocess
     import tempfile
 
@@ -274,6 +281,7 @@ def measure_memory(
                 "seed": int(seed),
                 "amp": amp_name(amp),
                 "channels_last": bool(channels_last),
+                "window": None if window is None else dict(window),
                 "threads": torch.get_num_threads(),
                 "result": str(result),
             },
@@ -303,5 +311,6 @@ def memory_worker(spec_file: str) -> None:
         seed=spec["seed"],
         amp=AMP[spec["amp"]],
         channels_last=spec["channels_last"],
+        window=spec["window"],
     )
     Path(spec["result"]).write_text(json.dumps(results))

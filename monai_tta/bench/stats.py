@@ -13,7 +13,14 @@ from monai_tta.bench.methods import REFERENCE, SETTINGS, STREAM
 from monai_tta.keys import DataKeys
 from monai_tta.reports import bootstrap_ci, ratio
 
-__all__ = ["stratified_ci", "summarize_runs", "check_targets"]
+__all__ = [
+    "stratified_ci",
+    "summarize_runs",
+    "check_targets",
+    "VOLUME_TIME_TARGETS",
+    "VOLUME_MEMORY_TARGET",
+    "check_volume_targets",
+]
 
 
 def stratified_ci(values: Mapping[str, Sequence[float]], n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -124,4 +131,36 @@ def check_targets(
             for kind in ("extra", "total"):
                 value = ratio(timing[method][f"peak_{kind}_mb"], ref.get(f"peak_{kind}_mb"))
                 add(f"{method} peak memory ({kind}) / source-only <= 3", value, 3.0)
+    return targets
+
+
+#: targets of the 3D benchmark (issue 9): time per volume / source-only sliding-window inference, on a CPU.
+VOLUME_TIME_TARGETS = {"grata": 12.0, "tent": 2.5}
+#: extra peak memory per volume / source-only sliding-window inference, for every gradient method.
+VOLUME_MEMORY_TARGET = 3.0
+
+
+def check_volume_targets(timing: Mapping[str, Mapping[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    """The targets of the 3D benchmark, with what this run measured.
+
+    Time per volume of exact GraTa <= 12x and of TENT <= 2.5x source-only sliding-window inference (CPU targets:
+    on another device the ratio is recorded with ``met`` None), and the extra peak memory of each <= 3x.
+    """
+    ref = timing.get(REFERENCE, {})
+    targets: list[dict[str, Any]] = []
+    for method, limit in VOLUME_TIME_TARGETS.items():
+        if method not in timing:
+            continue
+        value = ratio(timing[method]["median_ms"], ref.get("median_ms"))
+        on_cpu = device.type == "cpu"
+        met = None if not on_cpu or not math.isfinite(value) else value <= limit
+        name = f"{method} time per volume / source-only sliding window (CPU) <= {limit:g}"
+        targets.append({"target": name, "measured": value, "limit": limit, "met": met})
+    for method in VOLUME_TIME_TARGETS:
+        if method not in timing:
+            continue
+        value = ratio(timing[method]["peak_extra_mb"], ref.get("peak_extra_mb"))
+        met = None if not math.isfinite(value) else value <= VOLUME_MEMORY_TARGET
+        name = f"{method} peak memory (extra) per volume / source-only <= {VOLUME_MEMORY_TARGET:g}"
+        targets.append({"target": name, "measured": value, "limit": VOLUME_MEMORY_TARGET, "met": met})
     return targets
