@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from monai.metrics import compute_hausdorff_distance
 
-from monai_tta.metrics import EMPTY_ASD, asd_per_channel, dice_per_channel
+from monai_tta.metrics import EMPTY_ASD, EMPTY_HD95, asd_per_channel, dice_per_channel, hd95_per_channel
 from monai_tta.reports import (
     bootstrap_ci,
     format_cell,
@@ -61,6 +62,20 @@ def test_asd_matches_brute_force_and_is_directional():
     assert asd_per_channel(p, y)[0] != pytest.approx(asd_per_channel(y, p)[0])
     assert asd_per_channel(torch.zeros(1, 16, 16), y) == [EMPTY_ASD]
     assert asd_per_channel(torch.ones(1, 16, 16), y) == [EMPTY_ASD]
+
+
+def test_hd95_by_hand_with_spacing_and_as_monai():
+    p, y = torch.zeros(1, 6, 6, 10), torch.zeros(1, 6, 6, 10)
+    p[0, 2:4, 2:4, 2:4] = 1  # every voxel of a 2x2x2 cube is on its surface
+    y[0, 2:4, 2:4, 6:8] = 1  # the same cube 4 voxels further along the last axis: distances 3 (x4) and 4 (x4)
+    assert hd95_per_channel(p, y) == pytest.approx([4.0])  # linear quantile of [3,3,3,3,4,4,4,4] at 0.95
+    assert hd95_per_channel(p, y, spacing=(1.0, 1.0, 2.5)) == pytest.approx([10.0])
+    assert hd95_per_channel(torch.zeros_like(p), y) == [EMPTY_HD95]
+    g = torch.Generator().manual_seed(0)
+    a = (torch.rand(2, 9, 10, 11, generator=g) > 0.6).float()
+    b = (torch.rand(2, 9, 10, 11, generator=g) > 0.6).float()
+    expected = compute_hausdorff_distance(a[None], b[None], include_background=True, percentile=95, spacing=(1, 2, 3))
+    assert hd95_per_channel(a, b, spacing=(1, 2, 3)) == pytest.approx(expected[0].tolist())
 
 
 def test_summary_table_and_csv_roundtrip(tmp_path):
