@@ -25,7 +25,7 @@ from monai_tta.reports import (
     write_case_csv,
 )
 
-__all__ = ["write_outputs", "json_default", "cost_table", "dice_table", "targets_table"]
+__all__ = ["write_outputs", "json_default", "cost_table", "dice_table", "targets_table", "per_channel_dice"]
 
 
 def write_outputs(
@@ -70,7 +70,10 @@ def write_outputs(
     written += images
     payload = {"meta": meta, "timing": timing, "targets": targets, "summary": summary}
     atomic_write_text(json.dumps(payload, indent=1, default=json_default), out / "results.json")
-    markdown = (_volume_markdown if volumes else _markdown)(summary, timing, targets, meta, domains, images)
+    if volumes:
+        markdown = _volume_markdown(summary, timing, targets, meta, domains, images, rows)
+    else:
+        markdown = _markdown(summary, timing, targets, meta, domains, images)
     atomic_write_text(markdown, out / "results.md")
     return written + [out / "results.json", out / "results.md"]
 
@@ -184,6 +187,29 @@ def _markdown(
     return "\n".join(lines) + "\n"
 
 
+def per_channel_dice(
+    rows: Sequence[Mapping[str, Any]], setting: str, channels: Sequence[str], domains: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """``{"<method> <channel>": {domain: mean Dice, "overall": mean over domains}}`` of one setting's rows."""
+    table: dict[str, dict[str, float]] = {}
+    methods = dict.fromkeys(r["method"] for r in rows if r["setting"] == setting)
+    for method in methods:
+        for channel in channels:
+            values = {}
+            for domain in domains:
+                sel = [
+                    float(r[f"dice_{channel}"])
+                    for r in rows
+                    if r["setting"] == setting and r["method"] == method and r[DataKeys.DOMAIN] == domain
+                ]
+                if sel:
+                    values[domain] = float(np.mean(sel))
+            if values:
+                values["overall"] = float(np.mean(list(values.values())))
+            table[f"{method} {channel}"] = values
+    return table
+
+
 def _machine(meta: Mapping[str, Any]) -> str:
     env = meta["environment"]
     return (
@@ -224,6 +250,7 @@ def _volume_markdown(
     meta: Mapping[str, Any],
     domains: Sequence[str],
     images: Sequence[Path],
+    rows: Sequence[Mapping[str, Any]],
 ) -> str:
     cfg, window = meta["config"], meta.get("window", {})
     shape = "x".join(str(v) for v in meta.get("volume_shape", []))
@@ -260,6 +287,12 @@ def _volume_markdown(
     lines += [f"- `{m}`: {METHODS[m].description}" for m in timing if m in METHODS]
     lines += ["", "## Targets", "", targets_table(targets)]
     lines += _dice_sections(summary, meta, domains, "voxels")
+    channels = [k[len("dice_") :] for k in (rows[0] if rows else {}) if k.startswith("dice_") and k != "dice_mean"]
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        lines += ["", f"Dice (%) per structure, {setting} (mean over the volumes of a site; overall: over sites):", ""]
+        lines.append(
+            markdown_table(per_channel_dice(rows, setting, channels, domains), [*domains, "overall"], digits=1)
+        )
     if images:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images]
     return "\n".join(lines) + "\n"
