@@ -72,10 +72,10 @@ Options (defaults in brackets):
   torch CPU threads [torch's default]. On CUDA, float32 convolutions run as PyTorch's defaults say (cuDNN may use TF32
   on Ampere and later GPUs); ``results.md`` records those flags;
 - 3D volumes: ``--dims`` [2 3]; ``--vol-sites`` target MR sites [all but the source]; ``--vol-cases`` test volumes
-  per site [4]; ``--vol-num-source`` generated cases per site, the source's training split trains the source model
+  per site [6]; ``--vol-num-source`` generated cases per site, the source's training split trains the source model
   [16]; ``--vol-epochs`` [the bundle's ``train.json``]; ``--vol-checkpoint`` [``<cache>/source_mr_...pt``];
   ``--vol-bundle`` [bundles/grata_prostate_mr_segmentation]; ``--vol-methods`` [source_only norm_adapt tent grata];
-  ``--vol-settings`` [domain]; ``--vol-timing-reps`` [3]; ``--device``, ``--amp``, ``--compile``, ``--seed``,
+  ``--vol-settings`` [domain]; ``--vol-timing-reps`` [7]; ``--device``, ``--amp``, ``--compile``, ``--seed``,
   ``--rounds``, ``--timing-only``, ``--no-memory`` and ``--no-plots`` apply to both;
 - output: ``--out`` [docs/benchmarks]; ``--timing-only`` (no Dice runs: the timing and memory phases alone, e.g. to
   compare speed options); ``--no-asd``; ``--no-plots``; ``--no-memory`` (skip the memory probes);
@@ -136,14 +136,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timing-methods", nargs="+", default=None, help="methods of the timing phase")
     v = p.add_argument_group("3D volumes (--dims 3), written to <out>/3d")
     v.add_argument("--vol-sites", nargs="+", default=None, help="target MR sites (default: all but the source)")
-    v.add_argument("--vol-cases", type=int, default=4, help="test volumes per target site")
+    v.add_argument("--vol-cases", type=int, default=6, help="test volumes per target site")
     v.add_argument("--vol-num-source", type=int, default=16, help="generated cases per site (source: training)")
     v.add_argument("--vol-epochs", type=int, default=None, help="source training epochs (default: the bundle's)")
     v.add_argument("--vol-checkpoint", default=None, help="source weights of the 3D network (trained when omitted)")
     v.add_argument("--vol-bundle", default=str(VOLUME_BUNDLE), help="the 3D bundle (configs of data and network)")
     v.add_argument("--vol-methods", nargs="+", default=list(VOLUME_METHODS), help="methods of the 3D runs")
     v.add_argument("--vol-settings", nargs="+", default=["domain"], help="settings of the 3D runs")
-    v.add_argument("--vol-timing-reps", type=int, default=3, help="timed calls per method on one volume")
+    v.add_argument("--vol-timing-reps", type=int, default=7, help="timed calls per method on one volume")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", default="none", choices=list(AMP), help="torch.autocast around every call (not exact)")
     p.add_argument("--channels-last", action="store_true", help="channels-last network and inputs (all methods)")
