@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from monai_tta.transforms.intensity import StrongStyle, StrongStyled, gaussian_blur_channel, minmax_per_sample
 from monai_tta.transforms.label import FundusMaskToChannels, FundusMaskToChannelsd, LabelEncoding
-from monai_tta.transforms.spatial import FLIP_ROT_VIEWS, apply_view, invert_view, views_preserve_shape
+from monai_tta.transforms.spatial import FLIP_ROT_VIEWS, VIEW_DIMS, apply_view, invert_view, views_preserve_shape
 
 __all__ = [
     "StrongStyle",
@@ -15,6 +15,7 @@ __all__ = [
     "FundusMaskToChannelsd",
     "LabelEncoding",
     "FLIP_ROT_VIEWS",
+    "VIEW_DIMS",
     "apply_view",
     "invert_view",
     "views_preserve_shape",
