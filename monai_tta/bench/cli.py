@@ -75,8 +75,10 @@ Options (defaults in brackets):
   per site [6]; ``--vol-num-source`` generated cases per site, the source's training split trains the source model
   [16]; ``--vol-epochs`` [the bundle's ``train.json``]; ``--vol-checkpoint`` [``<cache>/source_mr_...pt``];
   ``--vol-bundle`` [bundles/grata_prostate_mr_segmentation]; ``--vol-methods`` [source_only norm_adapt tent grata];
-  ``--vol-settings`` [domain]; ``--vol-timing-reps`` [7]; ``--device``, ``--amp``, ``--compile``, ``--seed``,
-  ``--rounds``, ``--timing-only``, ``--no-memory`` and ``--no-plots`` apply to both;
+  ``--vol-settings`` [domain]; ``--vol-patches`` patches each update is computed on (``num_patches`` of the
+  sliding-window adapter) [the bundle's inferer, else the adapter's default]; ``--vol-timing-reps`` [7];
+  ``--device``, ``--amp``, ``--compile``, ``--seed``, ``--rounds``, ``--timing-only``, ``--no-memory`` and
+  ``--no-plots`` apply to both;
 - output: ``--out`` [docs/benchmarks]; ``--timing-only`` (no Dice runs: the timing and memory phases alone, e.g. to
   compare speed options); ``--no-asd``; ``--no-plots``; ``--no-memory`` (skip the memory probes);
   ``--seed`` [0].
@@ -143,6 +145,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     v.add_argument("--vol-bundle", default=str(VOLUME_BUNDLE), help="the 3D bundle (configs of data and network)")
     v.add_argument("--vol-methods", nargs="+", default=list(VOLUME_METHODS), help="methods of the 3D runs")
     v.add_argument("--vol-settings", nargs="+", default=["domain"], help="settings of the 3D runs")
+    v.add_argument("--vol-patches", type=int, default=None, help="patches of each update (default: the bundle's)")
     v.add_argument("--vol-timing-reps", type=int, default=7, help="timed calls per method on one volume")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", default="none", choices=list(AMP), help="torch.autocast around every call (not exact)")
@@ -172,8 +175,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error(f"unknown setting {s!r}; available: {list(SETTINGS)}")
     if args.num_per_domain < 1 or args.num_source < 2 or args.rounds < 1 or args.timing_reps < 1:
         p.error("--num-per-domain, --rounds and --timing-reps must be >= 1, --num-source >= 2")
-    if args.vol_cases < 1 or args.vol_num_source < 2 or args.vol_timing_reps < 1:
-        p.error("--vol-cases and --vol-timing-reps must be >= 1, --vol-num-source >= 2")
+    if args.vol_cases < 1 or args.vol_num_source < 2 or args.vol_timing_reps < 1 or (args.vol_patches or 1) < 1:
+        p.error("--vol-cases, --vol-patches and --vol-timing-reps must be >= 1, --vol-num-source >= 2")
     args.dims = sorted(set(args.dims))
     return args
 

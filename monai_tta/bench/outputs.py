@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from monai_tta.bench.methods import METHODS, REFERENCE, SETTINGS, STREAM
+from monai_tta.bench.volumes import VOLUME_PASSES
 from monai_tta.io import atomic_write_text
 from monai_tta.keys import DataKeys
 from monai_tta.reports import (
@@ -267,7 +268,8 @@ def _volume_markdown(
         f"the bundle `{Path(cfg['vol_bundle']).name}`'s `inference.json`; network `{meta.get('network')}` "
         f"({meta.get('network_parameters')} parameters), source weights `{meta.get('checkpoint')}` (trained on "
         f"{cfg['vol_num_source']} generated source cases, their training split). Every method runs through "
-        f"`monai_tta.inferers.SlidingWindowAdapter` with the bundle's window: {window_text}. AMP {cfg['amp']}, "
+        f"`monai_tta.inferers.SlidingWindowAdapter` with the bundle's window (the adapter's defaults for the rest): "
+        f"{window_text}. AMP {cfg['amp']}, "
         f"compile {cfg['compile']}.",
         "",
         "## Cost per volume",
@@ -281,10 +283,12 @@ def _volume_markdown(
         "",
         cost_table(timing, meta.get("run_time_ms", {})),
         "",
-        "Methods:",
+        f"What one call computes on a volume (K = {window.get('num_patches')} patches of the roi per update, "
+        f"{window.get('patch_sampling')} sampling; the statistics pass and the prediction run the windows "
+        f"{window.get('sw_batch_size')} at a time):",
         "",
     ]
-    lines += [f"- `{m}`: {METHODS[m].description}" for m in timing if m in METHODS]
+    lines += [f"- `{m}`: {VOLUME_PASSES.get(m, METHODS[m].description)}" for m in timing if m in METHODS]
     lines += ["", "## Targets", "", targets_table(targets)]
     lines += _dice_sections(summary, meta, domains, "voxels")
     channels = [k[len("dice_") :] for k in (rows[0] if rows else {}) if k.startswith("dice_") and k != "dice_mean"]

@@ -243,7 +243,7 @@ def run_volume_benchmark(args: argparse.Namespace, device: torch.device) -> dict
     Returns:
         ``{"summary", "timing", "targets", "rows", "files"}``.
     """
-    from monai_tta.bench.volumes import prepare_volume_network, prepare_volumes
+    from monai_tta.bench.volumes import adapter_options, prepare_volume_network, prepare_volumes
 
     start, loadavg_start = time.perf_counter(), _loadavg()
     amp = AMP[args.amp]
@@ -278,7 +278,7 @@ def run_volume_benchmark(args: argparse.Namespace, device: torch.device) -> dict
     meta = _meta(args, device, checkpoint, timing, rows, args.vol_methods, start, loadavg_start, train_s)
     meta.update(
         volume_shape=list(volume.shape[2:]),
-        window={k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in window.items()},
+        window=adapter_options(window),
         network=type(network).__name__,
         network_parameters=sum(p.numel() for p in network.parameters()),
         datalist=str(data["datalist"]),

@@ -23,8 +23,10 @@ from monai_tta.bench.data import load_source_weights, preprocess_cases
 __all__ = [
     "VOLUME_BUNDLE",
     "VOLUME_METHODS",
+    "VOLUME_PASSES",
     "volume_parser",
     "window_options",
+    "adapter_options",
     "prepare_volumes",
     "prepare_volume_network",
 ]
@@ -33,6 +35,17 @@ __all__ = [
 VOLUME_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "grata_prostate_mr_segmentation"
 #: the methods of the 3D runs when ``--vol-methods`` is not given.
 VOLUME_METHODS = ("source_only", "norm_adapt", "tent", "grata")
+#: what one call of each method computes on a volume through the sliding-window adapter (K: ``num_patches``).
+VOLUME_PASSES = {
+    "source_only": "the sliding-window prediction with the source model and its running statistics (the reference)",
+    "norm_adapt": "a statistics pass over the prediction's windows (per-volume BatchNorm statistics), then the "
+    "sliding-window prediction with them; no gradient",
+    "tent": "the statistics pass; entropy forward + backward on each of the K patches (gradients averaged), one Adam "
+    "step on the BatchNorm affine parameters; the sliding-window prediction",
+    "grata": "the statistics pass; per patch, in two sweeps: entropy forward + backward at theta, then at theta' the 6 "
+    "pseudo-label views (forwards) and the strong view (forward + backward); one step with the cosine learning rate; "
+    "the sliding-window prediction",
+}
 #: keys of the bundle's ``inferer`` that are not sliding-window options.
 _NOT_WINDOW = ("_target_", "_desc_", "_requires_", "_disabled_", "_mode_", "adapter")
 
@@ -66,6 +79,18 @@ def window_options(parser: Any) -> dict[str, Any]:
     return {k: parser.get_parsed_content(f"inferer::{k}") for k in raw if k not in _NOT_WINDOW}
 
 
+def adapter_options(window: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option of the :class:`~monai_tta.inferers.SlidingWindowAdapter` built with ``window`` (its defaults
+    included: patches per update, their sampling, statistics passes), as recorded with the results."""
+    from monai_tta.adapters import SourceOnly
+    from monai_tta.inferers import SlidingWindowAdapter
+
+    sw = SlidingWindowAdapter(SourceOnly(), **dict(window))
+    names = ("roi_size", "sw_batch_size", "overlap", "mode", "num_patches", "patch_sampling", "stats_passes")
+    options = {name: getattr(sw, name) for name in (*names, "stats_after_update")}
+    return {k: v if isinstance(v, (int, float, bool, type(None), list)) else str(v) for k, v in options.items()}
+
+
 def _dataset_dir(args: argparse.Namespace) -> Path:
     return Path(args.cache) / f"mr_sites_s{args.seed}_train{args.vol_num_source}_test{args.vol_cases}"
 
@@ -74,12 +99,13 @@ def prepare_volumes(args: argparse.Namespace, device: torch.device) -> dict[str,
     """Generate the multi-site MR volumes into the cache (first use), preprocess every target test volume once.
 
     Args:
-        args: the parsed command line (``vol_sites``, ``vol_cases``, ``vol_num_source``, ``vol_bundle``, ``cache``,
-            ``seed``).
+        args: the parsed command line (``vol_sites``, ``vol_cases``, ``vol_num_source``, ``vol_bundle``,
+            ``vol_patches``, ``cache``, ``seed``).
         device: the device of the bundle's network.
 
     Returns:
-        ``{"datalist", "domains", "cases", "preprocessing", "channel_names", "window", "parser"}``; a case holds
+        ``{"datalist", "domains", "cases", "preprocessing", "channel_names", "window", "parser"}`` (``window``: the
+        bundle's sliding-window options, with ``num_patches`` = ``--vol-patches`` when given); a case holds
         ``image`` ``(1, 1, D, H, W)`` and ``label`` ``(C, D, H, W)`` (one channel per zone), ``domain`` (the site)
         and ``case_id``.
 
@@ -101,6 +127,9 @@ def prepare_volumes(args: argparse.Namespace, device: torch.device) -> dict[str,
     )
     parser = volume_parser(args.vol_bundle, root, device, args.seed)
     preprocessing = parser.get_parsed_content("preprocessing")
+    window = window_options(parser)
+    if args.vol_patches:
+        window["num_patches"] = int(args.vol_patches)
     sections = load_datalist(datalist, [f"{s}_test" for s in sites])
     cases = preprocess_cases({s: sections[f"{s}_test"] for s in sites}, preprocessing)
     return {
@@ -109,7 +138,7 @@ def prepare_volumes(args: argparse.Namespace, device: torch.device) -> dict[str,
         "cases": cases,
         "preprocessing": preprocessing,
         "channel_names": list(parser.get_parsed_content("channel_names")),
-        "window": window_options(parser),
+        "window": window,
         "parser": parser,
     }
 
