@@ -136,34 +136,28 @@ def ensure_source_checkpoint(
             with exactly the inference run's network and data. Keys starting with ``_`` are ignored.
         configs: the config files that make up the training run.
 
-    In a run sharded over ranks (:mod:`monai_tta.distributed`) only rank 0 trains; the other ranks wait for it and
-    then read the same checkpoint.
+    A run sharded over ranks (:mod:`monai_tta.distributed`) does not train: the training's validation metrics would
+    all-gather across ranks that are not training, and the ranks would wait on each other forever. Every rank then
+    fails with a message giving the one-process command that trains the model first.
 
     Returns:
         the checkpoint path.
 
     Raises:
-        RuntimeError: if training finished without writing the checkpoint (on every rank of a sharded run).
+        RuntimeError: if training finished without writing the checkpoint, or (on every rank) when a sharded run
+            finds no checkpoint.
     """
     checkpoint = Path(checkpoint)
-    if distributed.get_world_size() > 1:
-        try:
-            if distributed.is_main_process():
-                _train_if_missing(checkpoint, bundle_root, overrides, configs)
-        finally:
-            distributed.barrier()
-        if not checkpoint.is_file():
-            rank = distributed.get_rank()
-            raise RuntimeError(f"rank {rank}: rank 0 did not write the source checkpoint {checkpoint}; see its log.")
-        return checkpoint
-    return _train_if_missing(checkpoint, bundle_root, overrides, configs)
-
-
-def _train_if_missing(
-    checkpoint: Path, bundle_root: str | Path, overrides: Mapping[str, Any] | None, configs: Sequence[str]
-) -> Path:
     if checkpoint.is_file():
         return checkpoint
+    if distributed.get_world_size() > 1:
+        files = ", ".join(f"'configs/{c}'" for c in configs)
+        raise RuntimeError(
+            f"rank {distributed.get_rank()}: the source checkpoint {checkpoint} does not exist, and a run sharded over "
+            f"ranks does not train it. Train it first in one process, e.g. `python -m monai.bundle run --config_file "
+            f'"[{files}]" --ckpt_dir {checkpoint.parent} --ckpt_filename {checkpoint.name}` (with this run\'s '
+            f"overrides), or run the same command once without torchrun, then launch torchrun again."
+        )
     logger.info(f"source checkpoint {checkpoint} not found: training the source model with {list(configs)}.")
     overrides = {k: v for k, v in dict(overrides or {}).items() if not k.startswith("_")}
     run_bundle(

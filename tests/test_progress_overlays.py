@@ -10,7 +10,7 @@ import pytest
 from ignite.engine import Engine
 
 from monai_tta.handlers import Progress
-from monai_tta.reports import plot_overlay, plot_stream
+from monai_tta.reports import plot_overlay, plot_stream_stats
 
 
 class _Terminal(io.StringIO):
@@ -46,5 +46,5 @@ def test_overlays_of_images_and_volumes(tmp_path):
 
 def test_stream_plot_draws_the_present_columns(tmp_path):
     rows = [{"domain": d, "dice_mean": float(i), "loss": 0.5, "reset": float(i == 2)} for i, d in enumerate("AABB")]
-    assert plot_stream(rows, tmp_path / "s.png").is_file()
-    assert plot_stream([{"domain": "A"}], tmp_path / "none.png") is None
+    assert plot_stream_stats(rows, tmp_path / "s.png").is_file()
+    assert plot_stream_stats([{"domain": "A"}], tmp_path / "none.png") is None

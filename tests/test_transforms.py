@@ -9,6 +9,9 @@ from scipy import ndimage
 
 from monai_tta.transforms import (
     FLIP_ROT_VIEWS,
+    ChannelsToLabelMap,
+    ChannelsToLabelMapd,
+    FundusMaskToChannels,
     StrongStyle,
     StrongStyled,
     apply_view,
@@ -87,3 +90,16 @@ def test_dict_version_and_bad_probability():
     assert d["image"].shape == (3, 8, 8) and d["label"] == 1
     with pytest.raises(ValueError, match="prob_noise"):
         StrongStyle(prob_noise=1.5)
+
+
+def test_channels_to_label_map_inverts_onehot_and_nested_encodings():
+    mask = torch.tensor([[[0, 1, 2, 1, 0]]])
+    onehot = FundusMaskToChannels("onehot", num_classes=2)(mask)
+    assert torch.equal(ChannelsToLabelMap()(onehot), mask.to(torch.uint8))
+    fundus = FundusMaskToChannels("fundus")(torch.tensor([[[255, 128, 0]]]))  # nested: the cup inside the disc
+    assert ChannelsToLabelMap()(fundus).tolist() == [[[0, 1, 2]]]
+    probs = {"pred": torch.tensor([[[0.2, 0.7, 0.9]], [[0.1, 0.4, 0.6]]])}
+    out = ChannelsToLabelMapd("pred", threshold=0.5)(probs)["pred"]
+    assert out.dtype == torch.uint8 and out.tolist() == [[[0, 1, 2]]]
+    with pytest.raises(ValueError, match="channel-first"):
+        ChannelsToLabelMap()(torch.zeros(3))

@@ -1,4 +1,4 @@
-"""Per-case records (Dice, surface distance, adaptation statistics) and a per-domain summary for an evaluator."""
+"""Per-case records (Dice, surface distances, adaptation statistics) and a per-domain summary for an evaluator."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from monai.data import MetaTensor
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from monai_tta import distributed
 from monai_tta.engines.evaluator import ADAPT_KEY, CASE_METRICS
 from monai_tta.keys import DataKeys
-from monai_tta.metrics import asd_per_channel, dice_per_channel
-from monai_tta.reports import MEAN_DICE, markdown_table, plot_domain_dice, plot_stream, summarize, write_case_csv
+from monai_tta.metrics import asd_per_channel, dice_per_channel, hd95_per_channel
+from monai_tta.reports import MEAN_DICE, markdown_table, plot_domain_dice, plot_stream_stats, summarize, write_case_csv
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
@@ -32,11 +33,12 @@ SUMMARY_FILES = ("summary.json", "summary.md", "dice_per_domain.png", "stream.pn
 class CaseReport:
     """Write one CSV row per case as the evaluator goes, and a per-domain summary at the end.
 
-    Rows hold ``case_id``, ``domain``, ``method``, Dice and average surface distance per channel and their means, and
-    the adapter's statistics. The CSV is rewritten (atomically) after every case, so an interrupted run keeps the
-    cases it scored. At completion it writes ``summary.json``, ``summary.md``, ``dice_per_domain.png`` and
-    ``stream.png`` (Dice and adaptation statistics along the stream, per domain) and logs the per-domain table.
-    Each case's scalars also go to ``engine.state.case_metrics``, which trackers log.
+    Rows hold ``case_id``, ``domain``, ``method``, Dice and average surface distance (in voxels) per channel and their
+    means, optionally the 95th-percentile Hausdorff distance (``hd95_*``, in the prediction's physical units when it is
+    a ``MetaTensor``, else in voxels), and the adapter's statistics. The CSV is rewritten (atomically) after every
+    case, so an interrupted run keeps the cases it scored. At completion it writes ``summary.json``, ``summary.md``,
+    ``dice_per_domain.png`` and ``stream.png`` (Dice and adaptation statistics along the stream, per domain) and logs
+    the per-domain table. Each case's scalars also go to ``engine.state.case_metrics``, which trackers log.
 
     In a run sharded over ranks (:mod:`monai_tta.distributed`) each rank writes its rows to ``cases.rank<r>.csv`` as
     it goes; at completion rank 0 gathers every rank's rows, checks that each case of the stream is there exactly once
@@ -51,6 +53,8 @@ class CaseReport:
         pred_key: key of the post-processed, binarised prediction.
         label_key: key of the label.
         compute_asd: also compute the average surface distance.
+        compute_hd95: also compute the 95th-percentile Hausdorff distance (:func:`~monai_tta.metrics.hd95_per_channel`),
+            with the voxel size of the prediction's affine.
         expected_cases: number of cases of the whole stream, checked at completion (``None``: not checked).
         name: logger name.
 
@@ -67,6 +71,7 @@ class CaseReport:
         pred_key: str = DataKeys.PRED,
         label_key: str = DataKeys.LABEL,
         compute_asd: bool = True,
+        compute_hd95: bool = False,
         expected_cases: int | None = None,
         name: str = "monai_tta.report",
     ) -> None:
@@ -77,6 +82,7 @@ class CaseReport:
         self.channel_names = list(channel_names)
         self.pred_key, self.label_key = pred_key, label_key
         self.compute_asd = compute_asd
+        self.compute_hd95 = compute_hd95
         self.expected_cases = expected_cases
         self.logger = logging.getLogger(name)
         self.rows: list[dict[str, Any]] = []
@@ -136,6 +142,11 @@ class CaseReport:
                 asd = asd_per_channel(pred, label)
                 row.update({f"asd_{c}": v for c, v in zip(self.channel_names, asd)})
                 row["asd_mean"] = sum(asd) / len(asd)
+            if self.compute_hd95:
+                spacing = pred.pixdim.tolist() if isinstance(pred, MetaTensor) else None
+                hd95 = hd95_per_channel(pred, label, spacing)
+                row.update({f"hd95_{c}": v for c, v in zip(self.channel_names, hd95)})
+                row["hd95_mean"] = sum(hd95) / len(hd95)
         row.update({k: float(v) for k, v in item.get(ADAPT_KEY, {}).items()})
         return row
 
@@ -175,6 +186,7 @@ class CaseReport:
             return
         cols = [f"dice_{c}" for c in self.channel_names] + [MEAN_DICE]
         cols += ["asd_mean"] if self.compute_asd else []
+        cols += ["hd95_mean"] if self.compute_hd95 else []
         table = markdown_table(self.summary, cols, row_title="domain")
         (self.output_dir / "summary.md").write_text(f"# {self.method}\n\n{table}\n")
         domains = [d for d in self.summary if d != "overall"]
@@ -184,5 +196,5 @@ class CaseReport:
             self.output_dir / "dice_per_domain.png",
             title=f"{self.method}: mean Dice per domain",
         )
-        plot_stream(self.rows, self.output_dir / "stream.png", title=f"{self.method}: along the stream")
+        plot_stream_stats(self.rows, self.output_dir / "stream.png", title=f"{self.method}: along the stream")
         self.logger.info(f"{self.method}: per-domain summary\n{table}")

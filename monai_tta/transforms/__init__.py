@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from monai_tta.transforms.intensity import StrongStyle, StrongStyled, gaussian_blur_channel, minmax_per_sample
-from monai_tta.transforms.label import FundusMaskToChannels, FundusMaskToChannelsd, LabelEncoding
-from monai_tta.transforms.spatial import FLIP_ROT_VIEWS, apply_view, invert_view, views_preserve_shape
+from monai_tta.transforms.label import (
+    ChannelsToLabelMap,
+    ChannelsToLabelMapd,
+    FundusMaskToChannels,
+    FundusMaskToChannelsd,
+    LabelEncoding,
+)
+from monai_tta.transforms.spatial import FLIP_ROT_VIEWS, VIEW_DIMS, apply_view, invert_view, views_preserve_shape
 
 __all__ = [
     "StrongStyle",
@@ -14,7 +20,10 @@ __all__ = [
     "FundusMaskToChannels",
     "FundusMaskToChannelsd",
     "LabelEncoding",
+    "ChannelsToLabelMap",
+    "ChannelsToLabelMapd",
     "FLIP_ROT_VIEWS",
+    "VIEW_DIMS",
     "apply_view",
     "invert_view",
     "views_preserve_shape",

@@ -1,4 +1,4 @@
-"""Label encodings: turn a single-channel integer mask into the multi-label channels a sigmoid network predicts."""
+"""Label encodings: a single-channel integer mask to the multi-label channels a sigmoid network predicts, and back."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, Transform
 from monai.utils import StrEnum, TransformBackends, convert_to_dst_type, convert_to_tensor
 
-__all__ = ["LabelEncoding", "FundusMaskToChannels", "FundusMaskToChannelsd"]
+__all__ = [
+    "LabelEncoding",
+    "FundusMaskToChannels",
+    "FundusMaskToChannelsd",
+    "ChannelsToLabelMap",
+    "ChannelsToLabelMapd",
+]
 
 
 class LabelEncoding(StrEnum):
@@ -143,6 +149,69 @@ class FundusMaskToChannelsd(MapTransform):
         Returns:
             a shallow copy of ``data`` with the keys encoded.
         """
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+class ChannelsToLabelMap(Transform):
+    """Turn multi-label channels (probabilities or binary masks) into one integer label map, 0 = background.
+
+    Voxel value ``k`` (``1..C``) when channel ``k - 1`` is above ``threshold`` and no later channel is; 0 when none
+    is. This inverts the ``"onehot"`` encoding (exclusive channels) and the nested encodings, where a later channel
+    lies inside an earlier one (the fundus disc/cup: 1 = disc rim, 2 = cup). It gives the label map that viewers and
+    MONAI Label expect (one index per class, 0 = background).
+
+    Args:
+        threshold: a channel is "on" where its value is above this (0.5 for sigmoid probabilities).
+        dtype: output data type (``uint8`` holds up to 255 classes).
+
+    Raises:
+        ValueError: when the input has no channel axis.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, threshold: float = 0.5, dtype: torch.dtype | np.dtype | type | None = torch.uint8) -> None:
+        self.threshold = float(threshold)
+        self.dtype = dtype
+
+    def __call__(self, channels: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Map ``(C, spatial...)`` channels to a ``(1, spatial...)`` label map of the same container type."""
+        if channels.ndim < 2:
+            raise ValueError(f"expected channel-first data (C, spatial...), got shape {tuple(channels.shape)}.")
+        x = convert_to_tensor(channels, track_meta=get_track_meta())
+        index = torch.arange(1, x.shape[0] + 1, device=x.device).view(-1, *([1] * (x.ndim - 1)))
+        labels = ((x > self.threshold) * index).amax(dim=0, keepdim=True)
+        out, *_ = convert_to_dst_type(labels, channels, dtype=self.dtype if self.dtype is not None else torch.uint8)
+        return out
+
+
+class ChannelsToLabelMapd(MapTransform):
+    """Dictionary version of :class:`ChannelsToLabelMap`.
+
+    Args:
+        keys: keys of the channel data to map.
+        threshold: a channel is "on" where its value is above this.
+        dtype: output data type.
+        allow_missing_keys: don't raise an exception if a key is missing.
+    """
+
+    backend = ChannelsToLabelMap.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        threshold: float = 0.5,
+        dtype: torch.dtype | np.dtype | type | None = torch.uint8,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = ChannelsToLabelMap(threshold=threshold, dtype=dtype)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        """Map every key of ``data`` named in ``keys``; returns a shallow copy of ``data``."""
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
