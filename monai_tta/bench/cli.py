@@ -77,6 +77,7 @@ Options (defaults in brackets):
   ``--vol-bundle`` [bundles/grata_prostate_mr_segmentation]; ``--vol-methods`` [source_only norm_adapt tent grata];
   ``--vol-settings`` [domain]; ``--vol-patches`` patches each update is computed on (``num_patches`` of the
   sliding-window adapter) [the bundle's inferer, else the adapter's default]; ``--vol-timing-reps`` [7];
+  ``--vol-out`` [``<out>/3d``];
   ``--device``, ``--amp``, ``--compile``, ``--seed``, ``--rounds``, ``--timing-only``, ``--no-memory`` and
   ``--no-plots`` apply to both;
 - output: ``--out`` [docs/benchmarks]; ``--timing-only`` (no Dice runs: the timing and memory phases alone, e.g. to
@@ -146,6 +147,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     v.add_argument("--vol-methods", nargs="+", default=list(VOLUME_METHODS), help="methods of the 3D runs")
     v.add_argument("--vol-settings", nargs="+", default=["domain"], help="settings of the 3D runs")
     v.add_argument("--vol-patches", type=int, default=None, help="patches of each update (default: the bundle's)")
+    v.add_argument("--vol-out", default=None, help="output folder of the 3D results (default <out>/3d)")
     v.add_argument("--vol-timing-reps", type=int, default=7, help="timed calls per method on one volume")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", default="none", choices=list(AMP), help="torch.autocast around every call (not exact)")
