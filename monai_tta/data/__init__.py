@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .datalist import PATH_KEYS, case_id_from_path, domain_stream, load_datalist
+from .datalist import PATH_KEYS, DomainStream, case_id_from_path, domain_stream, load_datalist
 from .fundus import FUNDUS_DOMAINS, fundus_csv_names, fundus_datalist, load_fundus_csv_domain
 from .mr_sites import (
     MR_GENERATOR_VERSION,
@@ -29,6 +29,7 @@ from .synthetic import (
 
 __all__ = [
     "DATALIST_NAME",
+    "DomainStream",
     "FUNDUS_DOMAINS",
     "GENERATOR_VERSION",
     "MANIFEST_NAME",

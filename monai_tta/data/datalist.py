@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from monai_tta.keys import DataKeys
 
-__all__ = ["PATH_KEYS", "case_id_from_path", "load_datalist", "domain_stream"]
+__all__ = ["PATH_KEYS", "case_id_from_path", "load_datalist", "domain_stream", "DomainStream"]
 
 PATH_KEYS: tuple[str, ...] = (DataKeys.IMAGE.value, DataKeys.LABEL.value)
 """Keys whose values are file paths, resolved against the datalist folder (or ``base_dir``)."""
@@ -160,3 +160,56 @@ def domain_stream(
                 copy.setdefault(DataKeys.DOMAIN.value, name)
                 stream.append(copy)
     return stream
+
+
+class DomainStream(Sequence):
+    """A :func:`domain_stream` of a datalist file, read on first use.
+
+    Building it reads nothing, so a bundle config can be parsed, and its properties checked, before its data exist
+    (e.g. before the run generates them); the file is read the first time the stream's length or an item is needed,
+    then kept.
+
+    Args:
+        datalist_file: the datalist JSON file.
+        domains: section names in stream order.
+        rounds: number of passes over the domains (>= 1).
+        base_dir: folder that relative paths are relative to (see :func:`load_datalist`).
+
+    Raises:
+        ValueError: when ``rounds < 1`` or ``domains`` is empty (at construction); the errors of
+            :func:`load_datalist` and :func:`domain_stream` at first use.
+    """
+
+    def __init__(
+        self,
+        datalist_file: str | os.PathLike,
+        domains: Sequence[str] | str,
+        rounds: int = 1,
+        base_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.datalist_file = datalist_file
+        self.domains = [domains] if isinstance(domains, str) else list(domains)
+        if int(rounds) < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}.")
+        if not self.domains:
+            raise ValueError("domains must name at least one section.")
+        self.rounds = int(rounds)
+        self.base_dir = base_dir
+        self._items: list[dict] | None = None
+
+    @property
+    def items(self) -> list[dict]:
+        """The stream's items (reads the datalist on first access)."""
+        if self._items is None:
+            sections = load_datalist(self.datalist_file, sorted(set(self.domains)), base_dir=self.base_dir)
+            self._items = domain_stream(sections, self.domains, rounds=self.rounds)
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.items)
