@@ -4,12 +4,19 @@
 Label call inferers under ``no_grad``), puts the normalisation layers in the regime of the method, takes its update
 step(s) on its own parameter set and returns the prediction that the method reports. Its state (source snapshot,
 optimizer, step count) is kept per network; :meth:`Adapter.reset` returns to the source state.
+
+Any network: the parameters a method updates are one shared option, ``params`` (:mod:`monai_tta.params`); a network
+on which that set is empty raises a clear error on the first call. Any size: a whole input is padded to the size
+multiple the network needs and cropped back (:class:`~monai_tta.adapters.cases.WholeCase`); a volume larger than the
+network's patch goes through :class:`~monai_tta.inferers.SlidingWindowAdapter`, which installs its own
+:class:`~monai_tta.adapters.cases.Case` plan for the call.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +26,11 @@ from monai.inferers import Inferer
 from monai.utils import look_up_option
 from torch import nn
 
+from monai_tta.adapters.cases import Case, CaseParts, WholeCase
 from monai_tta.gradients import only_requires_grad
 from monai_tta.keys import Setting, StatKeys
-from monai_tta.norms import AdaptiveBatchNorm, NormPolicy, bn_affine_params, convert_norms
+from monai_tta.norms import AdaptiveBatchNorm, NormPolicy, convert_norms
+from monai_tta.params import ParamSelection, nothing_to_update_message, select_parameters
 
 __all__ = ["Adapter", "AdapterState", "build_optimizer", "set_lr"]
 
@@ -108,15 +117,28 @@ class Adapter(Inferer):
         weight_decay: weight decay.
         steps: update steps per case.
         seed: seed of the adapter's random generator (augmentations); ``None`` draws from torch's global generator.
+        params: the parameters the method updates (:mod:`monai_tta.params`): ``"norm"`` (affine parameters of every
+            normalisation layer: BatchNorm, SyncBatchNorm, InstanceNorm with affine, GroupNorm, LayerNorm), ``"bn"``
+            (BatchNorm only), ``"all"``, or a callable ``network -> parameters``; ``None`` gives the method's
+            default (``"norm"`` for the entropy methods, which on a BatchNorm network is exactly the published BN
+            affine set). Methods without network parameters (source-only, NormAdapt, VPTTA) do not take it.
+        divisor: the size multiple a whole input is padded to (an int or one per spatial axis); ``None`` reads it
+            from the network (:func:`~monai_tta.padding.network_divisor`). The output is cropped back.
 
     Raises:
-        ValueError: for an unknown setting or optimizer, or ``steps < 0``.
+        ValueError: for an unknown setting, optimizer or parameter set, or ``steps < 0``.
     """
 
     #: regime used when ``norm`` is ``None``.
     default_norm: str = "image"
     #: whether the method updates parameters with an optimizer.
     uses_optimizer: bool = True
+    #: parameter set used when ``params`` is ``None``.
+    default_params: ParamSelection = "norm"
+    #: whether the method needs BatchNorm layers with source running statistics (NormAdapt, VPTTA, DyNA's day).
+    requires_batch_norm: bool = False
+    #: whether the method can adapt a volume on patches (:class:`~monai_tta.inferers.SlidingWindowAdapter`).
+    supports_patches: bool = True
 
     def __init__(
         self,
@@ -129,8 +151,14 @@ class Adapter(Inferer):
         weight_decay: float = 0.0,
         steps: int = 1,
         seed: int | None = 0,
+        params: ParamSelection | None = None,
+        divisor: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(params, str):
+            select_parameters(nn.Module(), params)  # validates the name now rather than at the first case
+        self.params = params
+        self.divisor = divisor
         self.setting = look_up_option(setting, Setting)
         self.norm = NormPolicy.from_any(norm, default=self.default_norm)
         self.optimizer_name = look_up_option(optimizer.lower(), _OPTIMIZERS)
@@ -153,11 +181,13 @@ class Adapter(Inferer):
         self._domain: Any = None
         self._pending_reset = False
         self.last_stats: dict[str, Any] = {}
+        self._case_factory: Callable[[nn.Module], Case] | None = None
+        self._case: Case | None = None
 
     # ----------------------------------------------------------------- hooks for subclasses
     def select_params(self, network: nn.Module) -> list[nn.Parameter]:
-        """The parameters the method updates (default: every BatchNorm weight and bias)."""
-        return bn_affine_params(network)
+        """The parameters the method updates: the set ``params`` (default :attr:`default_params`)."""
+        return select_parameters(network, self.default_params if self.params is None else self.params)
 
     def init_state(self, state: AdapterState, network: nn.Module) -> None:
         """Create method-specific state in ``state.extra`` (called once per network, after the snapshot)."""
@@ -187,12 +217,42 @@ class Adapter(Inferer):
         if state is None:
             norms = convert_norms(network)
             params = list(self.select_params(network))
+            self._check_network(network, params, norms)
             snapshot = [p.detach().clone() for p in params]
             state = AdapterState(network=weakref.ref(network), params=params, norms=norms, snapshot=snapshot)
             state.optimizer = self._make_optimizer(params)
             self._states[network] = state
             self.init_state(state, network)
         return state
+
+    def _check_network(self, network: nn.Module, params: list[nn.Parameter], norms: list[AdaptiveBatchNorm]) -> None:
+        """Raise a clear error for a network the method cannot adapt (before any forward or autograd call)."""
+        name = type(self).__name__
+        if self.requires_batch_norm and not any(layer.has_source_stats for layer in norms):
+            raise ValueError(
+                f"{name} needs BatchNorm layers with source running statistics, and {type(network).__name__} has "
+                "none (InstanceNorm, GroupNorm and LayerNorm already normalise each input by itself). Use a network "
+                "with BatchNorm (for MONAI's UNet: norm='batch'), or a gradient method (Tent, SAR, GraTa) that "
+                "updates the affine parameters of any normalisation layer."
+            )
+        if self.uses_optimizer and not params:
+            raise ValueError(nothing_to_update_message(name, network, self.params))
+
+    # ----------------------------------------------------------------- cases: whole inputs and volumes
+    @contextmanager
+    def using_case(self, factory: Callable[[nn.Module], Case]) -> Iterator[None]:
+        """Within the context, each call follows the :class:`~monai_tta.adapters.cases.Case` plan ``factory(network)``
+        instead of the whole-input plan (used by :class:`~monai_tta.inferers.SlidingWindowAdapter`)."""
+        previous, self._case_factory = self._case_factory, factory
+        try:
+            yield
+        finally:
+            self._case_factory = previous
+
+    def case_parts(self, inputs: torch.Tensor) -> CaseParts:
+        """The parts of the current case that the update computes its gradients on (the whole input outside a call
+        or in the whole-input plan)."""
+        return CaseParts() if self._case is None else self._case.parts(inputs)
 
     def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer | None:
         if not self.uses_optimizer or not params:
@@ -237,7 +297,8 @@ class Adapter(Inferer):
             kwargs: unused.
 
         Raises:
-            ValueError: if ``inputs`` is not a floating-point tensor with batch and channel axes.
+            ValueError: if ``inputs`` is not a floating-point tensor with batch and channel axes; on the first call
+                with ``network``, if the method has nothing to update on it or needs BatchNorm statistics it lacks.
         """
         if not isinstance(inputs, torch.Tensor) or inputs.dim() < 3 or not inputs.is_floating_point():
             shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
@@ -248,23 +309,30 @@ class Adapter(Inferer):
             self.reset(network)
             self._pending_reset = False
         x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        case = self._case_factory(network) if self._case_factory is not None else WholeCase(network, self.divisor)
+        x = case.prepare(x)
         state.seen += 1
         self.norm.apply(state.norms, state.seen)
         stats: dict[str, Any] = {StatKeys.RESET: did_reset, StatKeys.N_PARAMS: sum(p.numel() for p in state.params)}
         logits = None
-        if self.steps > 0:
-            with torch.enable_grad(), only_requires_grad(network, state.params):
-                for _ in range(self.steps):
-                    step_stats, reported = self.adapt(state, x, network)
-                    logits = reported if logits is None else logits
-                    stats.update(step_stats)
-            state.step += 1
-        if logits is None:
-            with torch.no_grad():
-                logits = self.predict(state, x, network)
+        self._case = case
+        try:
+            with case.statistics(state, network, x):
+                if self.steps > 0:
+                    with torch.enable_grad(), only_requires_grad(network, state.params):
+                        for _ in range(self.steps):
+                            step_stats, reported = self.adapt(state, x, network)
+                            logits = reported if logits is None else logits
+                            stats.update(step_stats)
+                    state.step += 1
+                if logits is None or not case.whole:
+                    with torch.no_grad():
+                        logits = case.predict(self, state, x, network)
+        finally:
+            self._case = None
         stats[StatKeys.STEP] = state.step
         self.last_stats = stats
-        logits = logits.detach()
+        logits = case.finish(logits.detach())
         if isinstance(inputs, MetaTensor):
             logits = MetaTensor(logits, meta=inputs.meta, applied_operations=inputs.applied_operations)
         return logits

@@ -10,7 +10,7 @@ from monai_tta.transforms.label import (
     FundusMaskToChannelsd,
     LabelEncoding,
 )
-from monai_tta.transforms.spatial import FLIP_ROT_VIEWS, apply_view, invert_view, views_preserve_shape
+from monai_tta.transforms.spatial import FLIP_ROT_VIEWS, VIEW_DIMS, apply_view, invert_view, views_preserve_shape
 
 __all__ = [
     "StrongStyle",
@@ -23,6 +23,7 @@ __all__ = [
     "ChannelsToLabelMap",
     "ChannelsToLabelMapd",
     "FLIP_ROT_VIEWS",
+    "VIEW_DIMS",
     "apply_view",
     "invert_view",
     "views_preserve_shape",
