@@ -138,13 +138,14 @@ def write_own_volumes(root: Path) -> Path:
 
 def test_own_nifti_data_and_network_by_command_line_overrides(tmp_path):
     datalist = write_own_volumes(tmp_path)
-    network = {
-        "_target_": "BasicUNet",
+    network = {  # MONAI's SegResNet at its default GroupNorm: the adapter updates the GroupNorm affine parameters
+        "_target_": "SegResNet",
         "spatial_dims": 3,
         "in_channels": "@in_channels",
         "out_channels": "@out_channels",
-        "features": [4, 4, 8, 8, 16, 4],
-        "norm": "batch",
+        "init_filters": 8,
+        "blocks_down": [1, 1, 1],
+        "blocks_up": [1, 1],
     }
     args = {
         "generate_data": False,
@@ -171,9 +172,10 @@ def test_own_nifti_data_and_network_by_command_line_overrides(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_case_csv(tmp_path / "eval" / "GraTa" / "cases.csv")
     assert len(rows) == 4 and {r["domain"] for r in rows} == {"siteB"}
+    assert all(r["n_params"] == 2 * (8 + 8 + 16 + 16 + 32 + 32 + 16 + 16 + 8 + 8 + 8) for r in rows)  # GroupNorm affine
     assert "dice_lesion" in rows[0] and "hd95_lesion" in rows[0] and "dice_transition" not in rows[0]
     state = torch.load(tmp_path / "my_source.pt", weights_only=True)
-    assert any(k.startswith("conv_0.") for k in state) and not any(k.startswith("model.") for k in state)  # BasicUNet
+    assert any(k.startswith("down_layers.") for k in state) and not any(k.startswith("model.") for k in state)
 
 
 ZOO_STYLE_INFERENCE = {
