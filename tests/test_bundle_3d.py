@@ -81,6 +81,8 @@ def test_evaluate_generates_trains_adapts_and_reports_per_site(tiny):
     assert set(summary) == {"thick", "sagittal", "overall"}
     assert summary["thick"]["hd95_mean"] == pytest.approx(np.mean([r["hd95_mean"] for r in rows[:2]]))
     assert (out / "dice_per_domain.png").is_file() and "hd95_mean" in (out / "summary.md").read_text()
+    assert json.loads((out / "config.json").read_text())["config"]["method"] == "GraTa"  # the run record is this run's
+    assert "train" in json.loads((out.parent / "source_training" / "config.json").read_text())["config"]
     run_bundle(MR, ["inference.json", "evaluate.json"], tiny, logging_file=False)
     assert digest(ckpt) == before  # reused, never written again
 
