@@ -225,21 +225,23 @@ def _waves(rng: np.random.Generator, n: int, wavelength: float) -> tuple[np.ndar
 def _field(points: np.ndarray, waves: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Smooth field of unit standard deviation (over phases) at ``points`` ``(N, 3)``: a sum of cosines."""
     k, phase = waves
-    return np.cos(points @ k.T + phase).sum(axis=1) * math.sqrt(2.0 / len(phase))
+    values = np.cos(points @ k.T.astype(points.dtype) + phase.astype(points.dtype))
+    return values.sum(axis=1) * math.sqrt(2.0 / len(phase))
 
 
 def _level(points: np.ndarray, centre, semi, rotation: np.ndarray | None = None) -> np.ndarray:
     """Ellipsoid level set: < 1 inside, 1 on the boundary (``rotation`` maps body axes to world axes)."""
-    local = points - np.asarray(centre, dtype=np.float64)
+    local = points - np.asarray(centre, dtype=points.dtype)
     if rotation is not None:
-        local = local @ rotation
-    return np.sqrt(((local / np.asarray(semi, dtype=np.float64)) ** 2).sum(axis=1))
+        local = local @ rotation.astype(points.dtype)
+    local /= np.asarray(semi, dtype=points.dtype)
+    return np.sqrt(np.einsum("ij,ij->i", local, local))
 
 
 def _cylinder_level(points: np.ndarray, centre_xy, semi_xy) -> np.ndarray:
     """Elliptic cylinder along z: < 1 inside."""
-    dx = (points[:, 0] - centre_xy[0]) / semi_xy[0]
-    dy = (points[:, 1] - centre_xy[1]) / semi_xy[1]
+    dx = (points[:, 0] - np.float32(centre_xy[0])) / np.float32(semi_xy[0])
+    dy = (points[:, 1] - np.float32(centre_xy[1])) / np.float32(semi_xy[1])
     return np.sqrt(dx * dx + dy * dy)
 
 
@@ -300,7 +302,7 @@ def _draw_anatomy(rng: np.random.Generator) -> _Anatomy:
         "transition": u(0.33, 0.43),
     }
     return _Anatomy(
-        body_centre=(u(-3.0, 3.0), u(15.0, 25.0)),
+        body_centre=(u(-3.0, 3.0), u(5.0, 12.0)),
         body_semi=(u(88.0, 100.0), u(62.0, 72.0)),
         fat=u(8.0, 16.0),
         muscle=u(10.0, 18.0),
@@ -349,7 +351,7 @@ def _signal_at(anatomy: _Anatomy, points: np.ndarray) -> np.ndarray:
     """T2-like tissue signal in [0, 1] at world ``points`` (painter's order: later structures cover earlier ones)."""
     t = anatomy.tissue
     x = points[:, 0]
-    signal = np.zeros(len(points), dtype=np.float64)
+    signal = np.zeros(len(points), dtype=np.float32)
     body = _cylinder_level(points, anatomy.body_centre, anatomy.body_semi)
     radius = min(anatomy.body_semi)
 
@@ -432,19 +434,23 @@ def mr_site_affine(site: str, centre: Sequence[float] = (0.0, 0.0, 0.0), voxel_s
     return affine
 
 
-def _acquire(
-    rng: np.random.Generator, spec: MRSite, anatomy: _Anatomy, affine: np.ndarray, shape: tuple[int, int, int]
-) -> np.ndarray:
-    """Sample the anatomy on the site's grid and simulate the scanner; returns the int16 volume."""
-    jit = spec.jitter
+def _voxel_centres(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """World (RAS) positions of the voxel centres, ``(N, 3)`` float32 in C order of ``shape``."""
     ijk = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), -1).reshape(-1, 3)
-    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    return (ijk @ affine[:3, :3].T + affine[:3, 3]).astype(np.float32)
+
+
+def _acquire(
+    rng: np.random.Generator, spec: MRSite, anatomy: _Anatomy, affine: np.ndarray, world: np.ndarray
+) -> np.ndarray:
+    """Sample the anatomy at the voxel centres ``world`` and simulate the scanner; returns the flat int16 signal."""
+    jit = spec.jitter
     # thick slices: the signal is the average over the slice profile (partial volume), sampled at n points across k
     ratio = spec.spacing[2] / min(spec.spacing[0], spec.spacing[1])
     n_sub = int(min(max(round(ratio), 1), 4))
     signal = np.zeros(len(world))
     for offset in (np.arange(n_sub) + 0.5) / n_sub - 0.5:
-        signal += _signal_at(anatomy, world + offset * affine[:3, 2])
+        signal += _signal_at(anatomy, world + (offset * affine[:3, 2]).astype(np.float32))
     signal /= n_sub
     signal = signal ** (spec.contrast * math.exp(rng.normal(0.0, jit / 2.0)))
 
@@ -464,7 +470,7 @@ def _acquire(
             signal = real
     scale = spec.scale * math.exp(rng.normal(0.0, jit))
     values = np.rint(scale * signal + spec.offset)
-    return np.clip(values, -_INT16_MAX, _INT16_MAX).astype(np.int16).reshape(shape)
+    return np.clip(values, -_INT16_MAX, _INT16_MAX).astype(np.int16)
 
 
 def synthesize_mr_case(
@@ -500,9 +506,9 @@ def synthesize_mr_case(
     shift = acquisition_rng.uniform(-spec.fov_shift, spec.fov_shift, 3)
     affine = mr_site_affine(site, np.asarray(anatomy.gland_centre) + shift, voxel_scale)
     shape = _grid_shape(spec, voxel_scale)
-    image = _acquire(acquisition_rng, spec, anatomy, affine, shape)
-    ijk = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), -1).reshape(-1, 3)
-    label = _label_at(anatomy, ijk @ affine[:3, :3].T + affine[:3, 3]).reshape(shape)
+    world = _voxel_centres(affine, shape)
+    image = _acquire(acquisition_rng, spec, anatomy, affine, world).reshape(shape)
+    label = _label_at(anatomy, world).reshape(shape)
     if labels == "gland":
         label = (label > 0).astype(np.uint8)
     return image, label, affine
