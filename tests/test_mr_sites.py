@@ -23,6 +23,9 @@ from monai_tta.data import (
 from monai_tta.keys import DataKeys
 from monai_tta.transforms import volume_postprocessing, volume_preprocessing
 
+# ITK's SWIG bindings warn once per type on import under Python >= 3.11; nothing of ours
+pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute:DeprecationWarning")
+
 IMAGE, LABEL, PRED, DOMAIN = (k.value for k in (DataKeys.IMAGE, DataKeys.LABEL, DataKeys.PRED, DataKeys.DOMAIN))
 SCALE = 2.0  # halves every side of the volumes: tests stay fast
 N_TRAIN, N_TEST = 3, 2
