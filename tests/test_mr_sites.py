@@ -129,7 +129,10 @@ def test_cached_folder_is_reused_and_a_new_request_rewrites(tmp_path):
     stamp = image.stat().st_mtime_ns
     assert generate_mr_sites(tmp_path, num_train=1, num_test=1, sites=["source"], voxel_scale=3.0) == datalist
     assert image.stat().st_mtime_ns == stamp
+    image.unlink()  # an incomplete folder (a killed run) is generated again
+    generate_mr_sites(tmp_path, num_train=1, num_test=1, sites=["source"], voxel_scale=3.0)
     before = image.read_bytes()
+    assert not list(tmp_path.rglob(".*.tmp"))
     generate_mr_sites(tmp_path, num_train=1, num_test=1, sites=["source"], voxel_scale=3.0, seed=4)
     assert image.read_bytes() != before
     assert json.loads((tmp_path / "manifest.json").read_text())["seed"] == 4

@@ -12,7 +12,19 @@ orientation (RAS, LPS, LAS, a sagittal acquisition with permuted axes, an obliqu
 multiplicative bias field (or the steep fall-off of an endorectal coil), its tissue contrast, its noise (Rician
 magnitude noise or Gaussian) and its intensity scale and offset. The registry :data:`MR_SITES` documents each site;
 the parameters are plausible acquisition differences chosen by hand, none was tuned to favour an adaptation method.
-``docs/data/mr_sites.md`` says what each site changes and why it is realistic.
+``docs/data/mr_sites.md`` says what each site changes and why it is realistic. In short (spacing and field of view in
+stored voxel order, millimetres):
+
+==============  ================  ===============  ===============  ====================  =========================
+site            stored axes       spacing          field of view    intensity             bias / coil, noise
+==============  ================  ===============  ===============  ====================  =========================
+``source``      RAS               2.0 x 2.0 x 3.0  120 x 120 x 72   x1000                 0.10; Rician 2 %
+``thick``       LPS               2.4 x 2.4 x 4.5  150 x 150 x 81   x400, contrast 0.8    0.10; Rician 5 %
+``endorectal``  LAS               1.6 x 1.6 x 3.6  100 x 100 x 72   x3000                 0.10 + coil; Rician 1.5 %
+``sagittal``    ASL (permuted)    1.8 x 1.8 x 4.0  120 x 108 x 100  x1000, contrast 1.25  0.15; Rician 2 %
+``oblique``     LPS, tilt 12 deg  2.0 x 2.0 x 3.0  120 x 120 x 75   x800 + 200            0.10; Gaussian 3 %
+``bias``        RAS               1.8 x 1.8 x 2.5  90 x 90 x 66     x1500                 0.35; Rician 3 %
+==============  ================  ===============  ===============  ====================  =========================
 
 Labels follow the Medical Segmentation Decathlon prostate task: ``0`` background, ``1`` peripheral zone, ``2``
 transition zone; ``labels="gland"`` writes the whole gland as ``1``.
