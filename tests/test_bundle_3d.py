@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
-from tiny import digest
+from tiny import digest, write_nifti_sites
 
 from monai_tta.bundle_utils import run_bundle
 from monai_tta.reports import read_case_csv
@@ -116,26 +116,19 @@ def test_inference_writes_uint8_label_maps_in_the_input_space(tiny):
         assert values.dtype == np.uint8 and set(np.unique(values)) <= {0, 1, 2}
 
 
+GRID = np.stack(np.meshgrid(*[np.arange(n) for n in (20, 20, 16)], indexing="ij"), -1)
+
+
+def draw_sphere(rng: np.random.Generator, gain: float) -> tuple[np.ndarray, np.ndarray]:
+    """A 20x20x16 volume with a bright sphere, and its binary label."""
+    centre, radius = rng.uniform(7, 10, 3), rng.uniform(3, 5)
+    label = (np.linalg.norm(GRID - centre, axis=-1) < radius).astype(np.uint8)
+    return (gain * (100 + 80 * label + rng.normal(0, 10, label.shape))).astype(np.float32), label
+
+
 def write_own_volumes(root: Path) -> Path:
-    """A user's own data set: 20x20x16 NIfTI volumes (LPS, 1.5 mm) with a bright sphere labelled 1, two sites."""
-    rng = np.random.default_rng(0)
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in (20, 20, 16)], indexing="ij"), -1)
-    affine = np.diag([-1.5, -1.5, 1.5, 1.0])
-    sections = {}
-    for site, gain in (("siteA", 1.0), ("siteB", 0.4)):
-        items = []
-        for i in range(4):
-            centre, radius = rng.uniform(7, 10, 3), rng.uniform(3, 5)
-            label = (np.linalg.norm(grid - centre, axis=-1) < radius).astype(np.uint8)
-            image = (gain * (100 + 80 * label + rng.normal(0, 10, label.shape))).astype(np.float32)
-            for name, arr in (("img", image), ("seg", label)):
-                nib.save(nib.Nifti1Image(arr, affine), root / f"{site}_{i}_{name}.nii.gz")
-            items.append({"image": f"{site}_{i}_img.nii.gz", "label": f"{site}_{i}_seg.nii.gz"})
-        sections[site] = items
-    datalist = {"source_train": sections["siteA"][:3], "source_val": sections["siteA"][3:], **sections}
-    path = root / "my_datalist.json"
-    path.write_text(json.dumps(datalist))
-    return path
+    """A user's own data set: two sites of 20x20x16 NIfTI volumes (LPS, 1.5 mm) with a sphere labelled 1."""
+    return write_nifti_sites(root, draw_sphere, {"siteA": 1.0, "siteB": 0.4}, affine=np.diag([-1.5, -1.5, 1.5, 1.0]))
 
 
 def test_own_nifti_data_and_network_by_command_line_overrides(tmp_path):

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from monai.bundle import ConfigWorkflow
-from tiny import digest, tiny_bundle_overrides
+from tiny import digest, tiny_bundle_overrides, write_nifti_sites
 
 from monai_tta.bundle_utils import run_bundle
 from monai_tta.reports import read_case_csv
@@ -85,30 +85,17 @@ def test_metadata_is_complete():
         assert (BUNDLES / bundle / "LICENSE").is_file() and (BUNDLES / bundle / "docs" / "README.md").is_file()
 
 
-def write_nifti_dataset(root: Path) -> Path:
-    """A user's own data: 1-channel 32x32 NIfTI images with a bright square, binary labels, two sites."""
-    rng = np.random.default_rng(0)
-    sections = {}
-    for site, gain in (("siteA", 1.0), ("siteB", 0.5)):
-        items = []
-        for i in range(4):
-            img = rng.normal(0.2, 0.05, (32, 32)).astype(np.float32)
-            lab = np.zeros((32, 32), np.uint8)
-            r, c = rng.integers(6, 18, size=2)
-            lab[r : r + 10, c : c + 10] = 1
-            img = gain * (img + 0.6 * lab)
-            for name, arr in (("img", img), ("lab", lab)):
-                nib.save(nib.Nifti1Image(arr, np.eye(4)), root / f"{site}_{i}_{name}.nii.gz")
-            items.append({"image": f"{site}_{i}_img.nii.gz", "label": f"{site}_{i}_lab.nii.gz"})
-        sections[site] = items
-    datalist = {"source_train": sections["siteA"][:3], "source_val": sections["siteA"][3:], **sections}
-    path = root / "my_datalist.json"
-    path.write_text(json.dumps(datalist))
-    return path
+def draw_square(rng: np.random.Generator, gain: float) -> tuple[np.ndarray, np.ndarray]:
+    """A 1-channel 32x32 image with a bright 10x10 square, and its binary label."""
+    img = rng.normal(0.2, 0.05, (32, 32)).astype(np.float32)
+    lab = np.zeros((32, 32), np.uint8)
+    r, c = rng.integers(6, 18, size=2)
+    lab[r : r + 10, c : c + 10] = 1
+    return gain * (img + 0.6 * lab), lab
 
 
 def test_own_nifti_data_by_overrides(tmp_path):
-    datalist = write_nifti_dataset(tmp_path)
+    datalist = write_nifti_sites(tmp_path, draw_square, {"siteA": 1.0, "siteB": 0.5})
     overrides = {
         "generate_data": False,
         "datalist_file": str(datalist),
