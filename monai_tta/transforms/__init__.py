@@ -1,9 +1,15 @@
-"""Transforms: label encodings, GraTa's strong style augmentation and flip/rotation views."""
+"""Transforms: label encodings and label maps, GraTa's strong style augmentation and flip/rotation views."""
 
 from __future__ import annotations
 
 from monai_tta.transforms.intensity import StrongStyle, StrongStyled, gaussian_blur_channel, minmax_per_sample
-from monai_tta.transforms.label import FundusMaskToChannels, FundusMaskToChannelsd, LabelEncoding
+from monai_tta.transforms.label import (
+    ChannelsToLabelMap,
+    ChannelsToLabelMapd,
+    FundusMaskToChannels,
+    FundusMaskToChannelsd,
+    LabelEncoding,
+)
 from monai_tta.transforms.spatial import FLIP_ROT_VIEWS, apply_view, invert_view, views_preserve_shape
 
 __all__ = [
@@ -14,6 +20,8 @@ __all__ = [
     "FundusMaskToChannels",
     "FundusMaskToChannelsd",
     "LabelEncoding",
+    "ChannelsToLabelMap",
+    "ChannelsToLabelMapd",
     "FLIP_ROT_VIEWS",
     "apply_view",
     "invert_view",
