@@ -192,8 +192,8 @@ class ChannelsToLabelMap(Transform):
         """
         if pred.ndim < 2:
             raise ValueError(f"expected channel-first predictions (C, spatial...), got shape {tuple(pred.shape)}.")
-        p = convert_to_tensor(pred, track_meta=get_track_meta())
-        out = torch.zeros_like(p[:1], dtype=torch.int64)
+        p = convert_to_tensor(pred, track_meta=False)  # plain tensor: slicing a MetaTensor's channels corrupts its meta
+        out = torch.zeros((1, *p.shape[1:]), dtype=torch.int64, device=p.device)
         for k in range(p.shape[0]):
             out[p[k : k + 1] > self.threshold] = k + 1
         dtype = self.dtype if self.dtype is not None else torch.uint8
