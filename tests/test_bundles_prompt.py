@@ -55,7 +55,8 @@ def vptta_run(tiny):
 def dyna_run(tiny, vptta_run, tmp_path_factory):
     """An uninterrupted DyNA run (after the VPTTA run, so the source model exists)."""
     out = tmp_path_factory.mktemp("dyna_uninterrupted")
-    workflow = run_bundle(DYNA_BUNDLE, ["inference.json", "daynight.json"], dyna_overrides(tiny, out), logging_file=False)
+    configs = ["inference.json", "daynight.json"]
+    workflow = run_bundle(DYNA_BUNDLE, configs, dyna_overrides(tiny, out), logging_file=False)
     return workflow, out / "DyNA"
 
 
@@ -171,9 +172,8 @@ def test_dyna_bundle_resumes_after_an_interruption(tiny, dyna_run, tmp_path):
             raise RuntimeError("simulated interruption")
 
     with pytest.raises(RuntimeError) as info:  # MONAI wraps the exception of a config expression
-        run_bundle(
-            DYNA_BUNDLE, ["inference.json", "daynight.json"], {**overrides, "runner#callback": crash}, logging_file=False
-        )
+        configs = ["inference.json", "daynight.json"]
+        run_bundle(DYNA_BUNDLE, configs, {**overrides, "runner#callback": crash}, logging_file=False)
     causes, error = [], info.value
     while error is not None:
         causes.append(str(error))

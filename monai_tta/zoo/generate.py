@@ -92,7 +92,7 @@ def _set_nested(config: dict, key: str, value: Any, source: str) -> None:
     elif isinstance(node, dict):
         node[last] = value
     else:
-        raise KeyError(f"{source}: override {key!r} cannot be set (its parent is not a dict or the index is out of range).")
+        raise KeyError(f"{source}: override {key!r} cannot be set (its parent is not a dict, or the index is too large).")
 
 
 def merge_config(base: Mapping[str, Any], override: Mapping[str, Any], source: str = "override") -> dict[str, Any]:
@@ -273,6 +273,7 @@ def compare_generated(bundles_dir: str | Path) -> list[str]:
                     problems.append(f"{bundle}/{rel}: missing")
                 elif path.read_bytes() != content:
                     problems.append(f"{bundle}/{rel}: differs")
-            problems += [f"{bundle}/{rel}: not generated (stale)" for rel in sorted(_existing_files(folder) - set(files))]
+            stale = sorted(_existing_files(folder) - set(files))
+            problems += [f"{bundle}/{rel}: not generated (stale)" for rel in stale]
     return problems
 
