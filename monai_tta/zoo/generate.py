@@ -92,7 +92,9 @@ def _set_nested(config: dict, key: str, value: Any, source: str) -> None:
     elif isinstance(node, dict):
         node[last] = value
     else:
-        raise KeyError(f"{source}: override {key!r} cannot be set (its parent is not a dict, or the index is too large).")
+        raise KeyError(
+            f"{source}: override {key!r} cannot be set (its parent is not a dict, or the index is too large)."
+        )
 
 
 def merge_config(base: Mapping[str, Any], override: Mapping[str, Any], source: str = "override") -> dict[str, Any]:
@@ -276,4 +278,3 @@ def compare_generated(bundles_dir: str | Path) -> list[str]:
             stale = sorted(_existing_files(folder) - set(files))
             problems += [f"{bundle}/{rel}: not generated (stale)" for rel in stale]
     return problems
-
