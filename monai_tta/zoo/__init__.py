@@ -3,6 +3,8 @@ make the zoo CI's checks offline (``python -m monai_tta.zoo --help``)."""
 
 from __future__ import annotations
 
+from monai_tta.zoo.checks import SCHEMA_FILE, SCHEMA_MD5, ZOO_CHECKS, run_checks
+from monai_tta.zoo.export import export_bundle
 from monai_tta.zoo.generate import (
     FAMILIES_DIR,
     RUNTIME_DIRS,
@@ -16,6 +18,11 @@ from monai_tta.zoo.generate import (
 )
 
 __all__ = [
+    "SCHEMA_FILE",
+    "SCHEMA_MD5",
+    "ZOO_CHECKS",
+    "run_checks",
+    "export_bundle",
     "FAMILIES_DIR",
     "RUNTIME_DIRS",
     "BundleFamily",
