@@ -89,7 +89,8 @@ def exports(tmp_path_factory):
     """Every bundle exported for the zoo; the GraTa export trains a tiny source model, the others ship it."""
     root = tmp_path_factory.mktemp("zoo")
     tiny_training = {"epochs": 1, "image_size": 32, "num_per_domain": 2, "train#handlers#1#_disabled_": True}
-    first = export_bundle(BUNDLES / "grata_fundus_segmentation", root / "grata_fundus_segmentation", None, tiny_training)
+    grata = "grata_fundus_segmentation"
+    first = export_bundle(BUNDLES / grata, root / grata, None, tiny_training)
     out = {"grata_fundus_segmentation": first}
     for name in NAMES:
         if name not in out:
@@ -104,7 +105,8 @@ def test_export_writes_what_the_zoo_wants(exports):
     assert [item["path"] for item in large] == ["models/model.pt", "models/model.ts"]
     assert all(item["hash_val"] == file_hash(folder / item["path"]) for item in large)
     meta = json.loads((folder / "configs" / "metadata.json").read_text())
-    assert "monai_tta" not in meta["required_packages_version"] and "pytorch-ignite" in meta["required_packages_version"]
+    packages = meta["required_packages_version"]
+    assert "monai_tta" not in packages and "pytorch-ignite" in packages
     assert json.loads((folder / "configs" / "inference.json").read_text())["imports"][0] == "$import scripts"
     assert (folder / "scripts" / "monai_tta" / "adapters" / "vptta.py").is_file()
     state = torch.load(folder / "models" / "model.pt", weights_only=True)

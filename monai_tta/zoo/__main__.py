@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("out", type=Path)
     exp.add_argument("--checkpoint", type=Path, default=None, help="ship these source weights instead of training")
     exp.add_argument("--url", default=None, help="where models/ will be hosted (for large_files.yml)")
-    exp.add_argument("--train", default="{}", help='JSON overrides of the source training, e.g. \'{"epochs": 5}\'')
+    exp.add_argument("--train", default="{}", help="JSON overrides of the source training, e.g. '{\"epochs\": 5}'")
     chk = sub.add_parser("check", help="run the Model Zoo CI's checks on an exported bundle")
     chk.add_argument("bundle", type=Path)
     args = parser.parse_args(argv)

@@ -117,7 +117,8 @@ def check_min_mode(bundle: str | Path) -> None:
             raise ValueError(f"{bundle.name}: preferred file {rel} is missing (run `python -m monai_tta.zoo export`).")
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     if "changelog" not in meta or meta.get("version") not in meta["changelog"]:
-        raise ValueError(f"{bundle.name}: version {meta.get('version')!r} must be a key of 'changelog' in metadata.json.")
+        version = meta.get("version")
+        raise ValueError(f"{bundle.name}: version {version!r} must be a key of 'changelog' in metadata.json.")
     large = [bundle / f"large_files{s}" for s in (".yml", ".yaml", ".json")]
     large_file = next((p for p in large if p.is_file()), None)
     if large_file is not None:
