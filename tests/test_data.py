@@ -19,7 +19,6 @@ from monai_tta.data import (
     FUNDUS_DOMAINS,
     SOURCE_DOMAIN,
     SYNTHETIC_FUNDUS_DOMAINS,
-    DomainStream,
     case_id_from_path,
     domain_stream,
     fundus_datalist,
@@ -401,20 +400,6 @@ def test_domain_stream_order_rounds_and_copies():
         domain_stream(datalist, ["A", "D"])
     with pytest.raises(ValueError):
         domain_stream(datalist, [])
-
-
-def test_domain_stream_of_a_file_reads_it_on_first_use_only(tmp_path):
-    path = tmp_path / "datalist.json"
-    stream = DomainStream(path, ["B", "A"], rounds=2)  # nothing read yet: the file does not exist
-    path.write_text(json.dumps({"A": [{IMAGE: "a0.nii.gz"}], "B": [{IMAGE: "b0.nii.gz"}]}))
-    expected = domain_stream(load_datalist(path), ["B", "A"], rounds=2)
-    assert len(stream) == 4 and list(stream) == expected and stream[1] == expected[1]
-    path.unlink()
-    assert stream[3][IMAGE] == str(tmp_path / "a0.nii.gz")  # kept after the first read
-    with pytest.raises(FileNotFoundError):
-        len(DomainStream(path, "A"))
-    with pytest.raises(ValueError, match="rounds"):
-        DomainStream(path, "A", rounds=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from monai_tta.keys import DataKeys
 
-__all__ = ["PATH_KEYS", "case_id_from_path", "load_datalist", "domain_stream", "DomainStream"]
+__all__ = ["PATH_KEYS", "case_id_from_path", "load_datalist", "domain_stream", "DeferredData"]
 
 PATH_KEYS: tuple[str, ...] = (DataKeys.IMAGE.value, DataKeys.LABEL.value)
 """Keys whose values are file paths, resolved against the datalist folder (or ``base_dir``)."""
@@ -162,54 +162,22 @@ def domain_stream(
     return stream
 
 
-class DomainStream(Sequence):
-    """A :func:`domain_stream` of a datalist file, read on first use.
+class DeferredData(Iterable):
+    """Data items read when iterated, not when built.
 
-    Building it reads nothing, so a bundle config can be parsed, and its properties checked, before its data exist
-    (e.g. before the run generates them); the file is read the first time the stream's length or an item is needed,
-    then kept.
+    A bundle builds its dataset, data loader and evaluator when its config is checked (``ConfigWorkflow``'s
+    ``check_properties`` instantiates them), before its ``run`` has written the data; wrapping the datalist in this
+    class (with ``monai.data.IterableDataset``) lets those objects exist before the files do, so checking a config
+    reads and writes nothing. It has no length: MONAI's engines then count the iterations as they run.
 
     Args:
-        datalist_file: the datalist JSON file.
-        domains: section names in stream order.
-        rounds: number of passes over the domains (>= 1).
-        base_dir: folder that relative paths are relative to (see :func:`load_datalist`).
-
-    Raises:
-        ValueError: when ``rounds < 1`` or ``domains`` is empty (at construction); the errors of
-            :func:`load_datalist` and :func:`domain_stream` at first use.
+        load: called at the start of every iteration; returns the data items (e.g. a :func:`domain_stream`).
     """
 
-    def __init__(
-        self,
-        datalist_file: str | os.PathLike,
-        domains: Sequence[str] | str,
-        rounds: int = 1,
-        base_dir: str | os.PathLike | None = None,
-    ) -> None:
-        self.datalist_file = datalist_file
-        self.domains = [domains] if isinstance(domains, str) else list(domains)
-        if int(rounds) < 1:
-            raise ValueError(f"rounds must be >= 1, got {rounds}.")
-        if not self.domains:
-            raise ValueError("domains must name at least one section.")
-        self.rounds = int(rounds)
-        self.base_dir = base_dir
-        self._items: list[dict] | None = None
+    def __init__(self, load: Callable[[], Iterable]) -> None:
+        if not callable(load):
+            raise TypeError(f"load must be a callable returning the data items, got {type(load).__name__}.")
+        self.load = load
 
-    @property
-    def items(self) -> list[dict]:
-        """The stream's items (reads the datalist on first access)."""
-        if self._items is None:
-            sections = load_datalist(self.datalist_file, sorted(set(self.domains)), base_dir=self.base_dir)
-            self._items = domain_stream(sections, self.domains, rounds=self.rounds)
-        return self._items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index):
-        return self.items[index]
-
-    def __iter__(self) -> Iterator[dict]:
-        return iter(self.items)
+    def __iter__(self) -> Iterator:
+        return iter(self.load())

@@ -1,4 +1,5 @@
-"""Transforms: label encodings, GraTa's strong style augmentation, flip/rotation views and the 3D volume pipeline."""
+"""Transforms: label encodings and label maps, GraTa's strong style augmentation, flip/rotation views and the 3D volume
+pipeline."""
 
 from __future__ import annotations
 
