@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TinyNet", "tiny_net", "tiny_image", "tiny_bundle_overrides", "digest"]
+__all__ = ["TinyNet", "tiny_net", "tiny_image", "tiny_bundle_overrides", "write_nifti_sites", "digest"]
 
 
 class TinyNet(nn.Module):
@@ -55,6 +59,33 @@ def tiny_bundle_overrides(tmp: Path, domains: tuple[str, ...] = ("camera", "dim"
         "source_training#epochs": 1,
         "handlers#0#_disabled_": True,
     }
+
+
+def write_nifti_sites(
+    root: Path,
+    draw: Callable[[np.random.Generator, float], tuple[np.ndarray, np.ndarray]],
+    gains: Mapping[str, float],
+    affine: np.ndarray | None = None,
+    per_site: int = 4,
+) -> Path:
+    """A user's own data set: ``per_site`` NIfTI image/label pairs per site, ``draw(rng, gain) -> (image, label)``,
+    and a MONAI datalist ``my_datalist.json`` with a section per site plus ``source_train`` (all but the last case of
+    the first site) and ``source_val`` (its last case). Returns the datalist's path."""
+    rng = np.random.default_rng(0)
+    affine = np.eye(4) if affine is None else affine
+    sections = {}
+    for site, gain in gains.items():
+        items = []
+        for i in range(per_site):
+            image, label = draw(rng, gain)
+            for name, arr in (("img", image), ("lab", label)):
+                nib.save(nib.Nifti1Image(arr, affine), root / f"{site}_{i}_{name}.nii.gz")
+            items.append({"image": f"{site}_{i}_img.nii.gz", "label": f"{site}_{i}_lab.nii.gz"})
+        sections[site] = items
+    first = next(iter(sections.values()))
+    path = root / "my_datalist.json"
+    path.write_text(json.dumps({"source_train": first[:-1], "source_val": first[-1:], **sections}))
+    return path
 
 
 def digest(path) -> str:
