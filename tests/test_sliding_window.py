@@ -19,7 +19,6 @@ from monai_tta.inferers import SlidingWindowAdapter, sample_patches, window_slic
 from monai_tta.norms import NormPolicy, convert_norms, pooled_statistics
 from monai_tta.transforms import VIEW_DIMS, StrongStyle, apply_view, invert_view
 
-
 ALL = slice(None)
 
 
@@ -218,7 +217,8 @@ def test_replaces_the_inferer_of_a_zoo_style_config():
         "network": {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
                     "channels": [4, 8, 8], "strides": [2, 2], "norm": "batch"},
         "inferer": {"_target_": "monai_tta.inferers.SlidingWindowAdapter",
-                    "adapter": {"_target_": "monai_tta.adapters.Tent"}, "roi_size": [8, 8, 8], "sw_batch_size": 2, "overlap": 0.25},
+                    "adapter": {"_target_": "monai_tta.adapters.Tent"},
+                    "roi_size": [8, 8, 8], "sw_batch_size": 2, "overlap": 0.25},
     }  # fmt: skip
     parser = ConfigParser(config)
     inferer, net = parser.get_parsed_content("inferer"), parser.get_parsed_content("network").eval()
