@@ -30,7 +30,6 @@ __all__ = [
     "NormPolicy",
     "convert_norms",
     "norm_layers",
-    "bn_affine_params",
     "warmup_lambda",
     "per_sample_stats",
     "recording_stats",
@@ -168,19 +167,6 @@ def convert_norms(network: nn.Module) -> list[AdaptiveBatchNorm]:
 def norm_layers(network: nn.Module) -> list[AdaptiveBatchNorm]:
     """The :class:`AdaptiveBatchNorm` layers of ``network``, in module order."""
     return [m for m in network.modules() if isinstance(m, AdaptiveBatchNorm)]
-
-
-def bn_affine_params(network: nn.Module) -> list[nn.Parameter]:
-    """The affine parameters (``weight`` then ``bias`` of each layer) of every BatchNorm layer, converted or not.
-
-    Args:
-        network: the network.
-    """
-    params: list[nn.Parameter] = []
-    for m in network.modules():
-        if isinstance(m, (_BatchNorm, AdaptiveBatchNorm)):
-            params.extend(p for p in (m.weight, m.bias) if p is not None)
-    return params
 
 
 def warmup_lambda(t: int, warm_n: float = 5.0) -> float:
