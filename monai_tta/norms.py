@@ -232,17 +232,16 @@ class NormPolicy:
     def apply(self, layers: Sequence[AdaptiveBatchNorm], t: int = 1) -> None:
         """Configure ``layers`` for the ``t``-th image.
 
-        Raises:
-            ValueError: if the regime needs source statistics that a layer does not have.
+        A BatchNorm layer built without running statistics (``track_running_stats=False``) always normalises with
+        its input's own statistics, as it does in plain inference.
         """
         prior = self.source_weight(t)
         warm = self.regime == NormRegime.WARMUP
         for layer in layers:
-            if prior > 0.0 and not layer.has_source_stats:
-                raise ValueError(f"norm regime '{self.regime}' needs source running statistics, but a layer has none.")
-            layer.prior = prior
-            layer.unbiased = warm
-            layer.detach_stats = warm
+            own = layer.has_source_stats  # a BatchNorm without running statistics keeps its plain-inference behaviour
+            layer.prior = prior if own else 0.0
+            layer.unbiased = warm and own
+            layer.detach_stats = warm and own
 
 
 @contextmanager

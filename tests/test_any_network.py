@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from monai.networks.nets import UNETR, BasicUNet, DynUNet, SegResNet, UNet
@@ -161,6 +163,11 @@ def test_statistics_regimes_act_on_batchnorm_1d_3d_and_syncbatchnorm():
             expected = nn.functional.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
         torch.testing.assert_close(NormAdapt()(x, net), expected)
         torch.testing.assert_close(SourceOnly()(x, net), net(x).detach())
+    no_stats = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2, track_running_stats=False)).eval()
+    x = torch.randn(2, 1, 4, 4)
+    expected = no_stats(x).detach()  # plain inference: the input's own statistics
+    for cls in (SourceOnly, Tent):
+        torch.testing.assert_close(cls(lr=0.0)(x, copy.deepcopy(no_stats)), expected)
 
 
 def test_whole_inputs_of_any_size_are_padded_and_cropped_back():
