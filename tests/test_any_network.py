@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 from monai.networks.nets import UNETR, BasicUNet, DynUNet, SegResNet, UNet
-from tiny import tiny_net
+from tiny import scramble_batch_norms, tiny_net
 from torch import nn
 
 from monai_tta.adapters import SAR, VPTTA, GraTa, NormAdapt, SourceOnly, Tent
@@ -48,13 +48,7 @@ NETWORKS["unetr"] = unetr
 
 def make(name, d, seed=0):
     torch.manual_seed(seed)
-    net = NETWORKS[name](d).eval()
-    with torch.no_grad():  # non-trivial affine values and running statistics
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_var.uniform_(0.5, 2.0)
-                m.running_mean.uniform_(-0.2, 0.2)
-    return net
+    return scramble_batch_norms(NETWORKS[name](d))
 
 
 def volume(name, d, seed=1):

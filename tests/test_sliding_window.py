@@ -10,13 +10,16 @@ import torch
 import torch.nn.functional as F
 from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
-from monai.networks.nets import UNet
+from monai.networks.nets import SegResNet, UNet
+from tiny import scramble_batch_norms
 from torch import nn
 
 import monai_tta.inferers.sliding_window as sliding_window
-from monai_tta.adapters import VPTTA, CaseParts, GraTa, NormAdapt, SourceOnly, Tent
+from monai_tta.adapters import SAR, VPTTA, CaseParts, GraTa, NormAdapt, SourceOnly, Tent
+from monai_tta.engines import AdaptiveEvaluator
 from monai_tta.inferers import SlidingWindowAdapter, sample_patches, window_slices
 from monai_tta.norms import NormPolicy, convert_norms, pooled_statistics
+from monai_tta.params import select_parameters
 from monai_tta.transforms import VIEW_DIMS, StrongStyle, apply_view, invert_view
 
 ALL = slice(None)
@@ -38,15 +41,7 @@ class TinyNet3d(nn.Module):
 
 def tiny3d(seed=0, second_bn=False):
     torch.manual_seed(seed)
-    net = TinyNet3d(second_bn)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm3d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    return net.eval()
+    return scramble_batch_norms(TinyNet3d(second_bn))
 
 
 def unet3d(seed=0):
@@ -190,6 +185,23 @@ def test_patchwise_update_keeps_one_patch_graph_alive(cls):
     assert whole > 1.5 * one
 
 
+@pytest.mark.parametrize("cls", [Tent, SAR, GraTa])
+def test_volumes_of_a_groupnorm_network_update_only_the_selected_parameters(cls):
+    torch.manual_seed(0)
+    net = SegResNet(3, init_filters=8, in_channels=1, out_channels=2, blocks_down=(1, 1), blocks_up=(1,)).eval()
+    source = {k: v.clone() for k, v in net.state_dict().items()}
+    x = vol((1, 1, 20, 16, 8))
+    x_before = x.clone()
+    adapter = SAR(margin=1e9) if cls is SAR else cls()
+    sw = SlidingWindowAdapter(adapter, roi_size=8, num_patches=3, patch_sampling="random")
+    assert sw(x, net).shape == (1, 2, 20, 16, 8) and torch.equal(x, x_before)
+    selected = {id(p) for p in select_parameters(net, "norm")}
+    changed = {id(p) for name, p in net.named_parameters() if not torch.equal(p, source[name])}
+    assert changed and changed <= selected  # every other parameter bit for bit
+    sw.reset(net)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in source.items())
+
+
 def test_sliding_window_adapter_forwards_the_adapter_interface_and_resets():
     net, x = unet3d(), vol((1, 1, 16, 16, 8))
     source = {k: v.clone() for k, v in net.state_dict().items()}
@@ -201,6 +213,16 @@ def test_sliding_window_adapter_forwards_the_adapter_interface_and_resets():
     assert sw.last_stats["reset"] is True and sw.n_params(net) == sw.adapter.n_params(net) > 0
     sw.reset(net)
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in source.items())
+
+
+def test_adaptive_evaluator_runs_a_sliding_window_adapter():
+    data = [{"image": vol((1, 1, 16, 16, 8), seed=s), "label": torch.zeros(1, 1, 16, 16, 8), "domain": [d]}
+            for s, d in enumerate("aab")]  # fmt: skip
+    evaluator = AdaptiveEvaluator("cpu", data, unet3d(), SlidingWindowAdapter(Tent(setting="domain"), roi_size=8))
+    evaluator.run()
+    output = evaluator.state.output[0]  # decollated: one dict per item
+    assert output["pred"].shape == (2, 16, 16, 8)
+    assert bool(output["adapt"]["reset"])
 
 
 def test_clear_errors():
