@@ -76,7 +76,7 @@ def prepare_data(args: argparse.Namespace) -> dict[str, Any]:
 
     Returns:
         ``{"datalist": path, "source_datalist": path or None, "domains": [...], "cases": {domain: [case, ...]},
-        "preprocessing": Compose, "channel_names": [...]}``; a case holds ``image`` ``(1, C, H, W)`` and ``label``
+        "preprocessing": the bundle's labelled preprocessing, "channel_names": [...]}``; a case holds ``image`` ``(1, C, H, W)`` and ``label``
         ``(C', H, W)`` tensors, ``domain`` and ``case_id``.
 
     Raises:
@@ -86,7 +86,8 @@ def prepare_data(args: argparse.Namespace) -> dict[str, Any]:
 
     cache = Path(args.cache)
     parser = bundle_parser(Path(args.bundle), args.image_size, args.network)
-    preprocessing = parser.get_parsed_content("preprocessing")
+    # image and label (the bundle's "preprocessing" is the image only, what a served request has)
+    preprocessing = parser.get_parsed_content("labelled_preprocessing")
     source_datalist = None
     if args.data == "synthetic":
         domains = list(args.domains or [d for d in list_domains() if d != SOURCE_DOMAIN])
@@ -154,8 +155,9 @@ def prepare_network(args: argparse.Namespace, data: Mapping[str, Any], device: t
     overrides = {
         "epochs": int(args.source_epochs),
         "network": network,
-        "preprocessing": data["preprocessing"],
+        "labelled_preprocessing": data["preprocessing"],
         "datalist_file": str(data["source_datalist"]),
+        "output_dir": str(Path(args.cache) / "source_training_runs"),  # nothing written into the bundle folder
         "device": device,
         "seed": int(args.seed),
     }

@@ -11,6 +11,7 @@ the benchmark reuses for every method so that all of them see the same windows.
 from __future__ import annotations
 
 import argparse
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,9 @@ _NOT_WINDOW = ("_target_", "_desc_", "_requires_", "_disabled_", "_mode_", "adap
 
 
 def volume_parser(bundle: str | Path, dataset_dir: str | Path, device: torch.device, seed: int) -> Any:
-    """A ``ConfigParser`` of the bundle's ``inference.json`` reading ``dataset_dir``, labels loaded, on ``device``."""
+    """A ``ConfigParser`` of the bundle's ``inference.json`` reading ``dataset_dir``, labels loaded, on ``device``;
+    its ``output_dir`` (where a source training records itself) is ``<dataset_dir>_runs``, so that nothing is written
+    into the bundle folder."""
     from monai.bundle import ConfigParser
 
     bundle = Path(bundle)
@@ -61,6 +64,7 @@ def volume_parser(bundle: str | Path, dataset_dir: str | Path, device: torch.dev
         {
             "bundle_root": str(bundle),
             "dataset_dir": str(dataset_dir),
+            "output_dir": f"{dataset_dir}_runs",
             "datalist_file": str(Path(dataset_dir) / "datalist.json"),
             "generate_data": False,
             "load_keys": ["image", "label"],
@@ -143,6 +147,17 @@ def prepare_volumes(args: argparse.Namespace, device: torch.device) -> dict[str,
     }
 
 
+def _bundle_digest(bundle: str | Path) -> str:
+    """8 hex digits of the bundle's ``inference.json`` and ``train.json`` and of the MR generator's version: a
+    cached source model is retrained when the data, the preprocessing, the network or the training change."""
+    from monai_tta.data import MR_GENERATOR_VERSION
+
+    digest = hashlib.sha256(str(MR_GENERATOR_VERSION).encode())
+    for name in ("inference.json", "train.json"):
+        digest.update((Path(bundle) / "configs" / name).read_bytes())
+    return digest.hexdigest()[:8]
+
+
 def _bundle_epochs(bundle: str | Path) -> int:
     """The number of epochs of the bundle's source training (``epochs`` of its ``train.json``)."""
     from monai.bundle import ConfigParser
@@ -158,7 +173,8 @@ def prepare_volume_network(
     Training runs the bundle's ``inference.json`` + ``train.json`` with the overrides its own inference run passes
     (its ``source_training`` block: network, device, data, geometry) and ``epochs`` (``--vol-epochs``, or the
     ``train.json`` default);
-    the checkpoint goes to the cache folder, never into the bundle's ``models``.
+    the checkpoint goes to the cache folder, never into the bundle's ``models``, under a name that holds the
+    training size, the epochs, the seed and a digest of the bundle's configs and the generator's version.
 
     Args:
         args: the parsed command line (``vol_checkpoint``, ``vol_epochs``, ``vol_num_source``, ``vol_bundle``,
@@ -181,7 +197,8 @@ def prepare_volume_network(
         if not checkpoint.is_file():
             raise FileNotFoundError(f"--vol-checkpoint {checkpoint} does not exist; omit it to train one.")
     else:
-        name = f"source_mr_train{args.vol_num_source}_e{training['epochs']}_s{args.seed}.pt"
+        tag = _bundle_digest(args.vol_bundle)
+        name = f"source_mr_train{args.vol_num_source}_e{training['epochs']}_s{args.seed}_{tag}.pt"
         checkpoint = Path(args.cache) / name
     load_source_weights(network, checkpoint, args.vol_bundle, training)
     set_determinism(seed=None)
