@@ -2,7 +2,7 @@
 
 Run ``python -m monai_tta.bench --help``. With no option it uses the embedded synthetic fundus data (generated into a
 cache folder), trains the small source UNet on the source domain on first use (bundle ``grata_fundus_segmentation``'s
-``train.json``; the checkpoint goes to the cache folder, never into ``bundles/*/models``), and writes to
+``source_training.json``; the checkpoint goes to the cache folder, never into ``bundles/*/models``), and writes to
 ``docs/benchmarks/``:
 
 - ``results.md``: the exact command and machine; the cost of each method per case (wall time and peak memory, in
@@ -44,7 +44,7 @@ Options (defaults in brackets):
   ``--image-size`` side of the images of the Dice runs [128]; ``--cache`` folder of generated data and trained
   checkpoints [``<out>/cache``];
 - model: ``--network small|resunet34`` [small]; ``--checkpoint`` source weights (trained on first use when missing)
-  [``<cache>/source_<network>_...pt``]; ``--source-epochs`` [30]; ``--bundle`` bundle whose ``train.json`` trains it
+  [``<cache>/source_<network>_...pt``]; ``--source-epochs`` [30]; ``--bundle`` bundle that trains it
   [bundles/grata_fundus_segmentation];
 - methods and settings: ``--methods`` [source_only norm_adapt tent grata grata_approx vptta]
   (also ``grata_batched``, ``grata_eager``, ``grata_separate``, ``grata_joint``: the exact GraTa with the 6 views in
@@ -331,7 +331,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--network", default="small", choices=_NETWORKS, help="SmallUNet or ResUNet-34")
     p.add_argument("--checkpoint", default=None, help="source weights (trained on first use when missing)")
     p.add_argument("--source-epochs", type=int, default=30, help="epochs of the source training (first use)")
-    p.add_argument("--bundle", default=str(_BUNDLE), help="bundle whose train.json trains the source model")
+    p.add_argument("--bundle", default=str(_BUNDLE), help="bundle whose source_training.json trains the source model")
     p.add_argument("--methods", nargs="+", default=None, help=f"methods (default {' '.join(_DEFAULT_METHODS)})")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), help="episodic domain continual stream")
     p.add_argument("--rounds", type=int, default=3, help="rounds of the continual stream")
@@ -405,7 +405,7 @@ def prepare_data(args: argparse.Namespace) -> dict[str, Any]:
 
     cache = Path(args.cache)
     parser = _bundle_parser(Path(args.bundle), args.image_size, args.network)
-    preprocessing = parser.get_parsed_content("preprocessing")
+    preprocessing = parser.get_parsed_content("labelled_preprocessing")
     source_datalist = None
     if args.data == "synthetic":
         domains = list(args.domains or [d for d in list_domains() if d != SOURCE_DOMAIN])
@@ -463,7 +463,7 @@ def prepare_data(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def prepare_network(args: argparse.Namespace, data: Mapping[str, Any], device: torch.device) -> tuple[nn.Module, Path]:
-    """The source network with its weights (trained with the bundle's ``train.json`` when the checkpoint is missing).
+    """The source network with its weights (trained by the bundle's ``source_training.json`` when missing).
 
     Raises:
         FileNotFoundError: if the checkpoint is missing and no source training data is known.
@@ -489,7 +489,7 @@ def prepare_network(args: argparse.Namespace, data: Mapping[str, Any], device: t
         overrides = {
             "epochs": int(args.source_epochs),
             "network": network,
-            "preprocessing": data["preprocessing"],
+            "labelled_preprocessing": data["preprocessing"],
             "datalist_file": str(data["source_datalist"]),
             "device": device,
             "seed": int(args.seed),
