@@ -26,6 +26,7 @@ def run_bundle(
     run_id: str = "run",
     meta_file: str | None = None,
     logging_file: str | bool | None = None,
+    record_as: str | None = None,
     tracking: str | dict | None = None,
 ) -> Any:
     """Run ``configs`` of a bundle in this process, merged in order.
@@ -39,6 +40,8 @@ def run_bundle(
         run_id: id of the expression list to run.
         meta_file: metadata file (default ``configs/metadata.json``).
         logging_file: logging config (default ``configs/logging.conf``; ``False`` keeps the current logging).
+        record_as: name of the run record's folder under ``output_dir`` (default: the config's ``method``); see
+            :func:`record_config`.
         tracking: experiment tracking as ``monai.bundle run --tracking``: ``"mlflow"``, or settings (a dict or the
             path of a settings file such as ``configs/tracking_tensorboard.json``); ``None``: none.
 
@@ -67,23 +70,27 @@ def run_bundle(
         **{"bundle_root": str(root), **dict(overrides or {})},
     )
     workflow.initialize()
-    record_config(workflow, [str(f) for f in files], dict(overrides or {}))
+    record_config(workflow, [str(f) for f in files], dict(overrides or {}), record_as)
     workflow.run()
     workflow.finalize()
     return workflow
 
 
-def record_config(workflow: Any, config_files: Sequence[str], overrides: Mapping[str, Any]) -> Path | None:
+def record_config(
+    workflow: Any, config_files: Sequence[str], overrides: Mapping[str, Any], name: str | None = None
+) -> Path | None:
     """Write the merged config, the overrides and the software versions of a run next to its results.
 
-    The file is ``<output_dir>/<method>/config.json`` (``<output_dir>/config.json`` without a ``method`` key); a run
-    without ``output_dir`` records nothing. Objects that are not JSON (e.g. a network passed as an override) are
-    written as their ``repr``.
+    The file is ``<output_dir>/<name>/config.json``, ``name`` defaulting to the config's ``method``
+    (``<output_dir>/config.json`` without either); a run without ``output_dir`` records nothing. Objects that are not
+    JSON (e.g. a network passed as an override) are written as their ``repr``.
 
     Args:
         workflow: an initialised :class:`monai.bundle.ConfigWorkflow`.
         config_files: the merged config files, in order.
         overrides: the overrides given to the run.
+        name: folder of the record under ``output_dir`` (the source training made on first use records itself as
+            ``source_training``, so it never overwrites the record of the adaptation run that triggered it).
 
     Returns:
         the path written, or ``None`` (also on ranks other than 0 of a sharded run).
@@ -95,7 +102,9 @@ def record_config(workflow: Any, config_files: Sequence[str], overrides: Mapping
     if "output_dir" not in parser or not distributed.is_main_process():
         return None
     folder = Path(parser.get_parsed_content("output_dir"))
-    if "method" in parser:
+    if name is not None:
+        folder = folder / name
+    elif "method" in parser:
         folder = folder / str(parser.get_parsed_content("method"))
     folder.mkdir(parents=True, exist_ok=True)
     from monai_tta import __version__
@@ -122,23 +131,23 @@ def ensure_source_checkpoint(
     checkpoint: str | Path,
     bundle_root: str | Path,
     overrides: Mapping[str, Any] | None = None,
-    configs: Sequence[str] = ("inference.json", "train.json"),
+    configs: Sequence[str] = ("inference.json", "source_training.json"),
 ) -> Path:
-    """Train the bundle's source model with its ``train.json`` when ``checkpoint`` does not exist yet.
+    """Train the bundle's source model with its ``source_training.json`` when ``checkpoint`` does not exist yet.
 
     The source checkpoint is never overwritten once it exists, and it is never downloaded.
-
-    Args:
-        checkpoint: expected path of the source weights (``models/model.pt``).
-        bundle_root: bundle folder holding ``configs/train.json``.
-        overrides: overrides passed to the training run; values may be objects already built by the calling config
-            (its ``network``, ``preprocessing``, ``datalist_file``, ``device``), so that the source model is trained
-            with exactly the inference run's network and data. Keys starting with ``_`` are ignored.
-        configs: the config files that make up the training run.
 
     A run sharded over ranks (:mod:`monai_tta.distributed`) does not train: the training's validation metrics would
     all-gather across ranks that are not training, and the ranks would wait on each other forever. Every rank then
     fails with a message giving the one-process command that trains the model first.
+
+    Args:
+        checkpoint: expected path of the source weights (``models/model.pt``).
+        bundle_root: bundle folder holding ``configs/source_training.json``.
+        overrides: overrides passed to the training run; values may be objects already built by the calling config
+            (its ``network``, ``preprocessing``, ``datalist_file``, ``device``), so that the source model is trained
+            with exactly the inference run's network and data. Keys starting with ``_`` are ignored.
+        configs: the config files that make up the training run.
 
     Returns:
         the checkpoint path.
@@ -165,6 +174,7 @@ def ensure_source_checkpoint(
         configs,
         {**overrides, "ckpt_dir": str(checkpoint.parent), "ckpt_filename": checkpoint.name},
         logging_file=False,
+        record_as="source_training",
     )
     if not checkpoint.is_file():
         raise RuntimeError(f"source training finished but {checkpoint} was not written.")

@@ -4,8 +4,9 @@ Run from the repository root::
 
     python -m monai_tta.demo
 
-It runs the GraTa bundle (``bundles/grata_fundus_segmentation``) once per method, the TENT and source-only runs
-through their thin bundles' override files. On first use the bundle generates the embedded synthetic fundus domains
+It runs each method's bundle (``bundles/grata_fundus_segmentation``, ``tent_...``, ``source_only_...``; they share
+the GraTa bundle's network, data and pre/post-processing) with the same data and source model. On first use the
+bundle generates the embedded synthetic fundus domains
 and trains the source model (``models/model.pt``); later runs reuse both. It prints a Markdown table of mean Dice
 (disc and cup averaged, %) per target domain and writes it, with the command and a plot, to ``docs/results/``.
 """
@@ -25,11 +26,11 @@ from monai_tta.reports import MEAN_DICE, markdown_table, plot_domain_dice
 
 __all__ = ["METHODS", "run_demo", "main"]
 
-#: method name -> override file (relative to the bundles folder) merged after the GraTa bundle's configs.
+#: method name -> its bundle folder (relative to the bundles folder).
 METHODS = {
-    "SourceOnly": "source_only_fundus_segmentation/configs/inferer.json",
-    "TENT": "tent_fundus_segmentation/configs/inferer.json",
-    "GraTa": None,
+    "SourceOnly": "source_only_fundus_segmentation",
+    "TENT": "tent_fundus_segmentation",
+    "GraTa": "grata_fundus_segmentation",
 }
 
 
@@ -40,7 +41,7 @@ def run_demo(
     results_dir: str | Path | None = "docs/results",
     command: str = "python -m monai_tta.demo",
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Run each method through the GraTa bundle and collect the per-domain summaries.
+    """Run each method's bundle and collect the per-domain summaries.
 
     Args:
         bundles_dir: folder holding the bundles.
@@ -59,14 +60,18 @@ def run_demo(
     if unknown:
         raise ValueError(f"unknown methods {unknown}; available: {list(METHODS)}.")
     bundles = Path(bundles_dir)
-    grata = bundles / "grata_fundus_segmentation"
+    grata = bundles / METHODS["GraTa"]
+    shared = {  # one data set, one source model and one results folder for every method (the GraTa bundle's)
+        "dataset_dir": str(grata / "data" / "synthetic_fundus"),
+        "source_checkpoint": str(grata / "models" / "model.pt"),
+        "output_dir": str(grata / "eval"),
+        **dict(overrides or {}),
+    }
     summaries, seconds = {}, {}
     for method in methods:
-        configs = ["inference.json", "evaluate.json"]
-        if METHODS[method] is not None:
-            configs.append(str(bundles / METHODS[method]))
         start = time.perf_counter()
-        workflow = run_bundle(grata, configs, overrides, logging_file=False)
+        configs = ["inference.json", "evaluate.json"]
+        workflow = run_bundle(bundles / METHODS[method], configs, shared, logging_file=False)
         seconds[method] = time.perf_counter() - start
         output_dir = Path(workflow.parser.get_parsed_content("output_dir")) / method
         summaries[method] = json.loads((output_dir / "summary.json").read_text())[method]

@@ -4,7 +4,7 @@ volumes."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,35 @@ def _binary_pair(
     if p.shape != y.shape:
         raise ValueError(f"prediction {tuple(p.shape)} and label {tuple(y.shape)} differ in shape.")
     return p, y
+
+
+def _per_channel_surface(
+    pred: torch.Tensor | np.ndarray,
+    label: torch.Tensor | np.ndarray,
+    spacing: float | Sequence[float] | None,
+    empty_value: float,
+    reduce: Callable[[torch.Tensor, torch.Tensor], float],
+) -> list[float]:
+    """``reduce(pred-to-label distances, label-to-pred distances)`` of the surface voxels of each channel, or
+    ``empty_value`` where either mask is empty or full (no surface to measure from)."""
+    p, y = _binary_pair(pred, label)
+    out = []
+    for pc, yc in zip(p, y):
+        n = pc.numel()
+        if int(pc.sum()) in (0, n) or int(yc.sum()) in (0, n):
+            out.append(empty_value)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            _, (to_label, to_pred), _ = get_edge_surface_distance(
+                pc, yc, distance_metric="euclidean", spacing=spacing, symmetric=True, use_subvoxels=False
+            )
+        out.append(reduce(to_label, to_pred))
+    return out
+
+
+def _symmetric_q95(to_label: torch.Tensor, to_pred: torch.Tensor) -> float:
+    return max(float(torch.quantile(d.double(), 0.95)) for d in (to_label, to_pred))
 
 
 def dice_per_channel(pred: torch.Tensor | np.ndarray, label: torch.Tensor | np.ndarray) -> list[float]:
@@ -62,20 +91,7 @@ def asd_per_channel(pred: torch.Tensor | np.ndarray, label: torch.Tensor | np.nd
     Raises:
         ValueError: if the shapes differ.
     """
-    p, y = _binary_pair(pred, label)
-    out = []
-    for pc, yc in zip(p, y):
-        n = pc.numel()
-        if int(pc.sum()) in (0, n) or int(yc.sum()) in (0, n):
-            out.append(EMPTY_ASD)
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            _, (dist_pred_to_label, _), _ = get_edge_surface_distance(
-                pc, yc, distance_metric="euclidean", symmetric=True, use_subvoxels=False
-            )
-        out.append(float(dist_pred_to_label.double().mean()))
-    return out
+    return _per_channel_surface(pred, label, None, EMPTY_ASD, lambda to_label, _: float(to_label.double().mean()))
 
 
 def hd95_per_channel(
@@ -97,17 +113,4 @@ def hd95_per_channel(
     Raises:
         ValueError: if the shapes differ.
     """
-    p, y = _binary_pair(pred, label)
-    out = []
-    for pc, yc in zip(p, y):
-        n = pc.numel()
-        if int(pc.sum()) in (0, n) or int(yc.sum()) in (0, n):
-            out.append(EMPTY_HD95)
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            _, distances, _ = get_edge_surface_distance(
-                pc, yc, distance_metric="euclidean", spacing=spacing, symmetric=True, use_subvoxels=False
-            )
-        out.append(max(float(torch.quantile(d.double(), 0.95)) for d in distances))
-    return out
+    return _per_channel_surface(pred, label, spacing, EMPTY_HD95, _symmetric_q95)

@@ -22,6 +22,6 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     overrides = json.loads(Path(sys.argv[1]).read_text())
     for setting in sys.argv[3:]:
-        out = {"output_dir": str(Path(sys.argv[2]) / setting), "inferer#setting": setting, "finalize": []}
+        out = {"output_dir": str(Path(sys.argv[2]) / setting), "setting": setting, "finalize": []}
         run_bundle(GRATA, CONFIGS, {**overrides, **out}, logging_file=False)  # one process group for every run
     destroy_distributed()

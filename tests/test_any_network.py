@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import importlib.util
+
 import pytest
 import torch
 from monai.networks.nets import UNETR, BasicUNet, DynUNet, SegResNet, UNet
-from tiny import tiny_net
+from tiny import scramble_batch_norms, tiny_net
 from torch import nn
 
 from monai_tta.adapters import SAR, VPTTA, GraTa, NormAdapt, SourceOnly, Tent
 from monai_tta.networks import SmallUNet
 from monai_tta.padding import network_divisor, pad_to_multiple
 from monai_tta.params import PARAM_SETS, select_parameters
-
-pytest.importorskip("einops")  # MONAI's UNETR needs it
 
 
 def unet_batch(d):
@@ -41,18 +42,13 @@ def unetr(d):  # LayerNorm in the transformer, InstanceNorm without affine in th
 
 
 NETWORKS = {"unet_batch": unet_batch, "basic_unet": basic_unet, "segresnet": segresnet, "dynunet": dynunet}
-NETWORKS["unetr"] = unetr
+if importlib.util.find_spec("einops") is not None:  # MONAI's UNETR needs it (the test extra installs it)
+    NETWORKS["unetr"] = unetr
 
 
 def make(name, d, seed=0):
     torch.manual_seed(seed)
-    net = NETWORKS[name](d).eval()
-    with torch.no_grad():  # non-trivial affine values and running statistics
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_var.uniform_(0.5, 2.0)
-                m.running_mean.uniform_(-0.2, 0.2)
-    return net
+    return scramble_batch_norms(NETWORKS[name](d))
 
 
 def volume(name, d, seed=1):
@@ -161,6 +157,11 @@ def test_statistics_regimes_act_on_batchnorm_1d_3d_and_syncbatchnorm():
             expected = nn.functional.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
         torch.testing.assert_close(NormAdapt()(x, net), expected)
         torch.testing.assert_close(SourceOnly()(x, net), net(x).detach())
+    no_stats = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2, track_running_stats=False)).eval()
+    x = torch.randn(2, 1, 4, 4)
+    expected = no_stats(x).detach()  # plain inference: the input's own statistics
+    for cls in (SourceOnly, Tent):
+        torch.testing.assert_close(cls(lr=0.0)(x, copy.deepcopy(no_stats)), expected)
 
 
 def test_whole_inputs_of_any_size_are_padded_and_cropped_back():

@@ -186,12 +186,14 @@ def test_volume_benchmark_smoke(tmp_path):
         "--vol-timing-reps", "1",
         "--out", str(out),
     ]  # fmt: skip
+    bundle_files = sorted(bench.volumes.VOLUME_BUNDLE.rglob("*"))
     assert bench.main(argv) == 0
     vol = out / "3d"
     for name in ("results.md", "results.json", "cases.csv", "timing.csv", "dice_domain.png", "time_per_case.png"):
         assert (vol / name).is_file(), name
     assert not (out / "results.md").exists()  # --dims 3 alone: no 2D run
-    assert len(list((out / "cache").glob("source_mr_train2_e1_s0.pt"))) == 1
+    assert len(list((out / "cache").glob("source_mr_train2_e1_s0_*.pt"))) == 1
+    assert sorted(bench.volumes.VOLUME_BUNDLE.rglob("*")) == bundle_files  # nothing written into the bundle
     rows = read_rows(vol / "cases.csv")
     assert [(r["method"], r["domain"], r["setting"]) for r in rows] == [
         ("source_only", "thick", "domain"),

@@ -57,7 +57,7 @@ def runs(tmp_path_factory):
     overrides["num_overlays"] = 0
     settings = ("episodic", "domain", "continual")
     for setting in settings:
-        out = {"output_dir": str(tmp / "single" / setting), "inferer#setting": setting}
+        out = {"output_dir": str(tmp / "single" / setting), "setting": setting}
         run_bundle(GRATA, ["inference.json", "evaluate.json"], {**overrides, **out}, logging_file=False)
     (tmp / "overrides.json").write_text(json.dumps(overrides))
     done = _torchrun("tests/sharded_runs.py", str(tmp / "overrides.json"), str(tmp / "sharded"), *settings)
@@ -109,7 +109,7 @@ def test_a_dying_rank_fails_the_run_loudly_and_leaves_no_summary(runs):
     args += ["--logging_file", "configs/logging.conf", "--generate_data", "False"]
     args += ["--datalist_file", str(broken / "datalist.json"), "--output_dir", str(out)]
     args += ["--source_checkpoint", overrides["source_checkpoint"], "--image_size", "32", "--num_overlays", "0"]
-    args += ["--target_domains", str(list(DOMAINS)), "--inferer#setting", "domain"]
+    args += ["--target_domains", str(list(DOMAINS)), "--setting", "domain"]
     done = _torchrun(*args, cwd=GRATA)
     assert done.returncode != 0
     assert Path(lost).name in done.stderr + done.stdout

@@ -9,9 +9,6 @@ from scipy import ndimage
 
 from monai_tta.transforms import (
     FLIP_ROT_VIEWS,
-    ChannelsToLabelMap,
-    ChannelsToLabelMapd,
-    FundusMaskToChannels,
     StrongStyle,
     StrongStyled,
     apply_view,
@@ -92,14 +89,18 @@ def test_dict_version_and_bad_probability():
         StrongStyle(prob_noise=1.5)
 
 
-def test_channels_to_label_map_inverts_onehot_and_nested_encodings():
-    mask = torch.tensor([[[0, 1, 2, 1, 0]]])
-    onehot = FundusMaskToChannels("onehot", num_classes=2)(mask)
-    assert torch.equal(ChannelsToLabelMap()(onehot), mask.to(torch.uint8))
-    fundus = FundusMaskToChannels("fundus")(torch.tensor([[[255, 128, 0]]]))  # nested: the cup inside the disc
-    assert ChannelsToLabelMap()(fundus).tolist() == [[[0, 1, 2]]]
-    probs = {"pred": torch.tensor([[[0.2, 0.7, 0.9]], [[0.1, 0.4, 0.6]]])}
-    out = ChannelsToLabelMapd("pred", threshold=0.5)(probs)["pred"]
-    assert out.dtype == torch.uint8 and out.tolist() == [[[0, 1, 2]]]
+def test_channels_to_label_map_inverts_the_fundus_and_onehot_encodings():
+    from monai.data import MetaTensor
+
+    from monai_tta.transforms import ChannelsToLabelMap, ChannelsToLabelMapd, FundusMaskToChannels
+
+    mask = torch.tensor([[[255, 128, 0], [255, 0, 128]]], dtype=torch.uint8)  # background, rim, cup
+    channels = FundusMaskToChannels()(mask)
+    label_map = ChannelsToLabelMap()(MetaTensor(channels, meta={"filename_or_obj": "a.png"}))
+    assert label_map.dtype == torch.uint8 and label_map.shape == (1, 2, 3)
+    assert label_map.tolist() == [[[0, 1, 2], [0, 2, 1]]] and label_map.meta["filename_or_obj"] == "a.png"
+    onehot = FundusMaskToChannels("onehot", num_classes=3)(np.array([[[0, 3, 1, 2]]]))
+    out = ChannelsToLabelMapd("pred")({"pred": onehot})["pred"]
+    assert isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.tolist() == [[[0, 3, 1, 2]]]
     with pytest.raises(ValueError, match="channel-first"):
-        ChannelsToLabelMap()(torch.zeros(3))
+        ChannelsToLabelMap()(torch.zeros(4))

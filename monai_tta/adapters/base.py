@@ -10,10 +10,16 @@ on which that set is empty raises a clear error on the first call. Any size: a w
 multiple the network needs and cropped back (:class:`~monai_tta.adapters.cases.WholeCase`); a volume larger than the
 network's patch goes through :class:`~monai_tta.inferers.SlidingWindowAdapter`, which installs its own
 :class:`~monai_tta.adapters.cases.Case` plan for the call.
+
+Serving (MONAI Label builds the bundle's ``inferer`` once and calls it on one cached network for every request): a call
+holds the adapter's lock, so concurrent requests never interleave their updates; in the ``"episodic"`` setting every
+call starts from the source state and from the seeded random generator, so the same image gives the same prediction
+whatever came before. ``"continual"`` serving (the state carries over between requests) is an explicit opt-in.
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -103,11 +109,13 @@ class Adapter(Inferer):
 
     A subclass implements :meth:`adapt` (the update of one case) and, when needed, :meth:`select_params`,
     :meth:`init_state`, :meth:`reset_state` and :meth:`predict`. Everything else (gradient mode, normalisation regime,
-    per-network state, resets, input protection, statistics) is shared here.
+    per-network state, resets, input protection, statistics) is shared here. An :meth:`adapt` that takes its gradients
+    with ``self.case_parts(inputs).grads(loss_of_part, params)`` (:class:`~monai_tta.adapters.cases.CaseParts`) works
+    unchanged on whole inputs and on the patches of a volume; a method that cannot sets :attr:`supports_patches`.
 
     Args:
-        setting: when to return to the source state: ``"episodic"`` (before each case), ``"domain"`` (when the
-            domain given to :meth:`set_domain` changes) or ``"continual"`` (never).
+        setting: when to return to the source state: ``"episodic"`` (before each case, the seeded random generator
+            included), ``"domain"`` (when the domain given to :meth:`set_domain` changes) or ``"continual"`` (never).
         norm: normalisation regime (a :class:`~monai_tta.norms.NormPolicy`, a regime name or a dict of its fields);
             ``None`` gives the method's published regime.
         optimizer: ``"adam"`` or ``"sgd"``.
@@ -180,6 +188,7 @@ class Adapter(Inferer):
         self._states: weakref.WeakKeyDictionary[nn.Module, AdapterState] = weakref.WeakKeyDictionary()
         self._domain: Any = None
         self._pending_reset = False
+        self._lock = threading.RLock()
         self.last_stats: dict[str, Any] = {}
         self._case_factory: Callable[[nn.Module], Case] | None = None
         self._case: Case | None = None
@@ -277,8 +286,12 @@ class Adapter(Inferer):
         (:mod:`monai_tta.distributed`) give the single-process results. The parameter objects stay the same (values
         are copied back), so references held elsewhere stay valid.
         """
-        if self.seed is not None:
-            self.generator.manual_seed(self.seed)
+        with self._lock:
+            if self.seed is not None:
+                self.generator.manual_seed(self.seed)
+            self._reset_states(network)
+
+    def _reset_states(self, network: nn.Module | None) -> None:
         states = [self._states[network]] if network is not None and network in self._states else []
         if network is None:
             states = list(self._states.values())
@@ -309,11 +322,21 @@ class Adapter(Inferer):
         if not isinstance(inputs, torch.Tensor) or inputs.dim() < 3 or not inputs.is_floating_point():
             shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
             raise ValueError(f"inputs must be a floating-point tensor (B, C, *spatial), got {shape}.")
+        with self._lock:  # one case at a time per adapter (concurrent serving requests share the network)
+            logits = self._adapt_and_predict(inputs, network)
+        if isinstance(inputs, MetaTensor):
+            logits = MetaTensor(logits, meta=inputs.meta, applied_operations=inputs.applied_operations)
+        return logits
+
+    def _adapt_and_predict(self, inputs: torch.Tensor, network: nn.Module) -> torch.Tensor:
         state = self.state_for(network)
-        did_reset = self.setting == Setting.EPISODIC or self._pending_reset
+        episodic = self.setting == Setting.EPISODIC
+        did_reset = episodic or self._pending_reset
         if did_reset:
             self.reset(network)
             self._pending_reset = False
+        if episodic and self.seed is not None:
+            self.generator.manual_seed(self.seed)  # the same image gets the same random views on every call
         x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         case = self._case_factory(network) if self._case_factory is not None else WholeCase(network, self.divisor)
         x = case.prepare(x)
@@ -338,7 +361,4 @@ class Adapter(Inferer):
             self._case = None
         stats[StatKeys.STEP] = state.step
         self.last_stats = stats
-        logits = case.finish(logits.detach())
-        if isinstance(inputs, MetaTensor):
-            logits = MetaTensor(logits, meta=inputs.meta, applied_operations=inputs.applied_operations)
-        return logits
+        return case.finish(logits.detach())

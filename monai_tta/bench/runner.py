@@ -238,7 +238,7 @@ def run_image_benchmark(args: argparse.Namespace, device: torch.device) -> dict[
 def run_volume_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """The 3D benchmark: every ``--vol-methods`` method through the sliding-window adapter on the MR sites' test
     volumes (Dice per site), then the timing and memory phases on one volume, as ratios to source-only
-    sliding-window inference; written to ``<out>/3d``.
+    sliding-window inference; written to ``--vol-out`` (default ``<out>/3d``).
 
     Returns:
         ``{"summary", "timing", "targets", "rows", "files"}``.
@@ -283,7 +283,7 @@ def run_volume_benchmark(args: argparse.Namespace, device: torch.device) -> dict
         network_parameters=sum(p.numel() for p in network.parameters()),
         datalist=str(data["datalist"]),
     )
-    out = Path(args.out) / "3d"
+    out = Path(args.vol_out) if args.vol_out else Path(args.out) / "3d"
     files = write_outputs(
         out, rows, summary, timing, calls, targets, meta, domains, plots=not args.no_plots, volumes=True
     )

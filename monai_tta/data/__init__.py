@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .datalist import PATH_KEYS, case_id_from_path, domain_stream, load_datalist
+from .datalist import PATH_KEYS, DeferredData, case_id_from_path, domain_stream, load_datalist
 from .fundus import FUNDUS_DOMAINS, fundus_csv_names, fundus_datalist, load_fundus_csv_domain
 from .mr_sites import (
     MR_GENERATOR_VERSION,
@@ -40,6 +40,7 @@ __all__ = [
     "PATH_KEYS",
     "SOURCE_DOMAIN",
     "SYNTHETIC_FUNDUS_DOMAINS",
+    "DeferredData",
     "FundusDomain",
     "case_id_from_path",
     "domain_stream",

@@ -12,6 +12,7 @@ from monai.handlers import MLFlowHandler, TensorBoardStatsHandler
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from monai_tta.adapters.base import Adapter
+from monai_tta.inferers.sliding_window import SlidingWindowAdapter
 from monai_tta.keys import DataKeys
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -81,13 +82,13 @@ class AdaptiveEvaluator(SupervisedEvaluator):
         device: device of the run.
         val_data_loader: the stream of cases (in order; ``shuffle=False``).
         network: the source network.
-        inferer: the adapter.
+        inferer: the adapter, or a :class:`~monai_tta.inferers.SlidingWindowAdapter` for volumes.
         domain_key: data key of the domain name.
         track_cases: make the tracking handlers among ``val_handlers`` log every case.
         kwargs: other :class:`monai.engines.SupervisedEvaluator` arguments.
 
     Raises:
-        TypeError: if ``inferer`` is not an ``Adapter``.
+        TypeError: if ``inferer`` is neither an ``Adapter`` nor a ``SlidingWindowAdapter``.
     """
 
     def __init__(
@@ -95,13 +96,15 @@ class AdaptiveEvaluator(SupervisedEvaluator):
         device: torch.device | str,
         val_data_loader: Any,
         network: torch.nn.Module,
-        inferer: Adapter,
+        inferer: Adapter | SlidingWindowAdapter,
         domain_key: str = DataKeys.DOMAIN,
         track_cases: bool = True,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(inferer, Adapter):
-            raise TypeError(f"inferer must be a monai_tta Adapter, got {type(inferer).__name__}.")
+        if not isinstance(inferer, (Adapter, SlidingWindowAdapter)):
+            raise TypeError(
+                f"inferer must be a monai_tta Adapter or SlidingWindowAdapter, got {type(inferer).__name__}."
+            )
         super().__init__(device=device, val_data_loader=val_data_loader, network=network, inferer=inferer, **kwargs)
         self.domain_key = domain_key
         self.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._record_stats)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,8 @@ class CaseReport:
         compute_asd: also compute the average surface distance.
         compute_hd95: also compute the 95th-percentile Hausdorff distance (:func:`~monai_tta.metrics.hd95_per_channel`),
             with the voxel size of the prediction's affine.
-        expected_cases: number of cases of the whole stream, checked at completion (``None``: not checked).
+        expected_cases: number of cases of the whole stream, or a function returning it, checked at completion
+            (``None``: not checked).
         name: logger name.
 
     Raises:
@@ -72,7 +73,7 @@ class CaseReport:
         label_key: str = DataKeys.LABEL,
         compute_asd: bool = True,
         compute_hd95: bool = False,
-        expected_cases: int | None = None,
+        expected_cases: int | Callable[[], int] | None = None,
         name: str = "monai_tta.report",
     ) -> None:
         if not channel_names:
@@ -164,7 +165,8 @@ class CaseReport:
         pairs = sorted((i, row) for indices, rows in gathered for i, row in zip(indices, rows))
         indices = [i for i, _ in pairs]
         twice = sorted(i for i, n in Counter(indices).items() if n > 1)
-        expected = range(self.expected_cases) if self.expected_cases is not None else range(len(set(indices)))
+        count = self.expected_cases() if callable(self.expected_cases) else self.expected_cases
+        expected = range(count) if count is not None else range(len(set(indices)))
         missing = sorted(set(expected) - set(indices))
         if twice or missing or len(indices) != len(expected):
             raise RuntimeError(

@@ -1,4 +1,5 @@
-"""Transforms: label encodings, GraTa's strong style augmentation and flip/rotation views."""
+"""Transforms: label encodings and label maps, GraTa's strong style augmentation, flip/rotation views and the 3D volume
+pipeline."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ from monai_tta.transforms.label import (
     LabelEncoding,
 )
 from monai_tta.transforms.spatial import FLIP_ROT_VIEWS, VIEW_DIMS, apply_view, invert_view, views_preserve_shape
+from monai_tta.transforms.volume import (
+    VOLUME_ACTIVATIONS,
+    VOLUME_NORMALIZATIONS,
+    VOLUME_READERS,
+    volume_postprocessing,
+    volume_preprocessing,
+)
 
 __all__ = [
     "StrongStyle",
@@ -27,4 +35,9 @@ __all__ = [
     "apply_view",
     "invert_view",
     "views_preserve_shape",
+    "VOLUME_ACTIVATIONS",
+    "VOLUME_NORMALIZATIONS",
+    "VOLUME_READERS",
+    "volume_postprocessing",
+    "volume_preprocessing",
 ]

@@ -156,16 +156,17 @@ class FundusMaskToChannelsd(MapTransform):
 
 
 class ChannelsToLabelMap(Transform):
-    """Turn multi-label channels (probabilities or binary masks) into one integer label map, 0 = background.
+    """Turn binary prediction channels ``(C, spatial...)`` into one label map ``(1, spatial...)``: 0 is background,
+    ``k + 1`` where channel ``k`` is on, and a later channel wins where channels overlap.
 
-    Voxel value ``k`` (``1..C``) when channel ``k - 1`` is above ``threshold`` and no later channel is; 0 when none
-    is. This inverts the ``"onehot"`` encoding (exclusive channels) and the nested encodings, where a later channel
-    lies inside an earlier one (the fundus disc/cup: 1 = disc rim, 2 = cup). It gives the label map that viewers and
-    MONAI Label expect (one index per class, 0 = background).
+    This is the inverse of :class:`FundusMaskToChannels` up to the label values: nested fundus channels (disc
+    including cup, cup) give 0 background, 1 disc rim, 2 cup; one-hot channels give their labels ``1..N``; one binary
+    channel gives 0/1. MONAI Label expects such a map (one integer per class, 0 = background).
 
     Args:
-        threshold: a channel is "on" where its value is above this (0.5 for sigmoid probabilities).
-        dtype: output data type (``uint8`` holds up to 255 classes).
+        threshold: a channel is on where its value is above ``threshold`` (apply it after a sigmoid and
+            ``AsDiscrete(threshold=0.5)``, or directly on probabilities).
+        dtype: output data type; ``uint8`` fits up to 255 classes and the PNG writers.
 
     Raises:
         ValueError: when the input has no channel axis.
@@ -177,23 +178,35 @@ class ChannelsToLabelMap(Transform):
         self.threshold = float(threshold)
         self.dtype = dtype
 
-    def __call__(self, channels: NdarrayOrTensor) -> NdarrayOrTensor:
-        """Map ``(C, spatial...)`` channels to a ``(1, spatial...)`` label map of the same container type."""
-        if channels.ndim < 2:
-            raise ValueError(f"expected channel-first data (C, spatial...), got shape {tuple(channels.shape)}.")
-        x = convert_to_tensor(channels, track_meta=get_track_meta())
-        index = torch.arange(1, x.shape[0] + 1, device=x.device).view(-1, *([1] * (x.ndim - 1)))
-        labels = ((x > self.threshold) * index).amax(dim=0, keepdim=True)
-        out, *_ = convert_to_dst_type(labels, channels, dtype=self.dtype if self.dtype is not None else torch.uint8)
-        return out
+    def __call__(self, pred: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Convert ``pred``.
+
+        Args:
+            pred: channel-first binary or probability channels ``(C, spatial...)``.
+
+        Returns:
+            the label map ``(1, spatial...)``, same container type as ``pred`` (a ``MetaTensor`` keeps its metadata).
+
+        Raises:
+            ValueError: when ``pred`` has fewer than two dimensions.
+        """
+        if pred.ndim < 2:
+            raise ValueError(f"expected channel-first predictions (C, spatial...), got shape {tuple(pred.shape)}.")
+        p = convert_to_tensor(pred, track_meta=False)  # plain tensor: slicing a MetaTensor's channels corrupts its meta
+        out = torch.zeros((1, *p.shape[1:]), dtype=torch.int64, device=p.device)
+        for k in range(p.shape[0]):
+            out[p[k : k + 1] > self.threshold] = k + 1
+        dtype = self.dtype if self.dtype is not None else torch.uint8
+        label_map, *_ = convert_to_dst_type(out, pred, dtype=dtype)
+        return label_map
 
 
 class ChannelsToLabelMapd(MapTransform):
     """Dictionary version of :class:`ChannelsToLabelMap`.
 
     Args:
-        keys: keys of the channel data to map.
-        threshold: a channel is "on" where its value is above this.
+        keys: keys of the predictions to convert.
+        threshold: see :class:`ChannelsToLabelMap`.
         dtype: output data type.
         allow_missing_keys: don't raise an exception if a key is missing.
     """
@@ -211,7 +224,14 @@ class ChannelsToLabelMapd(MapTransform):
         self.converter = ChannelsToLabelMap(threshold=threshold, dtype=dtype)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        """Map every key of ``data`` named in ``keys``; returns a shallow copy of ``data``."""
+        """Convert every key of ``data`` named in ``keys``.
+
+        Args:
+            data: a data dictionary.
+
+        Returns:
+            a shallow copy of ``data`` with the keys converted.
+        """
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
