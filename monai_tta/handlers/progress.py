@@ -16,10 +16,13 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
-__all__ = ["Progress", "PROGRESS_MODES"]
+__all__ = ["Progress", "PROGRESS_MODES", "UNKNOWN_LENGTH_EVERY"]
 
 #: ``auto``: a bar when ``stream`` is a terminal, else log lines; ``bar``; ``log``; ``off``.
 PROGRESS_MODES = ("auto", "bar", "log", "off")
+
+#: cases between two lines when the stream's length is not known beforehand (a deferred or iterable data set).
+UNKNOWN_LENGTH_EVERY = 50
 
 
 class Progress:
@@ -32,7 +35,8 @@ class Progress:
     Args:
         desc: what is progressing (the bar's label, the lines' prefix).
         mode: one of :data:`PROGRESS_MODES`.
-        every_cases: cases between two lines; default: a tenth of the run (at least 1).
+        every_cases: cases between two lines; default: a tenth of the run (at least 1), or
+            :data:`UNKNOWN_LENGTH_EVERY` when the run's length is not known beforehand.
         every_seconds: longest time between two lines.
         stream: the stream whose being a terminal decides ``auto`` (default ``sys.stderr``, where the bar draws).
         name: logger name of the lines.
@@ -88,7 +92,7 @@ class Progress:
 
     def _iteration(self, engine: Engine) -> None:
         done, total = engine.state.iteration, self._total(engine)
-        every = self.every_cases or max((total or 10) // 10, 1)
+        every = self.every_cases or (max(total // 10, 1) if total else UNKNOWN_LENGTH_EVERY)
         now = time.perf_counter()
         if done - self._last_count >= every or now - self._last_time >= self.every_seconds:
             if total is None or done < total:
