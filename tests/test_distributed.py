@@ -114,3 +114,17 @@ def test_a_dying_rank_fails_the_run_loudly_and_leaves_no_summary(runs):
     assert done.returncode != 0
     assert Path(lost).name in done.stderr + done.stdout
     assert not (out / "GraTa" / "summary.json").exists() and not (out / "GraTa" / "cases.csv").exists()
+
+
+def test_rank_0_refuses_rows_that_miss_or_repeat_a_case(tmp_path, monkeypatch):
+    from monai_tta import distributed
+    from monai_tta.handlers import CaseReport
+
+    report = CaseReport(tmp_path, "M", expected_cases=lambda: 4)
+    row = {"case_id": "c", "domain": "A", "method": "M", "dice_mean": 1.0}
+    monkeypatch.setattr(distributed, "gather_objects", lambda obj: [([0, 2], [row, row]), ([1, 2], [row, row])])
+    with pytest.raises(RuntimeError, match=r"cases \[3\] are missing and \[2\] appear twice"):
+        report._gather()
+    assert not (tmp_path / "cases.csv").exists()
+    monkeypatch.setattr(distributed, "gather_objects", lambda obj: [([0, 2], [row, row]), ([1, 3], [row, row])])
+    assert report._gather() and len(read_case_csv(tmp_path / "cases.csv")) == 4
