@@ -62,7 +62,7 @@ def test_parsing_and_checking_the_config_writes_nothing(tmp_path):
     workflow.initialize()
     assert workflow.check_properties() in (None, [])  # builds the dataset, evaluator, inferer and network
     evaluation = ConfigWorkflow(
-        config_file=[str(MR / "configs" / f) for f in ("inference.json", "evaluate.json", "train.json")],
+        config_file=[str(MR / "configs" / f) for f in ("inference.json", "evaluate.json", "source_training.json")],
         logging_file=False,
         workflow_type=None,
         **{"bundle_root": str(MR), **overrides},

@@ -39,8 +39,8 @@ VOLUME_METHODS = ("source_only", "norm_adapt", "tent", "grata")
 #: what one call of each method computes on a volume through the sliding-window adapter (K: ``num_patches``).
 VOLUME_PASSES = {
     "source_only": "the sliding-window prediction with the source model and its running statistics (the reference)",
-    "norm_adapt": "a statistics pass over the prediction's windows (per-volume BatchNorm statistics), then the "
-    "sliding-window prediction with them; no gradient",
+    "norm_adapt": "a statistics pass over the non-overlapping tiles of the roi (per-volume BatchNorm statistics), "
+    "then the sliding-window prediction with them; no gradient",
     "tent": "the statistics pass; entropy forward + backward on each of the K patches (gradients averaged), one Adam "
     "step on the BatchNorm affine parameters; the sliding-window prediction",
     "grata": "the statistics pass; per patch, in two sweeps: entropy forward + backward at theta, then at theta' the 6 "
