@@ -36,6 +36,8 @@ class StatKeys(StrEnum):
     FROM_MEMORY = "from_memory"
     WARMUP_LAMBDA = "warmup_lambda"
     MASK_FRACTION = "mask_fraction"
+    NONFINITE = "nonfinite"
+    NONFINITE_PART = "nonfinite_part"
 
 
 class Setting(StrEnum):

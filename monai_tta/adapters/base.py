@@ -19,9 +19,11 @@ from monai.inferers import Inferer
 from monai.utils import look_up_option
 from torch import nn
 
+from monai_tta.adapters.finite_guard import UpdateGuard
 from monai_tta.gradients import only_requires_grad
 from monai_tta.keys import Setting, StatKeys
 from monai_tta.norms import AdaptiveBatchNorm, NormPolicy, bn_affine_params, convert_norms
+from monai_tta.validation import check_network_input
 
 __all__ = ["Adapter", "AdapterState", "build_optimizer", "set_lr"]
 
@@ -236,12 +238,15 @@ class Adapter(Inferer):
             args: unused (accepted for the ``Inferer`` signature).
             kwargs: unused.
 
+        An update whose loss, gradient or new parameters are not finite is undone (the previous state is kept) and
+        recorded in :attr:`last_stats` (``nonfinite``: which part was not finite).
+
         Raises:
-            ValueError: if ``inputs`` is not a floating-point tensor with batch and channel axes.
+            InvalidCaseError: (a ``ValueError``) if ``inputs`` is not a floating-point tensor ``(B, C, *spatial)``
+                with the network's channel count and dimensionality, finite and not constant; the adapter's state is
+                then untouched.
         """
-        if not isinstance(inputs, torch.Tensor) or inputs.dim() < 3 or not inputs.is_floating_point():
-            shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-            raise ValueError(f"inputs must be a floating-point tensor (B, C, *spatial), got {shape}.")
+        check_network_input(inputs, network)
         state = self.state_for(network)
         did_reset = self.setting == Setting.EPISODIC or self._pending_reset
         if did_reset:
@@ -253,12 +258,19 @@ class Adapter(Inferer):
         stats: dict[str, Any] = {StatKeys.RESET: did_reset, StatKeys.N_PARAMS: sum(p.numel() for p in state.params)}
         logits = None
         if self.steps > 0:
+            guard = UpdateGuard(state)
             with torch.enable_grad(), only_requires_grad(network, state.params):
                 for _ in range(self.steps):
                     step_stats, reported = self.adapt(state, x, network)
                     logits = reported if logits is None else logits
                     stats.update(step_stats)
-            state.step += 1
+            bad = guard.check(state, stats)
+            stats[StatKeys.NONFINITE] = bad is not None
+            if bad is not None:
+                guard.restore(state)
+                stats[StatKeys.NONFINITE_PART] = bad
+            else:
+                state.step += 1
         if logits is None:
             with torch.no_grad():
                 logits = self.predict(state, x, network)
