@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from monai.utils import StrEnum
 
-__all__ = ["DataKeys", "StatKeys", "Setting", "NormRegime", "DayNightKeys"]
+__all__ = ["DataKeys", "CaseStatus", "StatKeys", "Setting", "NormRegime", "DayNightKeys"]
 
 
 class DataKeys(StrEnum):
@@ -18,6 +18,15 @@ class DataKeys(StrEnum):
     PRED = "pred"
     DOMAIN = "domain"
     CASE_ID = "case_id"
+
+
+class CaseStatus(StrEnum):
+    """The outcome column of a per-case record: its name (``KEY``), its values and the column of the reason."""
+
+    KEY = "status"
+    OK = "ok"
+    FAILED = "failed"
+    ERROR = "error"
 
 
 class StatKeys(StrEnum):

@@ -16,21 +16,27 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from monai_tta.keys import StatKeys
+
 if TYPE_CHECKING:
     from monai_tta.adapters.base import AdapterState
 
-__all__ = ["UpdateGuard", "nonfinite_part"]
+__all__ = ["UpdateGuard", "nonfinite_part", "LOSS_KEYS"]
+
+#: the statistics that hold loss values.
+LOSS_KEYS = (StatKeys.LOSS, StatKeys.AUX_LOSS, StatKeys.PSEUDO_LOSS)
 
 
 def nonfinite_part(stats: Mapping[str, Any], params: list[torch.nn.Parameter]) -> str | None:
-    """Which part of an update is not finite: ``"loss"`` (a float in ``stats``), ``"gradient"``, ``"parameter"``,
-    or ``None`` when all are finite.
+    """Which part of an update is not finite: ``"loss"`` (one of :data:`LOSS_KEYS` in ``stats``), ``"gradient"``,
+    ``"parameter"``, or ``None`` when all are finite.
 
     Args:
         stats: the statistics the update reported.
         params: the updated parameters (with the gradients the update left on them, if any).
     """
-    for value in stats.values():
+    for key in LOSS_KEYS:
+        value = stats.get(key)
         if isinstance(value, float) and not math.isfinite(value):
             return "loss"
     if not params:

@@ -10,6 +10,9 @@ the first ``skip`` cases without loading them, which is how an interrupted run r
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +20,7 @@ from monai.data import Dataset
 from monai.data.utils import list_data_collate
 from torch.utils.data import DataLoader, Subset
 
+from monai_tta.data.datalist import PATH_KEYS
 from monai_tta.keys import DataKeys
 from monai_tta.validation import InvalidCaseError, case_name
 
@@ -25,17 +29,43 @@ __all__ = ["FAILURE_KEY", "GuardedDataset", "CaseStream", "failure_reason"]
 #: key of a failure record (its value is the reason).
 FAILURE_KEY = "failure"
 
+logger = logging.getLogger(__name__)
 
-def failure_reason(error: BaseException) -> str:
-    """A one-line reason for a failed case: the validation message, else the innermost error of MONAI's transform
-    chain (``RuntimeError: applying transform ...`` wraps the real one)."""
+
+_ERROR_LINE = re.compile(r"^\s*([\w.]*(?:Error|error|Exception)): (.+)$", re.MULTILINE)
+_MAX_REASON = 300
+
+
+def failure_reason(error: BaseException, item: Mapping[str, Any] | None = None) -> str:
+    """A one-line reason for a failed case.
+
+    The message of a failed validation as it is; a file that does not exist, named; else the first error line of the
+    innermost error (MONAI's ``LoadImage`` tries every reader and joins their tracebacks: the first is that of the
+    reader asked for), with the case's files.
+
+    Args:
+        error: what the case's transform raised.
+        item: the case's data dictionary (its file paths are named in the reason).
+    """
     inner = error
     while not isinstance(inner, InvalidCaseError) and inner.__cause__ is not None:
         inner = inner.__cause__
     if isinstance(inner, InvalidCaseError):
         return inner.reason
-    text = " ".join(str(inner).split())
-    return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
+    files = {k: v for k, v in (item or {}).items() if k in PATH_KEYS and isinstance(v, (str, os.PathLike))}
+    missing = [f"the {k} file {v} does not exist" for k, v in files.items() if not os.path.exists(v)]
+    if missing:
+        return "; ".join(missing) + "; check the datalist"
+    text = str(inner)
+    found = _ERROR_LINE.search(text)
+    detail = (
+        f"{found.group(1)}: {found.group(2)}"
+        if found
+        else f"{type(inner).__name__}: {text.splitlines()[0] if text else ''}"
+    )
+    named = ", ".join(f"{k} {v}" for k, v in files.items())
+    reason = f"could not read the case's files ({named}): corrupt, truncated or not an image; {detail}"
+    return reason if len(reason) <= _MAX_REASON else reason[: _MAX_REASON - 3] + "..."
 
 
 class GuardedDataset(Dataset):
@@ -56,7 +86,7 @@ class GuardedDataset(Dataset):
             return {
                 DataKeys.CASE_ID.value: case_name(info, default=str(index)),
                 DataKeys.DOMAIN.value: str(info.get(DataKeys.DOMAIN, "all")),
-                FAILURE_KEY: failure_reason(e),
+                FAILURE_KEY: failure_reason(e, info),
             }
 
 
@@ -93,7 +123,9 @@ class CaseStream:
         for batch in DataLoader(remaining, batch_size=None, shuffle=False, **self.loader_kwargs):
             self.position += 1
             if _is_failure(batch):
-                self._failures.append({k: str(v) for k, v in batch.items()})
+                failure = {str(k): str(v) for k, v in batch.items()}
+                logger.warning(f"case {failure[DataKeys.CASE_ID]!r} skipped: {failure[FAILURE_KEY]}")
+                self._failures.append(failure)
                 continue
             yield list_data_collate([batch])
 

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from monai_tta.handlers.case_report import CaseReport
+from monai_tta.handlers.run_checkpoint import RunCheckpoint
 
-__all__ = ["CaseReport"]
+__all__ = ["CaseReport", "RunCheckpoint"]
