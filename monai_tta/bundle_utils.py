@@ -23,6 +23,7 @@ def run_bundle(
     run_id: str = "run",
     meta_file: str | None = None,
     logging_file: str | bool | None = None,
+    record_as: str | None = None,
 ) -> Any:
     """Run ``configs`` of a bundle in this process, merged in order.
 
@@ -35,6 +36,8 @@ def run_bundle(
         run_id: id of the expression list to run.
         meta_file: metadata file (default ``configs/metadata.json``).
         logging_file: logging config (default ``configs/logging.conf``; ``False`` keeps the current logging).
+        record_as: name of the run record's folder under ``output_dir`` (default: the config's ``method``); see
+            :func:`record_config`.
 
     Returns:
         the :class:`monai.bundle.ConfigWorkflow` after it ran.
@@ -60,23 +63,27 @@ def run_bundle(
         **{"bundle_root": str(root), **dict(overrides or {})},
     )
     workflow.initialize()
-    record_config(workflow, [str(f) for f in files], dict(overrides or {}))
+    record_config(workflow, [str(f) for f in files], dict(overrides or {}), record_as)
     workflow.run()
     workflow.finalize()
     return workflow
 
 
-def record_config(workflow: Any, config_files: Sequence[str], overrides: Mapping[str, Any]) -> Path | None:
+def record_config(
+    workflow: Any, config_files: Sequence[str], overrides: Mapping[str, Any], name: str | None = None
+) -> Path | None:
     """Write the merged config, the overrides and the software versions of a run next to its results.
 
-    The file is ``<output_dir>/<method>/config.json`` (``<output_dir>/config.json`` without a ``method`` key); a run
-    without ``output_dir`` records nothing. Objects that are not JSON (e.g. a network passed as an override) are
-    written as their ``repr``.
+    The file is ``<output_dir>/<name>/config.json``, ``name`` defaulting to the config's ``method``
+    (``<output_dir>/config.json`` without either); a run without ``output_dir`` records nothing. Objects that are not
+    JSON (e.g. a network passed as an override) are written as their ``repr``.
 
     Args:
         workflow: an initialised :class:`monai.bundle.ConfigWorkflow`.
         config_files: the merged config files, in order.
         overrides: the overrides given to the run.
+        name: folder of the record under ``output_dir`` (the source training made on first use records itself as
+            ``source_training``, so it never overwrites the record of the adaptation run that triggered it).
 
     Returns:
         the path written, or ``None``.
@@ -88,7 +95,9 @@ def record_config(workflow: Any, config_files: Sequence[str], overrides: Mapping
     if "output_dir" not in parser:
         return None
     folder = Path(parser.get_parsed_content("output_dir"))
-    if "method" in parser:
+    if name is not None:
+        folder = folder / name
+    elif "method" in parser:
         folder = folder / str(parser.get_parsed_content("method"))
     folder.mkdir(parents=True, exist_ok=True)
     from monai_tta import __version__
@@ -145,6 +154,7 @@ def ensure_source_checkpoint(
         configs,
         {**overrides, "ckpt_dir": str(checkpoint.parent), "ckpt_filename": checkpoint.name},
         logging_file=False,
+        record_as="source_training",
     )
     if not checkpoint.is_file():
         raise RuntimeError(f"source training finished but {checkpoint} was not written.")

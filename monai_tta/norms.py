@@ -4,12 +4,16 @@
 parameters and buffers (so the state-dict keys and values stay the same) and never updates the running statistics.
 A :class:`NormPolicy` then sets, before each case, how the layers mix the current input's statistics with the source
 running statistics.
+
+For a volume adapted on patches (:class:`~monai_tta.inferers.SlidingWindowAdapter`), the "current input's statistics"
+are those of the whole volume: :func:`pooled_statistics` runs statistics passes over its windows and
+:func:`case_statistics` makes the layers normalise every patch with them (see :class:`AdaptiveBatchNorm`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -26,11 +30,17 @@ __all__ = [
     "NormPolicy",
     "convert_norms",
     "norm_layers",
-    "bn_affine_params",
     "warmup_lambda",
     "per_sample_stats",
     "recording_stats",
+    "CaseStats",
+    "pooled_statistics",
+    "case_statistics",
 ]
+
+#: fixed statistics of one case for one layer: biased ``mean`` and ``var`` of shape ``(C,)`` and the number of
+#: values per channel they were computed over.
+CaseStats = tuple[torch.Tensor, torch.Tensor, int]
 
 
 class AdaptiveBatchNorm(nn.Module):
@@ -48,6 +58,11 @@ class AdaptiveBatchNorm(nn.Module):
         unbiased: use the unbiased variance for the input statistics (VPTTA), instead of the biased one (BatchNorm).
         detach_stats: stop the gradient through the input statistics (VPTTA's warm-up BN).
         record: keep ``(x, mean, var)`` of the last forward in ``recorded`` (for statistics-alignment losses).
+        case_stats: fixed statistics of the current case (:data:`CaseStats`) used instead of ``mean(x)`` and ``var(x)``
+            (a volume adapted on patches normalises every patch with the volume's statistics); constants, so no
+            gradient flows through them. ``unbiased`` rescales their variance by ``n / (n - 1)``.
+        collect: while not ``None``, the per-channel sums ``[sum x, sum x^2, n]`` (float64) of every forward's input
+            are added to this list (a statistics pass, see :func:`pooled_statistics`).
 
     Args:
         bn: the BatchNorm layer to wrap; its ``weight``, ``bias`` and buffers are shared, not copied.
@@ -68,6 +83,8 @@ class AdaptiveBatchNorm(nn.Module):
         self.detach_stats = False
         self.record = False
         self.recorded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.case_stats: CaseStats | None = None
+        self.collect: list | None = None
 
     @property
     def has_source_stats(self) -> bool:
@@ -80,15 +97,20 @@ class AdaptiveBatchNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_features:
             raise ValueError(f"expected input with {self.num_features} channels, got shape {tuple(x.shape)}.")
-        plain = not (self.record or self.unbiased or self.detach_stats)
+        plain = not (self.record or self.unbiased or self.detach_stats) and self.case_stats is None
         if self.prior >= 1.0 and not self.record:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        if self.collect is not None:
+            self._accumulate(x)
         if self.prior <= 0.0 and plain:
             if self.per_sample:
                 return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        dims = tuple(range(2, x.dim())) if self.per_sample else (0, *range(2, x.dim()))
-        var, mean = torch.var_mean(x, dim=dims, unbiased=self.unbiased, keepdim=True)
+        if self.case_stats is not None:
+            mean, var = self._fixed_stats(x)
+        else:
+            dims = tuple(range(2, x.dim())) if self.per_sample else (0, *range(2, x.dim()))
+            var, mean = torch.var_mean(x, dim=dims, unbiased=self.unbiased, keepdim=True)
         if self.detach_stats:
             mean, var = mean.detach(), var.detach()
         if self.prior > 0.0:
@@ -102,6 +124,25 @@ class AdaptiveBatchNorm(nn.Module):
             shape = (1, -1) + (1,) * (x.dim() - 2)
             out = out * self.weight.view(shape) + self.bias.view(shape)
         return out
+
+    @torch.no_grad()
+    def _accumulate(self, x: torch.Tensor) -> None:
+        dims = (0, *range(2, x.dim()))
+        xd = x.detach().double()
+        sums = [xd.sum(dim=dims), (xd * xd).sum(dim=dims), x.numel() // x.shape[1]]
+        if self.collect:
+            self.collect[0] += sums[0]
+            self.collect[1] += sums[1]
+            self.collect[2] += sums[2]
+        else:
+            self.collect.extend(sums)
+
+    def _fixed_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, var, count = self.case_stats
+        if self.unbiased and count > 1:
+            var = var * (count / (count - 1))
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return mean.to(x).view(shape), var.to(x).view(shape)
 
 
 def convert_norms(network: nn.Module) -> list[AdaptiveBatchNorm]:
@@ -126,19 +167,6 @@ def convert_norms(network: nn.Module) -> list[AdaptiveBatchNorm]:
 def norm_layers(network: nn.Module) -> list[AdaptiveBatchNorm]:
     """The :class:`AdaptiveBatchNorm` layers of ``network``, in module order."""
     return [m for m in network.modules() if isinstance(m, AdaptiveBatchNorm)]
-
-
-def bn_affine_params(network: nn.Module) -> list[nn.Parameter]:
-    """The affine parameters (``weight`` then ``bias`` of each layer) of every BatchNorm layer, converted or not.
-
-    Args:
-        network: the network.
-    """
-    params: list[nn.Parameter] = []
-    for m in network.modules():
-        if isinstance(m, (_BatchNorm, AdaptiveBatchNorm)):
-            params.extend(p for p in (m.weight, m.bias) if p is not None)
-    return params
 
 
 def warmup_lambda(t: int, warm_n: float = 5.0) -> float:
@@ -204,17 +232,16 @@ class NormPolicy:
     def apply(self, layers: Sequence[AdaptiveBatchNorm], t: int = 1) -> None:
         """Configure ``layers`` for the ``t``-th image.
 
-        Raises:
-            ValueError: if the regime needs source statistics that a layer does not have.
+        A BatchNorm layer built without running statistics (``track_running_stats=False``) always normalises with
+        its input's own statistics, as it does in plain inference.
         """
         prior = self.source_weight(t)
         warm = self.regime == NormRegime.WARMUP
         for layer in layers:
-            if prior > 0.0 and not layer.has_source_stats:
-                raise ValueError(f"norm regime '{self.regime}' needs source running statistics, but a layer has none.")
-            layer.prior = prior
-            layer.unbiased = warm
-            layer.detach_stats = warm
+            own = layer.has_source_stats  # a BatchNorm without running statistics keeps its plain-inference behaviour
+            layer.prior = prior if own else 0.0
+            layer.unbiased = warm and own
+            layer.detach_stats = warm and own
 
 
 @contextmanager
@@ -243,3 +270,72 @@ def recording_stats(layers: Sequence[AdaptiveBatchNorm]) -> Iterator[None]:
         for layer in layers:
             layer.record = False
             layer.recorded = None
+
+
+@contextmanager
+def case_statistics(layers: Sequence[AdaptiveBatchNorm], stats: Sequence[CaseStats | None]) -> Iterator[None]:
+    """Within the context, each layer normalises with its fixed case statistics (``None``: its own input's, as
+    before); on exit the layers use their inputs' statistics again.
+
+    Raises:
+        ValueError: if ``stats`` does not have one entry per layer.
+    """
+    if len(stats) != len(layers):
+        raise ValueError(f"got {len(stats)} case statistics for {len(layers)} layers.")
+    try:
+        for layer, value in zip(layers, stats):
+            layer.case_stats = value
+        yield
+    finally:
+        for layer in layers:
+            layer.case_stats = None
+
+
+def pooled_statistics(
+    layers: Sequence[AdaptiveBatchNorm], run: Callable[[], None], passes: int = 1
+) -> list[CaseStats | None]:
+    """Per-layer statistics of one case seen in parts (e.g. the windows of a volume), pooled over all the parts.
+
+    ``run()`` forwards every part of the case through the network (without gradient). Each layer adds up
+    ``sum x``, ``sum x^2`` and the count of its inputs per channel over all the parts, and its case statistics are
+    ``mean = sum x / n`` and ``var = sum x^2 / n - mean^2`` (biased, float64): the statistics a BatchNorm in training
+    mode would compute on the batch of all the parts. In the first pass each part is normalised with its own
+    statistics; each further pass normalises with the previous pass's pooled statistics and pools again. After ``k``
+    passes the layers with fewer than ``k`` BatchNorm layers upstream have exactly the pooled statistics of the
+    network normalised throughout with pooled statistics; ``passes`` = the number of BatchNorm layers makes all of
+    them exact. Layers that use only source statistics (``prior >= 1``) get ``None``.
+
+    Args:
+        layers: the adaptive layers of the network.
+        run: forwards all the parts of the case.
+        passes: number of statistics passes (``>= 1``).
+
+    Raises:
+        ValueError: if ``passes < 1`` or a layer saw no input.
+    """
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1, got {passes}.")
+    stats: list[CaseStats | None] = [None] * len(layers)
+    for _ in range(passes):
+        try:
+            for layer, value in zip(layers, stats):
+                layer.collect = [] if layer.prior < 1.0 else None
+                layer.case_stats = value
+            with torch.no_grad():
+                run()
+            new: list[CaseStats | None] = []
+            for layer in layers:
+                if layer.collect is None:
+                    new.append(None)
+                    continue
+                if not layer.collect:
+                    raise ValueError("a normalisation layer saw no input during the statistics pass.")
+                total, squares, count = layer.collect
+                mean = total / count
+                new.append((mean.float(), (squares / count - mean * mean).clamp_min(0.0).float(), int(count)))
+            stats = new
+        finally:
+            for layer in layers:
+                layer.collect = None
+                layer.case_stats = None
+    return stats

@@ -9,7 +9,7 @@ larger or smaller than expected is seen at its real size), and a case that fails
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,8 @@ __all__ = [
     "check_label",
     "check_network_input",
     "ValidateCased",
+    "RecordShaped",
+    "stored_shape_key",
 ]
 
 #: smallest intensity range (max - min) of an image that is not constant.
@@ -165,17 +167,30 @@ def check_image(
         )
 
 
-def check_label(label: Any, image: Any, case: str = "input") -> None:
+def stored_shape_key(key: str) -> str:
+    """The data key under which :class:`RecordShaped` keeps the stored spatial shape of ``key``."""
+    return f"{key}_stored_shape"
+
+
+def check_label(label: Any, image: Any, case: str = "input", label_shape: Sequence[int] | None = None) -> None:
     """Check that ``label`` (channel-first) covers its image: same spatial shape, finite values.
+
+    Args:
+        label: the label.
+        image: its image, as stored (before any resizing).
+        case: the case name used in the message.
+        label_shape: the label's spatial shape as stored, when it was resized before this check (see
+            :class:`RecordShaped`); default: its current shape.
 
     Raises:
         InvalidCaseError: if the spatial shapes differ or the label has non-finite values.
     """
     y, x = _as_tensor(label, case), _as_tensor(image, case)
-    if tuple(y.shape[1:]) != tuple(x.shape[1:]):
+    shape = tuple(int(s) for s in label_shape) if label_shape is not None else tuple(y.shape[1:])
+    if shape != tuple(x.shape[1:]):
         raise InvalidCaseError(
             case,
-            f"the label's spatial shape {tuple(y.shape[1:])} does not match the image's {tuple(x.shape[1:])}",
+            f"the label's spatial shape {shape} does not match the image's {tuple(x.shape[1:])}",
             "pair each image with its own label",
         )
     if y.is_floating_point() and not bool(torch.isfinite(y).all()):
@@ -238,6 +253,26 @@ class ValidateCased(MapTransform):
         for key in self.key_iterator(d):
             case = case_name(d)
             check_image(d[key], case, self.in_channels, self.spatial_dims, False, self.min_size, self.max_size)
-            if self.label_key is not None and d.get(self.label_key) is not None:
-                check_label(d[self.label_key], d[key], case)
+            label = d.get(self.label_key) if self.label_key is not None else None
+            if isinstance(label, (torch.Tensor, np.ndarray)):  # a label still a path is not loaded by this pipeline
+                check_label(d[self.label_key], d[key], case, d.get(stored_shape_key(self.label_key)))
+        return d
+
+
+class RecordShaped(MapTransform):
+    """Keep the spatial shape of each key's array as loaded (channel-first), under :func:`stored_shape_key`, so that
+    :class:`ValidateCased` can compare a label resized before the image is loaded with the image as stored.
+
+    Args:
+        keys: the keys to record (e.g. ``"label"``).
+        allow_missing_keys: do not fail when a key is missing.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[stored_shape_key(str(key))] = [int(s) for s in d[key].shape[1:]]
         return d

@@ -202,3 +202,39 @@ def test_per_sample_statistics_equal_separate_forwards():
         pooled = net(torch.cat(xs))
     torch.testing.assert_close(batched, separate, atol=1e-6, rtol=1e-6)
     assert not torch.allclose(pooled, separate, atol=1e-4)
+
+
+@pytest.mark.parametrize("cls", ADAPTERS)
+def test_episodic_serving_gives_the_same_answer_whatever_came_before(cls):
+    """What MONAI Label needs: one adapter and one network serve every request; episodic calls do not leak state."""
+    net = tiny_net()
+    adapter = cls(setting="episodic") if cls is not SourceOnly else cls()
+    image, other = tiny_image(seed=1, size=16), tiny_image(seed=2, size=16)
+    first = adapter(image, net)
+    for _ in range(2):
+        adapter(other, net)
+    assert torch.equal(adapter(image, net), first)
+
+
+def test_calls_are_serialised_by_the_adapter_lock():
+    """Concurrent requests on one adapter never run their updates at the same time (continual serving)."""
+    import threading
+    import time
+
+    active, peak = [0], [0]
+
+    class Slow(Tent):
+        def adapt(self, state, inputs, network):
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            time.sleep(0.02)
+            active[0] -= 1
+            return super().adapt(state, inputs, network)
+
+    net, adapter = tiny_net(), Slow(setting="continual")
+    threads = [threading.Thread(target=adapter, args=(tiny_image(seed=i, size=16), net)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 1 and adapter.state_for(net).step == 4

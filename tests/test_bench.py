@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from monai_tta import bench
+from monai_tta.bench.probes import reset_rss_peak
+from monai_tta.bench.stats import stratified_ci
 
 
 def read_rows(path):
@@ -20,6 +22,7 @@ def read_rows(path):
 def test_runner_end_to_end(tmp_path):
     out = tmp_path / "bench"
     argv = [
+        "--dims", "2",
         "--domains", "camera", "dim",
         "--num-per-domain", "2",
         "--num-source", "4",
@@ -76,12 +79,12 @@ def test_runner_end_to_end(tmp_path):
     for method, t in timing.items():
         times = [float(c["time_ms"]) for c in calls if c["method"] == method]
         assert t["median_ms"] == pytest.approx(float(np.median(times)))
-    if bench._reset_rss_peak():  # Linux: the memory probes ran in their own process
+    if reset_rss_peak():  # Linux: the memory probes ran in their own process
         assert all(
             t["memory_kind"] == "process_rss" and t["peak_total_mb"] > t["peak_extra_mb"] > 0 for t in timing.values()
         )
     markdown = (out / "results.md").read_text()
-    assert "python -m monai_tta.bench --domains camera dim" in markdown
+    assert "python -m monai_tta.bench --dims 2 --domains camera dim" in markdown
     assert "| source_only | " in markdown and "| camera | dim | overall |" in markdown
     assert any(t["target"].startswith("exact GraTa time") for t in results["targets"])
 
@@ -122,9 +125,9 @@ def test_summaries_and_stratified_interval():
     assert summary["overall"]["asd"] == pytest.approx(4.0)
     assert summary["overall"]["time_ms"] == pytest.approx(1.0)
     # each bootstrap mean lies between the smallest and the largest possible mean of domain means
-    lo, hi = bench._stratified_ci({"a": [10.0, 20.0, 30.0], "b": [50.0, 70.0]})
+    lo, hi = stratified_ci({"a": [10.0, 20.0, 30.0], "b": [50.0, 70.0]})
     assert (10 + 50) / 2 <= lo <= 40.0 <= hi <= (30 + 70) / 2
-    assert bench._stratified_ci({"a": [5.0, 5.0]}) == (5.0, 5.0)
+    assert stratified_ci({"a": [5.0, 5.0]}) == (5.0, 5.0)
 
 
 def test_targets():
@@ -143,7 +146,7 @@ def test_targets():
     assert targets["grata peak memory (total) / source-only <= 3"]["measured"] == pytest.approx(1.5)
 
 
-@pytest.mark.skipif(not bench._reset_rss_peak(), reason="needs Linux /proc/self/clear_refs")
+@pytest.mark.skipif(not reset_rss_peak(), reason="needs Linux /proc/self/clear_refs")
 def test_peak_memory_sees_torch_allocations():
     with bench.PeakMemory(torch.device("cpu")) as mem:
         x = torch.ones(16 * 2**20 // 4 * 4)  # 64 MiB, touched
@@ -167,3 +170,60 @@ def test_make_adapter_and_arguments():
     args = bench.parse_args([])
     assert args.methods[:5] == ["source_only", "norm_adapt", "tent", "grata", "grata_approx"]
     assert args.settings == list(bench.SETTINGS)
+
+
+def test_volume_benchmark_smoke(tmp_path):
+    """The 3D benchmark end to end on one tiny site: generated MR volumes, the 3D bundle's configs, one epoch of
+    source training, Dice per site, and the cost per volume as ratios to source-only sliding-window inference."""
+    out = tmp_path / "bench"
+    argv = [
+        "--dims", "3",
+        "--vol-sites", "thick",
+        "--vol-cases", "1",
+        "--vol-num-source", "2",
+        "--vol-epochs", "1",
+        "--vol-methods", "source_only", "tent",
+        "--vol-timing-reps", "1",
+        "--out", str(out),
+    ]  # fmt: skip
+    bundle_files = sorted(bench.volumes.VOLUME_BUNDLE.rglob("*"))
+    assert bench.main(argv) == 0
+    vol = out / "3d"
+    for name in ("results.md", "results.json", "cases.csv", "timing.csv", "dice_domain.png", "time_per_case.png"):
+        assert (vol / name).is_file(), name
+    assert not (out / "results.md").exists()  # --dims 3 alone: no 2D run
+    assert len(list((out / "cache").glob("source_mr_train2_e1_s0_*.pt"))) == 1
+    assert sorted(bench.volumes.VOLUME_BUNDLE.rglob("*")) == bundle_files  # nothing written into the bundle
+    rows = read_rows(vol / "cases.csv")
+    assert [(r["method"], r["domain"], r["setting"]) for r in rows] == [
+        ("source_only", "thick", "domain"),
+        ("tent", "thick", "domain"),
+    ]
+    assert all(0.0 <= float(r["dice_mean"]) <= 100.0 for r in rows)
+    assert {"dice_peripheral", "dice_transition"} <= set(rows[0])
+    results = json.loads((vol / "results.json").read_text())
+    assert list(results["timing"]) == ["source_only", "tent"]
+    assert results["summary"]["domain"]["tent"]["thick"]["dice"] == pytest.approx(float(rows[1]["dice_mean"]))
+    targets = {t["target"]: t for t in results["targets"]}
+    tent = targets["tent time per volume / source-only sliding window (CPU) <= 2.5"]
+    timing = results["timing"]
+    assert tent["measured"] == pytest.approx(timing["tent"]["median_ms"] / timing["source_only"]["median_ms"])
+    if reset_rss_peak():  # the memory probes ran through the sliding window in their own process
+        assert timing["tent"]["memory_kind"] == "process_rss" and timing["tent"]["peak_extra_mb"] > 0
+    markdown = (vol / "results.md").read_text()
+    assert "# TTA benchmark results: 3D volumes" in markdown and "| thick | overall |" in markdown
+
+
+def test_volume_source_only_is_monai_sliding_window():
+    """The reference of the 3D ratios: source-only through the sliding-window adapter is MONAI's sliding window."""
+    from monai.inferers import SlidingWindowInferer
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    net = UNet(3, 1, 2, channels=(4, 8), strides=(2,), norm="batch").eval()
+    window = {"roi_size": [16, 16, 8], "sw_batch_size": 2, "overlap": 0.25, "mode": "gaussian"}
+    x = torch.randn(1, 1, 20, 18, 10)
+    adapter = bench.make_adapter("source_only", "domain", 16, window=window)
+    with torch.no_grad():
+        expected = SlidingWindowInferer(**window)(x, net)
+        assert torch.allclose(adapter(x, net), expected, atol=1e-6)

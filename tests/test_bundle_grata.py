@@ -1,4 +1,4 @@
-"""The GraTa bundle end to end on tiny generated data, the thin bundles, and a user's own NIfTI data set."""
+"""The GraTa bundle end to end on tiny generated data, the TENT and source-only bundles, and a user's own NIfTI data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from monai.bundle import ConfigWorkflow
-from tiny import digest, tiny_bundle_overrides
+from tiny import digest, tiny_bundle_overrides, write_nifti_sites
 
 from monai_tta.bundle_utils import run_bundle
 from monai_tta.reports import read_case_csv
@@ -42,6 +42,9 @@ def test_evaluate_trains_source_on_first_use_adapts_and_reports(tiny):
     assert (Path(tiny["output_dir"]) / "GraTa" / "dice_per_domain.png").is_file()
     recorded = json.loads((Path(tiny["output_dir"]) / "GraTa" / "config.json").read_text())
     assert recorded["overrides"]["num_per_domain"] == 3 and recorded["config"]["inferer"]["_target_"].endswith("GraTa")
+    assert recorded["config_files"][-1].endswith("evaluate.json")  # the GraTa run, not the source training it started
+    training = json.loads((Path(tiny["output_dir"]) / "source_training" / "config.json").read_text())
+    assert training["config_files"][-1].endswith("train.json")
     # a second run reuses the checkpoint and never writes it
     run_bundle(GRATA, ["inference.json", "evaluate.json"], tiny, logging_file=False)
     assert digest(ckpt) == before
@@ -50,9 +53,8 @@ def test_evaluate_trains_source_on_first_use_adapts_and_reports(tiny):
 @pytest.mark.parametrize(
     "bundle,method", [("tent_fundus_segmentation", "TENT"), ("source_only_fundus_segmentation", "SourceOnly")]
 )
-def test_thin_bundles_override_only_the_inferer(tiny, bundle, method):
-    override = BUNDLES / bundle / "configs" / "inferer.json"
-    run_bundle(GRATA, ["inference.json", "evaluate.json", str(override)], tiny, logging_file=False)
+def test_standalone_method_bundles_run_on_the_same_source_model(tiny, bundle, method):
+    run_bundle(BUNDLES / bundle, ["inference.json", "evaluate.json"], tiny, logging_file=False)
     rows = read_case_csv(Path(tiny["output_dir"]) / method / "cases.csv")
     assert len(rows) == 6 and {r["method"] for r in rows} == {method}
     assert json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text())["version"]
@@ -72,7 +74,9 @@ def test_inference_saves_masks_and_has_infer_properties(tiny):
     workflow.finalize()
     masks = sorted((Path(tiny["output_dir"]) / "masks").glob("*.nii.gz"))
     assert len(masks) == 6
-    assert nib.load(masks[0]).get_fdata().shape[:2] == (32, 32)
+    label_map = np.asarray(nib.load(masks[0]).dataobj)
+    assert label_map.dtype == np.uint8 and label_map.shape[:2] == (32, 32)
+    assert set(np.unique(label_map)) <= {0, 1, 2}  # 0 background, 1 optic disc, 2 optic cup
 
 
 def test_metadata_is_complete():
@@ -85,30 +89,17 @@ def test_metadata_is_complete():
         assert (BUNDLES / bundle / "LICENSE").is_file() and (BUNDLES / bundle / "docs" / "README.md").is_file()
 
 
-def write_nifti_dataset(root: Path) -> Path:
-    """A user's own data: 1-channel 32x32 NIfTI images with a bright square, binary labels, two sites."""
-    rng = np.random.default_rng(0)
-    sections = {}
-    for site, gain in (("siteA", 1.0), ("siteB", 0.5)):
-        items = []
-        for i in range(4):
-            img = rng.normal(0.2, 0.05, (32, 32)).astype(np.float32)
-            lab = np.zeros((32, 32), np.uint8)
-            r, c = rng.integers(6, 18, size=2)
-            lab[r : r + 10, c : c + 10] = 1
-            img = gain * (img + 0.6 * lab)
-            for name, arr in (("img", img), ("lab", lab)):
-                nib.save(nib.Nifti1Image(arr, np.eye(4)), root / f"{site}_{i}_{name}.nii.gz")
-            items.append({"image": f"{site}_{i}_img.nii.gz", "label": f"{site}_{i}_lab.nii.gz"})
-        sections[site] = items
-    datalist = {"source_train": sections["siteA"][:3], "source_val": sections["siteA"][3:], **sections}
-    path = root / "my_datalist.json"
-    path.write_text(json.dumps(datalist))
-    return path
+def draw_square(rng: np.random.Generator, gain: float) -> tuple[np.ndarray, np.ndarray]:
+    """A 1-channel 32x32 image with a bright 10x10 square, and its binary label."""
+    img = rng.normal(0.2, 0.05, (32, 32)).astype(np.float32)
+    lab = np.zeros((32, 32), np.uint8)
+    r, c = rng.integers(6, 18, size=2)
+    lab[r : r + 10, c : c + 10] = 1
+    return gain * (img + 0.6 * lab), lab
 
 
 def test_own_nifti_data_by_overrides(tmp_path):
-    datalist = write_nifti_dataset(tmp_path)
+    datalist = write_nifti_sites(tmp_path, draw_square, {"siteA": 1.0, "siteB": 0.5})
     overrides = {
         "generate_data": False,
         "datalist_file": str(datalist),
@@ -118,8 +109,8 @@ def test_own_nifti_data_by_overrides(tmp_path):
         "label_encoding": "binary",
         "channel_names": ["lesion"],
         "image_size": 32,
-        "preprocessing#transforms#0#reader": "NibabelReader",
-        "preprocessing#transforms#0#reverse_indexing": True,
+        "image_reader": "NibabelReader",
+        "reverse_indexing": True,
         "source_checkpoint": str(tmp_path / "my_source.pt"),
         "output_dir": str(tmp_path / "eval"),
         "source_training#epochs": 1,

@@ -20,9 +20,8 @@ from monai_tta.reports import read_case_csv
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 GRATA = BUNDLES / "grata_fundus_segmentation"
-VPTTA_INFERER = str(BUNDLES / "vptta_fundus_segmentation" / "configs" / "inferer.json")
-VPTTA_RESUNET = str(BUNDLES / "vptta_fundus_segmentation" / "configs" / "resunet34.json")
-DYNA = str(BUNDLES / "dyna_fundus_segmentation" / "configs" / "daynight.json")
+VPTTA_BUNDLE = BUNDLES / "vptta_fundus_segmentation"
+DYNA_BUNDLE = BUNDLES / "dyna_fundus_segmentation"
 DOMAINS = ["camera", "dim"]
 PER_DOMAIN = 3
 
@@ -48,7 +47,7 @@ def dyna_overrides(tiny: dict, out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def vptta_run(tiny):
-    workflow = run_bundle(GRATA, ["inference.json", "evaluate.json", VPTTA_INFERER], tiny, logging_file=False)
+    workflow = run_bundle(VPTTA_BUNDLE, ["inference.json", "evaluate.json"], tiny, logging_file=False)
     return workflow, read_case_csv(Path(tiny["output_dir"]) / "VPTTA" / "cases.csv")
 
 
@@ -56,7 +55,8 @@ def vptta_run(tiny):
 def dyna_run(tiny, vptta_run, tmp_path_factory):
     """An uninterrupted DyNA run (after the VPTTA run, so the source model exists)."""
     out = tmp_path_factory.mktemp("dyna_uninterrupted")
-    workflow = run_bundle(GRATA, ["inference.json", VPTTA_INFERER, DYNA], dyna_overrides(tiny, out), logging_file=False)
+    configs = ["inference.json", "daynight.json"]
+    workflow = run_bundle(DYNA_BUNDLE, configs, dyna_overrides(tiny, out), logging_file=False)
     return workflow, out / "DyNA"
 
 
@@ -96,7 +96,7 @@ def test_vptta_bundle_matches_a_plain_vptta_loop(tiny, vptta_run):
     workflow, rows = vptta_run
     net = source_network(tiny, workflow)
     adapter = VPTTA(image_size=32, lr=0.05, betas=(0.9, 0.99), memory_size=40, neighbors=16, temperature=0.2)
-    preprocessing = workflow.parser.get_parsed_content("preprocessing")
+    preprocessing = workflow.parser.get_parsed_content("labelled_preprocessing")
     datalist = load_datalist(Path(tiny["dataset_dir"]) / "datalist.json", sections=DOMAINS)
     cases = [preprocessing(c) for d in DOMAINS for c in datalist[d]]
     assert [str(c["case_id"]) for c in cases] == [r["case_id"] for r in rows]
@@ -119,8 +119,8 @@ def test_vptta_resunet34_override_reads_the_fundus_benchmark_layout(tiny, vptta_
             writer.writerow([cases[i]["image"], cases[i]["label"]])
     overrides = {k: v for k, v in tiny.items() if k != "target_domains"}  # the override derives them from the source
     overrides.update(dataset_dir=str(tmp_path), output_dir=str(tmp_path / "eval"), train_if_missing=False)
-    configs = ["inference.json", "evaluate.json", VPTTA_INFERER, VPTTA_RESUNET]
-    run_bundle(GRATA, configs, {**overrides, "source_domain": "ORIGA"}, logging_file=False)
+    configs = ["inference.json", "evaluate.json", "fundus_benchmark.json"]
+    run_bundle(VPTTA_BUNDLE, configs, {**overrides, "source_domain": "ORIGA"}, logging_file=False)
     rows = read_case_csv(tmp_path / "eval" / "VPTTA" / "cases.csv")
     assert [r["domain"] for r in rows] == ["RIM_ONE_r3", "REFUGE", "REFUGE_Valid", "Drishti_GS"]
     assert [r["reset"] for r in rows] == [0.0] * 4
@@ -140,7 +140,7 @@ def test_dyna_bundle_reports_days_nights_and_heldout_per_domain(tiny, dyna_run):
     assert report["final_heldout_dice_per_group"] == days[-1]["heldout_dice_per_group"]
     # the initial held-out Dice is the source model on the last case of each domain, computed here
     net = source_network(tiny, workflow)
-    preprocessing = workflow.parser.get_parsed_content("preprocessing")
+    preprocessing = workflow.parser.get_parsed_content("labelled_preprocessing")
     datalist = load_datalist(Path(tiny["dataset_dir"]) / "datalist.json", sections=DOMAINS)
     for d in DOMAINS:
         case = preprocessing(datalist[d][-1])
@@ -172,9 +172,8 @@ def test_dyna_bundle_resumes_after_an_interruption(tiny, dyna_run, tmp_path):
             raise RuntimeError("simulated interruption")
 
     with pytest.raises(RuntimeError) as info:  # MONAI wraps the exception of a config expression
-        run_bundle(
-            GRATA, ["inference.json", VPTTA_INFERER, DYNA], {**overrides, "runner#callback": crash}, logging_file=False
-        )
+        configs = ["inference.json", "daynight.json"]
+        run_bundle(DYNA_BUNDLE, configs, {**overrides, "runner#callback": crash}, logging_file=False)
     causes, error = [], info.value
     while error is not None:
         causes.append(str(error))
@@ -183,7 +182,7 @@ def test_dyna_bundle_resumes_after_an_interruption(tiny, dyna_run, tmp_path):
     ckpt = torch.load(tmp_path / "DyNA" / "checkpoint.pt", weights_only=True)
     assert (ckpt["phase"], ckpt["day"], ckpt["night_iteration"]) == ("night", 1, 2)
     assert not (tmp_path / "DyNA" / "report.json").exists()
-    run_bundle(GRATA, ["inference.json", VPTTA_INFERER, DYNA], overrides, logging_file=False)
+    run_bundle(DYNA_BUNDLE, ["inference.json", "daynight.json"], overrides, logging_file=False)
     resumed = json.loads((tmp_path / "DyNA" / "report.json").read_text())
     expected = json.loads((reference / "report.json").read_text())
     assert resumed.keys() == expected.keys() and resumed["n_nights"] == 2

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
+from monai.metrics import compute_hausdorff_distance
 
-from monai_tta.metrics import EMPTY_ASD, asd_per_channel, dice_per_channel
-from monai_tta.reports import bootstrap_ci, markdown_table, read_case_csv, summarize, write_case_csv
+from monai_tta.metrics import EMPTY_ASD, EMPTY_HD95, asd_per_channel, dice_per_channel, hd95_per_channel
+from monai_tta.reports import (
+    bootstrap_ci,
+    format_cell,
+    format_interval,
+    format_number,
+    markdown_table,
+    plot_cost_ratios,
+    plot_day_night,
+    plot_stream_dice,
+    ratio,
+    read_case_csv,
+    summarize,
+    write_case_csv,
+)
 
 
 def square(r0, r1, c0, c1, size=16):
@@ -48,6 +64,20 @@ def test_asd_matches_brute_force_and_is_directional():
     assert asd_per_channel(torch.ones(1, 16, 16), y) == [EMPTY_ASD]
 
 
+def test_hd95_by_hand_with_spacing_and_as_monai():
+    p, y = torch.zeros(1, 6, 6, 10), torch.zeros(1, 6, 6, 10)
+    p[0, 2:4, 2:4, 2:4] = 1  # every voxel of a 2x2x2 cube is on its surface
+    y[0, 2:4, 2:4, 6:8] = 1  # the same cube 4 voxels further along the last axis: distances 3 (x4) and 4 (x4)
+    assert hd95_per_channel(p, y) == pytest.approx([4.0])  # linear quantile of [3,3,3,3,4,4,4,4] at 0.95
+    assert hd95_per_channel(p, y, spacing=(1.0, 1.0, 2.5)) == pytest.approx([10.0])
+    assert hd95_per_channel(torch.zeros_like(p), y) == [EMPTY_HD95]
+    g = torch.Generator().manual_seed(0)
+    a = (torch.rand(2, 9, 10, 11, generator=g) > 0.6).float()
+    b = (torch.rand(2, 9, 10, 11, generator=g) > 0.6).float()
+    expected = compute_hausdorff_distance(a[None], b[None], include_background=True, percentile=95, spacing=(1, 2, 3))
+    assert hd95_per_channel(a, b, spacing=(1, 2, 3)) == pytest.approx(expected[0].tolist())
+
+
 def test_summary_table_and_csv_roundtrip(tmp_path):
     rows = [
         {"case_id": "a", "domain": "d1", "method": "m", "dice_mean": 80.0},
@@ -64,3 +94,27 @@ def test_summary_table_and_csv_roundtrip(tmp_path):
     lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0])
     assert 1.0 <= lo < 2.5 < hi <= 4.0
     assert bootstrap_ci([5.0, 5.0]) == (5.0, 5.0)
+
+
+def test_table_cells_headers_and_ratio():
+    assert [format_number(v, 1) for v in (1.25, 3, None, "x", math.nan, math.inf, True)] == ["1.2", "3.0"] + ["-"] * 5
+    assert [format_cell(v) for v in (None, math.nan, 12, "0-1", 0.5, 0.001, 0.0)] == [
+        "-", "-", "12", "0-1", "0.50", "1.00e-03", "0.00"
+    ]  # fmt: skip
+    assert format_interval(80.0, 75.55, None) == "80.0 [75.5, -]"
+    assert ratio(6.0, 2.0) == 3.0 and math.isnan(ratio(1.0, 0.0)) and math.isnan(ratio(1.0, None))
+    table = {"a": {"x": "1.0", "y": "text"}, "b": {"x": "2.0"}}
+    text = markdown_table(table, ["x", "y"], row_title="m", formatter=str, headers=["x", "x"])
+    assert text.splitlines() == ["| m | x | x |", "|---|---|---|", "| a | 1.0 | text |", "| b | 2.0 | - |"]
+    with pytest.raises(ValueError, match="one per column"):
+        markdown_table(table, ["x", "y"], headers=["x"])
+
+
+def test_plots_write_png(tmp_path):
+    costs = {"source_only": {"median_ms": 10.0, "peak_extra_mb": 5.0}, "tent": {"median_ms": 21.0}}
+    assert plot_cost_ratios(costs, "source_only", tmp_path / "cost.png").stat().st_size > 0
+    day = [(1, 70.0), (2, None)]
+    path = plot_day_night(day, [(0, 60.0), (1, 65.0)], {"initial model": {"a": 60.0, "mean": 60.0}}, tmp_path / "d.png")
+    assert path.stat().st_size > 0
+    rows = [{"method": "m", "dice_mean": 50.0 + i, "domain": "ab"[i // 2], "round": 1, "position": i} for i in range(4)]
+    assert plot_stream_dice(rows, tmp_path / "s.png").stat().st_size > 0

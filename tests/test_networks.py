@@ -274,3 +274,22 @@ def test_small_unet_bad_options(kwargs):
 def test_small_unet_rejects_bad_input(shape):
     with pytest.raises(ValueError):
         SmallUNet()(torch.rand(*shape))
+
+
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (lambda: SmallUNet(features=(4, 8, 16)), (1, 3, 16, 16)),
+        (lambda: SmallUNet(features=(4, 8), upsample="bilinear", spatial_dims=3), (1, 3, 4, 4, 4)),
+        (lambda: ResUNet(layers=(1, 1, 1, 1)), (1, 3, 32, 32)),
+    ],
+)
+def test_networks_are_scriptable_and_keep_their_input_checks(make, shape):
+    """``torch.jit.script`` (what the zoo's ``ckpt_export`` uses) gives the same logits and the same size check."""
+    net = make().eval()
+    scripted = torch.jit.script(net)
+    x = torch.rand(shape)
+    assert torch.equal(scripted(x), net(x))
+    bad = torch.rand(*shape[:-1], shape[-1] + 1)
+    with pytest.raises(Exception, match="divisible by"):
+        scripted(bad)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 from bad_cases import EXPECTED, NIFTI_KINDS, PNG_KINDS, write_bad_nifti_cases, write_bad_png_cases
-from test_bundle_grata import write_nifti_dataset
-from tiny import tiny_bundle_overrides, tiny_image, tiny_net
+from test_bundle_grata import draw_square
+from tiny import tiny_bundle_overrides, tiny_image, tiny_net, write_nifti_sites
 
 from monai_tta.adapters import SAR, VPTTA, GraTa, NormAdapt, Tent
 from monai_tta.bundle_utils import run_bundle
@@ -23,12 +23,12 @@ from monai_tta.validation import InvalidCaseError
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 GRATA = BUNDLES / "grata_fundus_segmentation"
-#: bundle -> (method name, override file merged after the GraTa configs)
+#: bundle -> its method name
 BUNDLE_RUNS = {
-    "grata_fundus_segmentation": ("GraTa", None),
-    "tent_fundus_segmentation": ("TENT", "tent_fundus_segmentation/configs/inferer.json"),
-    "source_only_fundus_segmentation": ("SourceOnly", "source_only_fundus_segmentation/configs/inferer.json"),
-    "vptta_fundus_segmentation": ("VPTTA", "vptta_fundus_segmentation/configs/inferer.json"),
+    "grata_fundus_segmentation": "GraTa",
+    "tent_fundus_segmentation": "TENT",
+    "source_only_fundus_segmentation": "SourceOnly",
+    "vptta_fundus_segmentation": "VPTTA",
 }
 ADAPTERS = {
     "GraTa": lambda: GraTa(setting="continual"),
@@ -132,10 +132,8 @@ def test_nonfinite_loss_is_undone_even_with_finite_parameters():
 
 # ----------------------------------------------------------------------------------------------- bundles
 def _run(bundle: str, overrides: dict) -> list[dict]:
-    method, override = BUNDLE_RUNS[bundle]
-    configs = ["inference.json", "evaluate.json"] + ([str(BUNDLES / override)] if override else [])
-    run_bundle(GRATA, configs, overrides, logging_file=False)
-    return read_case_csv(Path(overrides["output_dir"]) / method / "cases.csv")
+    run_bundle(BUNDLES / bundle, ["inference.json", "evaluate.json"], overrides, logging_file=False)
+    return read_case_csv(Path(overrides["output_dir"]) / BUNDLE_RUNS[bundle] / "cases.csv")
 
 
 def _interleave(good: list[dict], bad: list[dict]) -> list[dict]:
@@ -182,7 +180,7 @@ def test_each_bundle_records_each_bad_png_case_as_failed_and_goes_on(png_data, b
         bundle, {**tiny, "output_dir": str(tmp_path / "mixed"), "generate_data": False, "datalist_file": str(mixed)}
     )
     _check_matrix(clean, rows, PNG_KINDS)
-    method = BUNDLE_RUNS[bundle][0]
+    method = BUNDLE_RUNS[bundle]
     summary = json.loads((tmp_path / "mixed" / method / "summary.json").read_text())[method]
     assert summary["camera"]["n"] == 3 and summary["camera"]["n_failed"] == len(PNG_KINDS)
 
@@ -191,7 +189,7 @@ def test_each_bundle_records_each_bad_png_case_as_failed_and_goes_on(png_data, b
 def nifti_data(tmp_path_factory):
     """A user's 1-channel NIfTI data (the NIfTI overrides of the GraTa bundle) with the 4 NIfTI-only bad kinds."""
     tmp = tmp_path_factory.mktemp("bad_nifti")
-    datalist = write_nifti_dataset(tmp)
+    datalist = write_nifti_sites(tmp, draw_square, {"siteA": 1.0, "siteB": 0.5})
     content = json.loads(datalist.read_text())
     good = load_datalist(datalist, sections=["siteB"])["siteB"]
     bad = write_bad_nifti_cases(tmp / "bad", good[0], "siteB")
@@ -207,13 +205,9 @@ def nifti_data(tmp_path_factory):
         "label_encoding": "binary",
         "channel_names": ["lesion"],
         "image_size": 32,
-        # NibabelReader alone: with PILReader's reverse_indexing it fails and MONAI falls back to another reader
-        "preprocessing#transforms#0": {
-            "_target_": "LoadImaged",
-            "keys": ["image", "label"],
-            "image_only": True,
-            "reader": "NibabelReader",
-        },
+        # NibabelReader alone: given PILReader's reverse_indexing it fails and MONAI falls back to another reader
+        "preprocessing#transforms#0": {"_target_": "LoadImaged", "keys": "image", "reader": "NibabelReader"},
+        "label_transforms#0": {"_target_": "LoadImaged", "keys": "label", "reader": "NibabelReader"},
         "source_checkpoint": str(tmp / "my_source.pt"),
         "source_training#epochs": 1,
         "handlers#0#_disabled_": True,

@@ -20,8 +20,6 @@ from monai_tta.reports import read_case_csv
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 GRATA = BUNDLES / "grata_fundus_segmentation"
-TENT = str(BUNDLES / "tent_fundus_segmentation" / "configs" / "inferer.json")
-VPTTA = str(BUNDLES / "vptta_fundus_segmentation" / "configs" / "inferer.json")
 PER_DOMAIN = 5
 
 #: the child run: the bundle's own command, each case slowed down so that the kill lands in the middle of the stream.
@@ -55,7 +53,7 @@ def _rows(out: Path, method: str) -> list[dict]:
 
 
 def test_a_run_killed_with_sigkill_resumes_and_ends_with_the_same_results(tiny, tmp_path):
-    overrides = {**tiny, "inferer#setting": "continual"}
+    overrides = {**tiny, "setting": "continual"}
     configs = ["inference.json", "evaluate.json"]
     ckpt_digest = digest(tiny["source_checkpoint"])
     run_bundle(GRATA, configs, {**overrides, "output_dir": str(tmp_path / "whole")}, logging_file=False)
@@ -100,11 +98,14 @@ def _chain(error: BaseException) -> list[BaseException]:
     return chain
 
 
-@pytest.mark.parametrize("method,override", [("TENT", TENT), ("VPTTA", VPTTA)])
-def test_a_crashed_continual_run_resumes_with_the_adapter_state(tiny, tmp_path, method, override, monkeypatch):
-    overrides = {**tiny, "inferer#setting": "continual"}
-    configs = ["inference.json", "evaluate.json", override]
-    run_bundle(GRATA, configs, {**overrides, "output_dir": str(tmp_path / "whole")}, logging_file=False)
+@pytest.mark.parametrize(
+    "method,bundle", [("TENT", "tent_fundus_segmentation"), ("VPTTA", "vptta_fundus_segmentation")]
+)
+def test_a_crashed_continual_run_resumes_with_the_adapter_state(tiny, tmp_path, method, bundle, monkeypatch):
+    overrides = {**tiny, "setting": "continual"}
+    configs = ["inference.json", "evaluate.json"]
+    root = BUNDLES / bundle
+    run_bundle(root, configs, {**overrides, "output_dir": str(tmp_path / "whole")}, logging_file=False)
     expected = _rows(tmp_path / "whole", method)
 
     record = CaseReport.__call__
@@ -117,10 +118,10 @@ def test_a_crashed_continual_run_resumes_with_the_adapter_state(tiny, tmp_path, 
     crashed = {**overrides, "output_dir": str(tmp_path / "crashed")}
     monkeypatch.setattr(CaseReport, "__call__", crash_after_three)
     with pytest.raises(RuntimeError) as info:
-        run_bundle(GRATA, configs, crashed, logging_file=False)
+        run_bundle(root, configs, crashed, logging_file=False)
     assert any(isinstance(e, _Crash) for e in _chain(info.value))
     monkeypatch.setattr(CaseReport, "__call__", record)
-    run_bundle(GRATA, configs, crashed, logging_file=False)
+    run_bundle(root, configs, crashed, logging_file=False)
     assert _rows(tmp_path / "crashed", method) == expected
 
 

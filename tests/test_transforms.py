@@ -87,3 +87,20 @@ def test_dict_version_and_bad_probability():
     assert d["image"].shape == (3, 8, 8) and d["label"] == 1
     with pytest.raises(ValueError, match="prob_noise"):
         StrongStyle(prob_noise=1.5)
+
+
+def test_channels_to_label_map_inverts_the_fundus_and_onehot_encodings():
+    from monai.data import MetaTensor
+
+    from monai_tta.transforms import ChannelsToLabelMap, ChannelsToLabelMapd, FundusMaskToChannels
+
+    mask = torch.tensor([[[255, 128, 0], [255, 0, 128]]], dtype=torch.uint8)  # background, rim, cup
+    channels = FundusMaskToChannels()(mask)
+    label_map = ChannelsToLabelMap()(MetaTensor(channels, meta={"filename_or_obj": "a.png"}))
+    assert label_map.dtype == torch.uint8 and label_map.shape == (1, 2, 3)
+    assert label_map.tolist() == [[[0, 1, 2], [0, 2, 1]]] and label_map.meta["filename_or_obj"] == "a.png"
+    onehot = FundusMaskToChannels("onehot", num_classes=3)(np.array([[[0, 3, 1, 2]]]))
+    out = ChannelsToLabelMapd("pred")({"pred": onehot})["pred"]
+    assert isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.tolist() == [[[0, 3, 1, 2]]]
+    with pytest.raises(ValueError, match="channel-first"):
+        ChannelsToLabelMap()(torch.zeros(4))

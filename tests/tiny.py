@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TinyNet", "tiny_net", "tiny_image", "tiny_bundle_overrides", "digest"]
+__all__ = [
+    "TinyNet",
+    "tiny_net",
+    "scramble_batch_norms",
+    "tiny_image",
+    "tiny_bundle_overrides",
+    "write_nifti_sites",
+    "digest",
+]
 
 
 class TinyNet(nn.Module):
@@ -27,12 +39,19 @@ class TinyNet(nn.Module):
 def tiny_net(seed: int = 0, in_channels: int = 2) -> TinyNet:
     """A TinyNet with random weights, non-trivial BN affine values and source running statistics, in eval mode."""
     torch.manual_seed(seed)
-    net = TinyNet(in_channels=in_channels)
+    return scramble_batch_norms(TinyNet(in_channels=in_channels))
+
+
+def scramble_batch_norms(net: nn.Module) -> nn.Module:
+    """Give every BatchNorm layer of ``net`` non-trivial affine values and running statistics (from torch's global
+    generator); returns ``net`` in eval mode."""
     with torch.no_grad():
-        net.bn.weight.uniform_(0.5, 1.5)
-        net.bn.bias.uniform_(-0.5, 0.5)
-        net.bn.running_mean.uniform_(-0.2, 0.2)
-        net.bn.running_var.uniform_(0.5, 2.0)
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
     return net.eval()
 
 
@@ -55,6 +74,33 @@ def tiny_bundle_overrides(tmp: Path, domains: tuple[str, ...] = ("camera", "dim"
         "source_training#epochs": 1,
         "handlers#0#_disabled_": True,
     }
+
+
+def write_nifti_sites(
+    root: Path,
+    draw: Callable[[np.random.Generator, float], tuple[np.ndarray, np.ndarray]],
+    gains: Mapping[str, float],
+    affine: np.ndarray | None = None,
+    per_site: int = 4,
+) -> Path:
+    """A user's own data set: ``per_site`` NIfTI image/label pairs per site, ``draw(rng, gain) -> (image, label)``,
+    and a MONAI datalist ``my_datalist.json`` with a section per site plus ``source_train`` (all but the last case of
+    the first site) and ``source_val`` (its last case). Returns the datalist's path."""
+    rng = np.random.default_rng(0)
+    affine = np.eye(4) if affine is None else affine
+    sections = {}
+    for site, gain in gains.items():
+        items = []
+        for i in range(per_site):
+            image, label = draw(rng, gain)
+            for name, arr in (("img", image), ("lab", label)):
+                nib.save(nib.Nifti1Image(arr, affine), root / f"{site}_{i}_{name}.nii.gz")
+            items.append({"image": f"{site}_{i}_img.nii.gz", "label": f"{site}_{i}_lab.nii.gz"})
+        sections[site] = items
+    first = next(iter(sections.values()))
+    path = root / "my_datalist.json"
+    path.write_text(json.dumps({"source_train": first[:-1], "source_val": first[-1:], **sections}))
+    return path
 
 
 def digest(path) -> str:

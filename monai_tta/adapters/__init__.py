@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from monai_tta.adapters.base import Adapter, AdapterState, build_optimizer, set_lr
+from monai_tta.adapters.cases import Case, CaseParts, WholeCase
 from monai_tta.adapters.dyna import NightTrainer, confident_pseudo_label, ema_update_, random_flips
 from monai_tta.adapters.grata import GraTa, cosine_lr
 from monai_tta.adapters.sar import SAR, max_entropy
@@ -15,6 +16,9 @@ __all__ = [
     "AdapterState",
     "build_optimizer",
     "set_lr",
+    "Case",
+    "CaseParts",
+    "WholeCase",
     "SourceOnly",
     "NormAdapt",
     "Tent",

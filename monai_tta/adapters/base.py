@@ -4,12 +4,25 @@
 Label call inferers under ``no_grad``), puts the normalisation layers in the regime of the method, takes its update
 step(s) on its own parameter set and returns the prediction that the method reports. Its state (source snapshot,
 optimizer, step count) is kept per network; :meth:`Adapter.reset` returns to the source state.
+
+Any network: the parameters a method updates are one shared option, ``params`` (:mod:`monai_tta.params`); a network
+on which that set is empty raises a clear error on the first call. Any size: a whole input is padded to the size
+multiple the network needs and cropped back (:class:`~monai_tta.adapters.cases.WholeCase`); a volume larger than the
+network's patch goes through :class:`~monai_tta.inferers.SlidingWindowAdapter`, which installs its own
+:class:`~monai_tta.adapters.cases.Case` plan for the call.
+
+Serving (MONAI Label builds the bundle's ``inferer`` once and calls it on one cached network for every request): a call
+holds the adapter's lock, so concurrent requests never interleave their updates; in the ``"episodic"`` setting every
+call starts from the source state and from the seeded random generator, so the same image gives the same prediction
+whatever came before. ``"continual"`` serving (the state carries over between requests) is an explicit opt-in.
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +32,12 @@ from monai.inferers import Inferer
 from monai.utils import look_up_option
 from torch import nn
 
+from monai_tta.adapters.cases import Case, CaseParts, WholeCase
 from monai_tta.adapters.finite_guard import UpdateGuard
 from monai_tta.gradients import only_requires_grad
 from monai_tta.keys import Setting, StatKeys
-from monai_tta.norms import AdaptiveBatchNorm, NormPolicy, bn_affine_params, convert_norms
+from monai_tta.norms import AdaptiveBatchNorm, NormPolicy, convert_norms
+from monai_tta.params import ParamSelection, nothing_to_update_message, select_parameters
 from monai_tta.validation import check_network_input
 
 __all__ = ["Adapter", "AdapterState", "build_optimizer", "set_lr"]
@@ -96,11 +111,13 @@ class Adapter(Inferer):
 
     A subclass implements :meth:`adapt` (the update of one case) and, when needed, :meth:`select_params`,
     :meth:`init_state`, :meth:`reset_state` and :meth:`predict`. Everything else (gradient mode, normalisation regime,
-    per-network state, resets, input protection, statistics) is shared here.
+    per-network state, resets, input protection, statistics) is shared here. An :meth:`adapt` that takes its gradients
+    with ``self.case_parts(inputs).grads(loss_of_part, params)`` (:class:`~monai_tta.adapters.cases.CaseParts`) works
+    unchanged on whole inputs and on the patches of a volume; a method that cannot sets :attr:`supports_patches`.
 
     Args:
-        setting: when to return to the source state: ``"episodic"`` (before each case), ``"domain"`` (when the
-            domain given to :meth:`set_domain` changes) or ``"continual"`` (never).
+        setting: when to return to the source state: ``"episodic"`` (before each case, the seeded random generator
+            included), ``"domain"`` (when the domain given to :meth:`set_domain` changes) or ``"continual"`` (never).
         norm: normalisation regime (a :class:`~monai_tta.norms.NormPolicy`, a regime name or a dict of its fields);
             ``None`` gives the method's published regime.
         optimizer: ``"adam"`` or ``"sgd"``.
@@ -110,15 +127,28 @@ class Adapter(Inferer):
         weight_decay: weight decay.
         steps: update steps per case.
         seed: seed of the adapter's random generator (augmentations); ``None`` draws from torch's global generator.
+        params: the parameters the method updates (:mod:`monai_tta.params`): ``"norm"`` (affine parameters of every
+            normalisation layer: BatchNorm, SyncBatchNorm, InstanceNorm with affine, GroupNorm, LayerNorm), ``"bn"``
+            (BatchNorm only), ``"all"``, or a callable ``network -> parameters``; ``None`` gives the method's
+            default (``"norm"`` for the entropy methods, which on a BatchNorm network is exactly the published BN
+            affine set). Methods without network parameters (source-only, NormAdapt, VPTTA) do not take it.
+        divisor: the size multiple a whole input is padded to (an int or one per spatial axis); ``None`` reads it
+            from the network (:func:`~monai_tta.padding.network_divisor`). The output is cropped back.
 
     Raises:
-        ValueError: for an unknown setting or optimizer, or ``steps < 0``.
+        ValueError: for an unknown setting, optimizer or parameter set, or ``steps < 0``.
     """
 
     #: regime used when ``norm`` is ``None``.
     default_norm: str = "image"
     #: whether the method updates parameters with an optimizer.
     uses_optimizer: bool = True
+    #: parameter set used when ``params`` is ``None``.
+    default_params: ParamSelection = "norm"
+    #: whether the method needs BatchNorm layers with source running statistics (NormAdapt, VPTTA, DyNA's day).
+    requires_batch_norm: bool = False
+    #: whether the method can adapt a volume on patches (:class:`~monai_tta.inferers.SlidingWindowAdapter`).
+    supports_patches: bool = True
 
     def __init__(
         self,
@@ -131,8 +161,14 @@ class Adapter(Inferer):
         weight_decay: float = 0.0,
         steps: int = 1,
         seed: int | None = 0,
+        params: ParamSelection | None = None,
+        divisor: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(params, str):
+            select_parameters(nn.Module(), params)  # validates the name now rather than at the first case
+        self.params = params
+        self.divisor = divisor
         self.setting = look_up_option(setting, Setting)
         self.norm = NormPolicy.from_any(norm, default=self.default_norm)
         self.optimizer_name = look_up_option(optimizer.lower(), _OPTIMIZERS)
@@ -154,12 +190,15 @@ class Adapter(Inferer):
         self._states: weakref.WeakKeyDictionary[nn.Module, AdapterState] = weakref.WeakKeyDictionary()
         self._domain: Any = None
         self._pending_reset = False
+        self._lock = threading.RLock()
         self.last_stats: dict[str, Any] = {}
+        self._case_factory: Callable[[nn.Module], Case] | None = None
+        self._case: Case | None = None
 
     # ----------------------------------------------------------------- hooks for subclasses
     def select_params(self, network: nn.Module) -> list[nn.Parameter]:
-        """The parameters the method updates (default: every BatchNorm weight and bias)."""
-        return bn_affine_params(network)
+        """The parameters the method updates: the set ``params`` (default :attr:`default_params`)."""
+        return select_parameters(network, self.default_params if self.params is None else self.params)
 
     def init_state(self, state: AdapterState, network: nn.Module) -> None:
         """Create method-specific state in ``state.extra`` (called once per network, after the snapshot)."""
@@ -189,12 +228,42 @@ class Adapter(Inferer):
         if state is None:
             norms = convert_norms(network)
             params = list(self.select_params(network))
+            self._check_network(network, params, norms)
             snapshot = [p.detach().clone() for p in params]
             state = AdapterState(network=weakref.ref(network), params=params, norms=norms, snapshot=snapshot)
             state.optimizer = self._make_optimizer(params)
             self._states[network] = state
             self.init_state(state, network)
         return state
+
+    def _check_network(self, network: nn.Module, params: list[nn.Parameter], norms: list[AdaptiveBatchNorm]) -> None:
+        """Raise a clear error for a network the method cannot adapt (before any forward or autograd call)."""
+        name = type(self).__name__
+        if self.requires_batch_norm and not any(layer.has_source_stats for layer in norms):
+            raise ValueError(
+                f"{name} needs BatchNorm layers with source running statistics, and {type(network).__name__} has "
+                "none (InstanceNorm, GroupNorm and LayerNorm already normalise each input by itself). Use a network "
+                "with BatchNorm (for MONAI's UNet: norm='batch'), or a gradient method (Tent, SAR, GraTa) that "
+                "updates the affine parameters of any normalisation layer."
+            )
+        if self.uses_optimizer and not params:
+            raise ValueError(nothing_to_update_message(name, network, self.params))
+
+    # ----------------------------------------------------------------- cases: whole inputs and volumes
+    @contextmanager
+    def using_case(self, factory: Callable[[nn.Module], Case]) -> Iterator[None]:
+        """Within the context, each call follows the :class:`~monai_tta.adapters.cases.Case` plan ``factory(network)``
+        instead of the whole-input plan (used by :class:`~monai_tta.inferers.SlidingWindowAdapter`)."""
+        previous, self._case_factory = self._case_factory, factory
+        try:
+            yield
+        finally:
+            self._case_factory = previous
+
+    def case_parts(self, inputs: torch.Tensor) -> CaseParts:
+        """The parts of the current case that the update computes its gradients on (the whole input outside a call
+        or in the whole-input plan)."""
+        return CaseParts() if self._case is None else self._case.parts(inputs)
 
     def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer | None:
         if not self.uses_optimizer or not params:
@@ -215,6 +284,10 @@ class Adapter(Inferer):
 
         The parameter objects stay the same (values are copied back), so references held elsewhere stay valid.
         """
+        with self._lock:
+            self._reset_states(network)
+
+    def _reset_states(self, network: nn.Module | None) -> None:
         states = [self._states[network]] if network is not None and network in self._states else []
         if network is None:
             states = list(self._states.values())
@@ -245,38 +318,54 @@ class Adapter(Inferer):
             InvalidCaseError: (a ``ValueError``) if ``inputs`` is not a floating-point tensor ``(B, C, *spatial)``
                 with the network's channel count and dimensionality, finite and not constant; the adapter's state is
                 then untouched.
+            ValueError: on the first call with ``network``, if the method has nothing to update on it or needs
+                BatchNorm statistics it lacks.
         """
         check_network_input(inputs, network)
+        with self._lock:  # one case at a time per adapter (concurrent serving requests share the network)
+            logits = self._adapt_and_predict(inputs, network)
+        if isinstance(inputs, MetaTensor):
+            logits = MetaTensor(logits, meta=inputs.meta, applied_operations=inputs.applied_operations)
+        return logits
+
+    def _adapt_and_predict(self, inputs: torch.Tensor, network: nn.Module) -> torch.Tensor:
         state = self.state_for(network)
-        did_reset = self.setting == Setting.EPISODIC or self._pending_reset
+        episodic = self.setting == Setting.EPISODIC
+        did_reset = episodic or self._pending_reset
         if did_reset:
             self.reset(network)
             self._pending_reset = False
+        if episodic and self.seed is not None:
+            self.generator.manual_seed(self.seed)  # the same image gets the same random views on every call
         x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        case = self._case_factory(network) if self._case_factory is not None else WholeCase(network, self.divisor)
+        x = case.prepare(x)
         state.seen += 1
         self.norm.apply(state.norms, state.seen)
         stats: dict[str, Any] = {StatKeys.RESET: did_reset, StatKeys.N_PARAMS: sum(p.numel() for p in state.params)}
         logits = None
-        if self.steps > 0:
-            guard = UpdateGuard(state)
-            with torch.enable_grad(), only_requires_grad(network, state.params):
-                for _ in range(self.steps):
-                    step_stats, reported = self.adapt(state, x, network)
-                    logits = reported if logits is None else logits
-                    stats.update(step_stats)
-            bad = guard.check(state, stats)
-            stats[StatKeys.NONFINITE] = bad is not None
-            if bad is not None:
-                guard.restore(state)
-                stats[StatKeys.NONFINITE_PART] = bad
-            else:
-                state.step += 1
-        if logits is None:
-            with torch.no_grad():
-                logits = self.predict(state, x, network)
+        self._case = case
+        try:
+            with case.statistics(state, network, x):
+                if self.steps > 0:
+                    guard = UpdateGuard(state)
+                    with torch.enable_grad(), only_requires_grad(network, state.params):
+                        for _ in range(self.steps):
+                            step_stats, reported = self.adapt(state, x, network)
+                            logits = reported if logits is None else logits
+                            stats.update(step_stats)
+                    bad = guard.check(state, stats)
+                    stats[StatKeys.NONFINITE] = bad is not None
+                    if bad is not None:
+                        guard.restore(state)
+                        stats[StatKeys.NONFINITE_PART] = bad
+                    else:
+                        state.step += 1
+                if logits is None or not case.whole:
+                    with torch.no_grad():
+                        logits = case.predict(self, state, x, network)
+        finally:
+            self._case = None
         stats[StatKeys.STEP] = state.step
         self.last_stats = stats
-        logits = logits.detach()
-        if isinstance(inputs, MetaTensor):
-            logits = MetaTensor(logits, meta=inputs.meta, applied_operations=inputs.applied_operations)
-        return logits
+        return case.finish(logits.detach())

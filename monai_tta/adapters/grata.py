@@ -39,13 +39,13 @@ from monai.utils import look_up_option
 from torch import nn
 
 from monai_tta.adapters.base import Adapter, AdapterState, set_lr
-from monai_tta.gradients import global_cosine, param_grads, perturb, restore, set_grads
+from monai_tta.gradients import global_cosine, perturb, restore, set_grads
 from monai_tta.graphs import CapturedCall
 from monai_tta.keys import Setting, StatKeys
 from monai_tta.losses import consistency_loss, entropy_loss
 from monai_tta.norms import AdaptiveBatchNorm, per_sample_stats
 from monai_tta.transforms.intensity import StrongStyle
-from monai_tta.transforms.spatial import FLIP_ROT_VIEWS, apply_view, invert_view, views_preserve_shape
+from monai_tta.transforms.spatial import FLIP_ROT_VIEWS, VIEW_DIMS, apply_view, invert_view, views_preserve_shape
 
 __all__ = ["GraTa", "cosine_lr", "GRATA_MODES", "GRATA_VIEW_MODES"]
 
@@ -76,8 +76,14 @@ class GraTa(Adapter):
     5. Restore ``theta``, set the lr to ``base * (cos + 1)^2 / 4``, one optimizer step with ``g_pse``.
     6. Predict with the updated weights.
 
-    Defaults are the reference's: BatchNorm affine parameters, per-image statistics, Adam lr 1e-4 betas (0.9, 0.999),
-    reset at each domain change (continual within a domain).
+    Defaults are the reference's: BatchNorm affine parameters (``params="norm"``: on networks with other normalisation
+    layers, their affine parameters too, our choice), per-image statistics, Adam lr 1e-4 betas (0.9, 0.999), reset at
+    each domain change (continual within a domain).
+
+    Volumes (our choices, ``docs/methods/3d.md``): the views act on the first two spatial axes (the axial plane of a
+    ``(B, C, H, W, D)`` volume, :data:`~monai_tta.transforms.spatial.VIEW_DIMS`), never on the through-plane axis;
+    the strong augmentation works unchanged in 3D. Through :class:`~monai_tta.inferers.SlidingWindowAdapter` both
+    gradients are means over the same patches and the strong view is drawn once per volume.
 
     ``mode="approximate"`` (opt-in, **not the published algorithm**) keeps steps 1, 2, 4 and 5 but
 
@@ -143,7 +149,7 @@ class GraTa(Adapter):
         kwargs.setdefault("lr", 1e-4)
         super().__init__(**kwargs)
         for view in views:
-            apply_view(torch.zeros(1, 1), view)
+            apply_view(torch.zeros(1, 1, 1, 1), view, VIEW_DIMS)
         self.views = tuple(views)
         self.view_mode = look_up_option(view_mode, GRATA_VIEW_MODES)
         self.mode = look_up_option(mode, GRATA_MODES)
@@ -173,12 +179,12 @@ class GraTa(Adapter):
         mode = self.view_mode
         if mode == "auto":
             mode = "separate" if inputs.device.type == "cpu" else "batched"
-        if mode != "separate" and not (inputs.shape[0] == 1 and views_preserve_shape(inputs)):
+        if mode != "separate" and not (inputs.shape[0] == 1 and views_preserve_shape(inputs, VIEW_DIMS)):
             mode = "separate"
         return mode
 
     def _mean_probability(self, view_logits: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
-        probs = [torch.sigmoid(invert_view(z.float(), v)) for z, v in zip(view_logits, self.views)]
+        probs = [torch.sigmoid(invert_view(z.float(), v, VIEW_DIMS)) for z, v in zip(view_logits, self.views)]
         return torch.stack(probs).mean(0)
 
     def pseudo_label(self, inputs: torch.Tensor, network: nn.Module, norms: list[AdaptiveBatchNorm]) -> torch.Tensor:
@@ -194,10 +200,10 @@ class GraTa(Adapter):
                 logits = []
                 with per_sample_stats(norms):
                     for start in range(0, len(self.views), chunk):
-                        batch = torch.cat([apply_view(inputs, v) for v in self.views[start : start + chunk]])
+                        batch = torch.cat([apply_view(inputs, v, VIEW_DIMS) for v in self.views[start : start + chunk]])
                         logits += network(batch).split(1)
             else:
-                logits = [network(apply_view(inputs, v)) for v in self.views]
+                logits = [network(apply_view(inputs, v, VIEW_DIMS)) for v in self.views]
             return self._mean_probability(logits)
 
     def _pseudo_loss(
@@ -205,7 +211,7 @@ class GraTa(Adapter):
     ) -> torch.Tensor:
         """BCE of the strong view against the 6-view soft pseudo-label, both at the current (perturbed) weights."""
         if self.resolved_view_mode(inputs) == "joint":
-            batch = [apply_view(inputs, v) for v in self.views] + [strong]
+            batch = [apply_view(inputs, v, VIEW_DIMS) for v in self.views] + [strong]
             with per_sample_stats(state.norms):
                 logits = network(torch.cat(batch))
             n = len(self.views)
@@ -240,22 +246,35 @@ class GraTa(Adapter):
             the parameters are back at ``theta``.
         """
         network, params = state.network(), state.params
-        aux_logits = network(inputs)
-        aux_loss = entropy_loss(aux_logits.float())
-        g_aux = param_grads(aux_loss, params)
+        parts = self.case_parts(inputs)
+        keep_logits = parts.whole or self.mode != "exact"
+        aux_logits: list[torch.Tensor] = []
+
+        def aux_fn(index: tuple[slice, ...]) -> torch.Tensor:
+            logits = network(parts.take(inputs, index))
+            if keep_logits:
+                aux_logits.append(logits.detach())
+            return entropy_loss(logits.float())
+
+        g_aux, aux_loss, _ = parts.grads(aux_fn, params)
         theta = perturb(params, g_aux, scale=-1.0)
-        if self.mode == "exact":
-            pse_loss = self._pseudo_loss(state, inputs, network, strong)
-        else:  # approximate: the pseudo-label is the entropy pass's own prediction (one view, at theta)
-            pseudo = torch.sigmoid(aux_logits.detach().float())
-            size = self._scaled_size(inputs.shape[2:], network)
-            if size != tuple(inputs.shape[2:]):
-                strong, pseudo = F.interpolate(strong, size=size, mode="area"), F.interpolate(pseudo, size, mode="area")
-            pse_loss = consistency_loss(network(strong).float(), pseudo)
-        g_pse = param_grads(pse_loss, params)
+        own = iter(aux_logits)
+
+        def pse_fn(index: tuple[slice, ...]) -> torch.Tensor:
+            x, s = parts.take(inputs, index), parts.take(strong, index)
+            if self.mode == "exact":
+                return self._pseudo_loss(state, x, network, s)
+            # approximate: the pseudo-label is the entropy pass's own prediction (one view, at theta)
+            pseudo = torch.sigmoid(next(own).float())
+            size = self._scaled_size(x.shape[2:], network)
+            if size != tuple(x.shape[2:]):
+                s, pseudo = F.interpolate(s, size=size, mode="area"), F.interpolate(pseudo, size, mode="area")
+            return consistency_loss(network(s).float(), pseudo)
+
+        g_pse, pse_loss, _ = parts.grads(pse_fn, params)
         restore(params, theta)
-        scalars = torch.stack([global_cosine(g_aux, g_pse).float(), aux_loss.detach(), pse_loss.detach()])
-        return (aux_logits.detach(), scalars, *g_pse)
+        scalars = torch.stack([global_cosine(g_aux, g_pse).float(), aux_loss, pse_loss])
+        return (aux_logits[0] if parts.whole else inputs.new_zeros(0), scalars, *g_pse)
 
     def _captured(self, state: AdapterState, name: str, fn: Callable[..., Sequence[torch.Tensor]]) -> CapturedCall:
         runner = state.extra.get(name)
@@ -269,7 +288,8 @@ class GraTa(Adapter):
     ) -> tuple[torch.Tensor, ...]:
         """``fn(*inputs)``, as a CUDA graph when :meth:`uses_cuda_graph` (the outputs are then cloned). A capture
         that fails (e.g. a network that synchronises with the host) falls back to eager calls, with a warning."""
-        if not self.uses_cuda_graph(inputs[0]) or state.extra.get(_GRAPH_FAILED):
+        patchwise = not self.case_parts(inputs[0]).whole
+        if patchwise or not self.uses_cuda_graph(inputs[0]) or state.extra.get(_GRAPH_FAILED):
             return tuple(fn(*inputs))
         try:
             outputs = self._captured(state, name, fn)(*inputs)

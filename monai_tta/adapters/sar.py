@@ -11,10 +11,10 @@ from monai.utils import look_up_option
 from torch import nn
 
 from monai_tta.adapters.base import Adapter, AdapterState
-from monai_tta.gradients import global_cosine, param_grads, perturb, restore, set_grads
+from monai_tta.adapters.cases import CaseParts
+from monai_tta.gradients import global_cosine, perturb, restore, set_grads
 from monai_tta.keys import Setting, StatKeys
 from monai_tta.losses import entropy_map
-from monai_tta.norms import AdaptiveBatchNorm
 
 __all__ = ["SAR", "max_entropy"]
 
@@ -46,14 +46,16 @@ class SAR(Adapter):
       ``0.4 C / e`` for sigmoid outputs;
     - ``reset_threshold`` defaults to the reference's 0.2 scaled by the same maximum (``0.2 / ln 1000``);
     - ``exclude`` names the module prefixes whose norm layers are not adapted (the reference drops ResNet's
-      ``layer4``; pass ``["res.layer4"]`` for :class:`~monai_tta.networks.ResUNet`).
+      ``layer4``; pass ``["res.layer4"]`` for :class:`~monai_tta.networks.ResUNet`);
+    - a volume adapted on patches treats each patch as a sample of the reliability filter: both gradients are the
+      means over the patches that pass it, and the reported prediction is the sliding-window one after the update.
 
     Args:
         rho: SAM neighbourhood radius (0.05).
         margin: entropy filter; ``None`` derives it from the output channels on the first case.
         reset_threshold: model-recovery threshold on the loss EMA; ``None`` derives it likewise.
         activation: ``"sigmoid"`` or ``"softmax"``.
-        exclude: module name prefixes whose BatchNorm parameters stay frozen.
+        exclude: module name prefixes whose parameters stay frozen.
         kwargs: :class:`~monai_tta.adapters.base.Adapter` arguments; defaults here: SGD, momentum 0.9,
             ``lr = 0.00025 / 64 * 2 * 2`` (the reference's rule at batch size 1), continual.
     """
@@ -79,12 +81,15 @@ class SAR(Adapter):
         self.exclude = tuple(exclude)
 
     def select_params(self, network: nn.Module) -> list[nn.Parameter]:
-        params = []
-        for name, module in network.named_modules():
-            if isinstance(module, (nn.modules.batchnorm._BatchNorm, AdaptiveBatchNorm)):
-                if not any(name == p or name.startswith(p + ".") for p in self.exclude):
-                    params.extend(p for p in (module.weight, module.bias) if p is not None)
-        return params
+        """The ``params`` set (default: the affine parameters of the normalisation layers) without those of the
+        modules named in ``exclude``."""
+        excluded = {
+            id(p)
+            for name, module in network.named_modules()
+            if any(name == e or name.startswith(e + ".") for e in self.exclude)
+            for p in module.parameters()
+        }
+        return [p for p in super().select_params(network) if id(p) not in excluded]
 
     def reset_state(self, state: AdapterState) -> None:
         state.extra.pop("ema", None)
@@ -95,36 +100,57 @@ class SAR(Adapter):
     def adapt(
         self, state: AdapterState, inputs: torch.Tensor, network: nn.Module
     ) -> tuple[dict[str, Any], torch.Tensor | None]:
-        logits = network(inputs)
-        top = max_entropy(logits.shape[1], self.activation)
-        margin = 0.4 * top if self.margin is None else self.margin
-        threshold = _RESET_RATIO * top if self.reset_threshold is None else self.reset_threshold
-        ent = self._entropies(logits)
-        keep = ent < margin
-        stats: dict[str, Any] = {StatKeys.LOSS: float(ent.mean().detach()), StatKeys.LR: self.lr}
-        if not bool(keep.any()):
+        parts = self.case_parts(inputs)
+        reported: list[torch.Tensor] = []
+        entropies: list[torch.Tensor] = []
+        kept: list[tuple[tuple[slice, ...], torch.Tensor]] = []
+        limits: list[float] = []
+
+        def first_loss(index: tuple[slice, ...]) -> torch.Tensor | None:
+            logits = network(parts.take(inputs, index))
+            if parts.whole:
+                reported.append(logits.detach())
+            if not limits:
+                top = max_entropy(logits.shape[1], self.activation)
+                limits.append(0.4 * top if self.margin is None else self.margin)
+                limits.append(_RESET_RATIO * top if self.reset_threshold is None else self.reset_threshold)
+            ent = self._entropies(logits)
+            entropies.append(ent.detach())
+            keep = ent < limits[0]
+            if not bool(keep.any()):
+                return None
+            kept.append((index, keep))
+            return ent[keep].mean()
+
+        g, _, _ = parts.grads(first_loss, state.params)
+        margin, threshold = limits
+        logits = reported[0] if reported else None
+        stats: dict[str, Any] = {StatKeys.LOSS: float(torch.cat(entropies).mean()), StatKeys.LR: self.lr}
+        if g is None:
             stats[StatKeys.N_STEPS] = 0
-            return stats, logits.detach()
-        g = param_grads(ent[keep].mean(), state.params)
+            return stats, logits
         norm = float(torch.stack([t.pow(2).sum() for t in g]).sum().sqrt())
         theta = perturb(state.params, g, scale=self.rho / (norm + 1e-12))
-        ent2 = self._entropies(network(inputs[keep]))
-        keep2 = ent2 < margin
-        if bool(keep2.any()):
-            loss2 = ent2[keep2].mean()
-            g2 = param_grads(loss2, state.params)
-            restore(state.params, theta)
+        masks = iter([keep for _, keep in kept])
+
+        def second_loss(index: tuple[slice, ...]) -> torch.Tensor | None:
+            ent2 = self._entropies(network(parts.take(inputs, index)[next(masks)]))
+            keep2 = ent2 < margin
+            return ent2[keep2].mean() if bool(keep2.any()) else None
+
+        second = parts if parts.whole else CaseParts([index for index, _ in kept])
+        g2, loss2, used = second.grads(second_loss, state.params)
+        restore(state.params, theta)
+        if g2 is not None:
             set_grads(state.params, g2)
             state.optimizer.step()
-            value = float(loss2.detach())
+            value = float(loss2)
             ema = state.extra.get("ema")
             state.extra["ema"] = value if ema is None else 0.9 * ema + 0.1 * value
             stats.update({StatKeys.PSEUDO_LOSS: value, StatKeys.COSINE: float(global_cosine(g, g2))})
             stats["ema"] = state.extra["ema"]
-        else:
-            restore(state.params, theta)
-        stats[StatKeys.N_STEPS] = int(keep2.any())
+        stats[StatKeys.N_STEPS] = int(used > 0)
         if state.extra.get("ema") is not None and state.extra["ema"] < threshold:
             self.reset(network)
             stats["recovered"] = True
-        return stats, logits.detach()
+        return stats, logits

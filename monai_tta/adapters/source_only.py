@@ -19,6 +19,8 @@ class SourceOnly(Adapter):
     uses_optimizer = False
 
     def __init__(self, norm: Any = None, **kwargs: Any) -> None:
+        if kwargs.get("params") is not None:
+            raise ValueError(f"{type(self).__name__} updates no parameter; do not pass params.")
         kwargs.setdefault("setting", Setting.CONTINUAL)
         super().__init__(norm=norm, steps=0, **kwargs)
 
@@ -33,6 +35,10 @@ class NormAdapt(SourceOnly):
         norm: regime; default ``"image"`` (per-image statistics); ``{"regime": "mix", "prior": 0.2}`` keeps
             a source prior.
         kwargs: :class:`~monai_tta.adapters.base.Adapter` arguments.
+
+    Raises:
+        ValueError: on the first call, for a network without BatchNorm running statistics (nothing to adapt).
     """
 
     default_norm = NormRegime.IMAGE
+    requires_batch_norm = True

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from monai_tta.adapters.base import Adapter, AdapterState
-from monai_tta.gradients import param_grads, set_grads
+from monai_tta.gradients import set_grads
 from monai_tta.keys import Setting, StatKeys
 from monai_tta.losses import entropy_loss
 
@@ -18,9 +18,11 @@ __all__ = ["Tent"]
 class Tent(Adapter):
     """Entropy minimisation on the BatchNorm affine parameters with per-image statistics.
 
-    Defaults follow the medical variant of the spec: sigmoid entropy ``-sum_c p_c log p_c``, Adam lr 1e-4, BN affine
-    only, per-image statistics, one step per case, continual. The reference returns the forward made *before* the
-    update.
+    Defaults follow the medical variant of the spec: sigmoid entropy ``-sum_c p_c log p_c``, Adam lr 1e-4, the affine
+    parameters of the normalisation layers (``params="norm"``: on a BatchNorm network exactly TENT's BN affine set),
+    per-image statistics, one step per case, continual. The reference returns the forward made *before* the update.
+    A volume adapted on patches takes one step on the mean entropy gradient of its patches and reports the
+    sliding-window prediction made after the update (our choice: a pre-update prediction would need one more pass).
 
     Args:
         activation: ``"sigmoid"`` (multi-label heads) or ``"softmax"``.
@@ -38,9 +40,17 @@ class Tent(Adapter):
     def adapt(
         self, state: AdapterState, inputs: torch.Tensor, network: nn.Module
     ) -> tuple[dict[str, Any], torch.Tensor | None]:
-        logits = network(inputs)
-        loss = entropy_loss(logits, self.activation)
-        set_grads(state.params, param_grads(loss, state.params))
+        parts = self.case_parts(inputs)
+        forwards: list[torch.Tensor] = []
+
+        def loss_fn(index: tuple[slice, ...]) -> torch.Tensor:
+            logits = network(parts.take(inputs, index))
+            if parts.whole:
+                forwards.append(logits.detach())
+            return entropy_loss(logits, self.activation)
+
+        grads, loss, _ = parts.grads(loss_fn, state.params)
+        set_grads(state.params, grads)
         state.optimizer.step()
-        reported = None if self.predict_after_update else logits.detach()
-        return {StatKeys.LOSS: float(loss.detach()), StatKeys.LR: self.lr}, reported
+        reported = None if self.predict_after_update or not parts.whole else forwards[0]
+        return {StatKeys.LOSS: float(loss), StatKeys.LR: self.lr}, reported

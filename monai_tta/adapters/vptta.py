@@ -76,11 +76,20 @@ class VPTTA(Adapter):
         kwargs: :class:`~monai_tta.adapters.base.Adapter` arguments; defaults here: ``setting="continual"``,
             ``norm="warmup"`` (``warm_n=5``), Adam ``lr=0.05`` (fundus; 0.01 for polyp), ``betas=(0.9, 0.99)``.
 
+    Volumes: the prompt is N-dimensional (a low-frequency window of the 3D spectrum, ``prompt_size`` per axis), so a
+    volume adapted whole (padded to the network's size multiple) works as an image does. Adapting a volume on patches
+    (:class:`~monai_tta.inferers.SlidingWindowAdapter`) is not supported: VPTTA's prompt and memory key are defined on
+    the whole input's spectrum.
+
     Raises:
-        ValueError: for invalid prompt or bank settings (see :class:`FourierPrompt`, :class:`PromptMemory`).
+        ValueError: for invalid prompt or bank settings (see :class:`FourierPrompt`, :class:`PromptMemory`), for
+            ``params`` (the method updates its prompt only), and on the first call for a network without BatchNorm
+            running statistics (the alignment loss and the warm-up statistics need them).
     """
 
     default_norm = NormRegime.WARMUP
+    requires_batch_norm = True
+    supports_patches = False
 
     def __init__(
         self,
@@ -95,6 +104,8 @@ class VPTTA(Adapter):
         roll_channels: bool = False,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("params") is not None:
+            raise ValueError("VPTTA updates its prompt only (the network stays frozen); do not pass params.")
         kwargs.setdefault("setting", Setting.CONTINUAL)
         kwargs.setdefault("lr", 0.05)
         kwargs.setdefault("betas", (0.9, 0.99))

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from monai_tta.keys import DataKeys
 
-__all__ = ["PATH_KEYS", "case_id_from_path", "load_datalist", "domain_stream"]
+__all__ = ["PATH_KEYS", "case_id_from_path", "load_datalist", "domain_stream", "DeferredData"]
 
 PATH_KEYS: tuple[str, ...] = (DataKeys.IMAGE.value, DataKeys.LABEL.value)
 """Keys whose values are file paths, resolved against the datalist folder (or ``base_dir``)."""
@@ -160,3 +160,24 @@ def domain_stream(
                 copy.setdefault(DataKeys.DOMAIN.value, name)
                 stream.append(copy)
     return stream
+
+
+class DeferredData(Iterable):
+    """Data items read when iterated, not when built.
+
+    A bundle builds its dataset, data loader and evaluator when its config is checked (``ConfigWorkflow``'s
+    ``check_properties`` instantiates them), before its ``run`` has written the data; wrapping the datalist in this
+    class (with ``monai.data.IterableDataset``) lets those objects exist before the files do, so checking a config
+    reads and writes nothing. It has no length: MONAI's engines then count the iterations as they run.
+
+    Args:
+        load: called at the start of every iteration; returns the data items (e.g. a :func:`domain_stream`).
+    """
+
+    def __init__(self, load: Callable[[], Iterable]) -> None:
+        if not callable(load):
+            raise TypeError(f"load must be a callable returning the data items, got {type(load).__name__}.")
+        self.load = load
+
+    def __iter__(self) -> Iterator:
+        return iter(self.load())

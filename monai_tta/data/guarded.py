@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from monai.data import Dataset
+from monai.data import IterableDataset
 from monai.data.utils import list_data_collate
-from torch.utils.data import DataLoader, Subset
+from monai.transforms import apply_transform
 
 from monai_tta.data.datalist import PATH_KEYS
 from monai_tta.keys import DataKeys
@@ -68,19 +68,19 @@ def failure_reason(error: BaseException, item: Mapping[str, Any] | None = None) 
     return reason if len(reason) <= _MAX_REASON else reason[: _MAX_REASON - 3] + "..."
 
 
-class GuardedDataset(Dataset):
-    """A MONAI ``Dataset`` whose items never raise: a case whose transform fails becomes a failure record
+class GuardedDataset(IterableDataset):
+    """A MONAI ``IterableDataset`` whose items never raise: a case whose transform fails becomes a failure record
     ``{"case_id", "domain", "failure": reason}``.
 
     Args:
-        data: the data dictionaries.
+        data: the data dictionaries (a list, or any iterable such as :class:`~monai_tta.data.DeferredData`).
         transform: the preprocessing (loading, validation, resizing...).
     """
 
-    def _transform(self, index: int) -> Any:
-        item = self.data[index]
+    def apply(self, item: Any, index: int) -> Any:
+        """The transformed ``item`` (the ``index``-th case), or its failure record."""
         try:
-            return super()._transform(index)
+            return apply_transform(self.transform, item) if self.transform is not None else item
         except Exception as e:  # noqa: BLE001 - every failure of a case is recorded, none stops the run
             info = item if isinstance(item, Mapping) else {}
             return {
@@ -89,45 +89,55 @@ class GuardedDataset(Dataset):
                 FAILURE_KEY: failure_reason(e, info),
             }
 
+    def __iter__(self) -> Iterator[Any]:
+        for index, item in enumerate(self.data):
+            yield self.apply(item, index)
+
 
 def _is_failure(item: Any) -> bool:
     return isinstance(item, Mapping) and FAILURE_KEY in item
 
 
 class CaseStream:
-    """Iterate a (guarded) dataset one case at a time, in order; failed cases are kept aside, not yielded.
+    """Iterate a :class:`GuardedDataset` one case at a time, in order; failed cases are kept aside, not yielded.
+
+    Each good case is yielded as a batch of one (collated). Loading runs in this process: a case is one batch and
+    adaptation, not loading, sets the pace.
 
     Args:
-        dataset: the cases (a :class:`GuardedDataset` for bad-file tolerance; any map-style dataset works).
-        num_workers: data loader workers.
-        kwargs: other ``DataLoader`` arguments (``batch_size`` and ``shuffle`` are fixed to 1 and ``False``: a case is
-            one batch, in stream order).
+        dataset: the cases.
 
     Attributes:
         skip: number of cases at the start of the stream not to load (set by a resumed run before iterating).
         position: number of cases consumed so far (good or failed), counting the skipped ones.
     """
 
-    def __init__(self, dataset: Sequence[Any], num_workers: int = 0, **kwargs: Any) -> None:
-        kwargs.pop("batch_size", None), kwargs.pop("shuffle", None)
+    def __init__(self, dataset: GuardedDataset) -> None:
+        if not isinstance(dataset, GuardedDataset):
+            raise TypeError(f"CaseStream needs a monai_tta.data.GuardedDataset, got {type(dataset).__name__}.")
         self.dataset = dataset
-        self.loader_kwargs = {"num_workers": num_workers, **kwargs}
         self.skip = 0
         self.position = 0
         self._failures: list[dict[str, Any]] = []
 
+    def cases(self) -> list[Any]:
+        """The data items of the stream (not loaded)."""
+        return list(self.dataset.data)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        self.position = self.skip
+        self.position = 0
         self._failures = []
-        remaining = Subset(self.dataset, range(min(self.skip, len(self.dataset)), len(self.dataset)))
-        for batch in DataLoader(remaining, batch_size=None, shuffle=False, **self.loader_kwargs):
-            self.position += 1
-            if _is_failure(batch):
-                failure = {str(k): str(v) for k, v in batch.items()}
+        for index, item in enumerate(self.dataset.data):
+            self.position = index + 1
+            if index < self.skip:
+                continue
+            out = self.dataset.apply(item, index)
+            if _is_failure(out):
+                failure = {str(k): str(v) for k, v in out.items()}
                 logger.warning(f"case {failure[DataKeys.CASE_ID]!r} skipped: {failure[FAILURE_KEY]}")
                 self._failures.append(failure)
                 continue
-            yield list_data_collate([batch])
+            yield list_data_collate([out])
 
     def pop_failures(self) -> list[dict[str, Any]]:
         """The failure records seen since the last call, in stream order."""

@@ -34,10 +34,11 @@ from torch.utils.data import DataLoader, Dataset
 from monai_tta.adapters.base import Adapter, build_optimizer
 from monai_tta.adapters.dyna import ITERATION_KEY, SEED_KEY, NightTrainer, derived_seed, ema_update_
 from monai_tta.adapters.vptta import VPTTA
-from monai_tta.io import atomic_save, atomic_write, atomic_write_json, atomic_write_text
+from monai_tta.io import atomic_save, atomic_write_json, atomic_write_text
 from monai_tta.keys import DataKeys, StatKeys
 from monai_tta.keys import DayNightKeys as K
 from monai_tta.norms import norm_layers
+from monai_tta.reports import format_cell, markdown_table, plot_day_night
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
@@ -623,11 +624,11 @@ def write_daynight_summary(
         "",
         "## Per day",
         "",
-        _md_table(per_day, columns, "day") if per_day else "(no day)",
+        markdown_table(per_day, columns, "day", formatter=format_cell) if per_day else "(no day)",
         "",
-        f"Mean day Dice over the stream: {_fmt(_percent(report.get(K.MEAN_DAY_DICE.value)))}. Held-out Dice of the "
-        f"initial model: {_fmt(_percent(report.get(K.INITIAL_HELDOUT_DICE.value)))}, after the last night: "
-        f"{_fmt(_percent(report.get(K.FINAL_HELDOUT_DICE.value)))}.",
+        f"Mean day Dice over the stream: {format_cell(_percent(report.get(K.MEAN_DAY_DICE.value)))}. "
+        f"Held-out Dice of the initial model: {format_cell(_percent(report.get(K.INITIAL_HELDOUT_DICE.value)))}, "
+        f"after the last night: {format_cell(_percent(report.get(K.FINAL_HELDOUT_DICE.value)))}.",
     ]
     heldout_groups: dict[str, dict[str, float | None]] = {}
     if report.get(K.INITIAL_HELDOUT_DICE_PER_GROUP.value) is not None:
@@ -646,7 +647,7 @@ def write_daynight_summary(
             "",
             "Global student on the held-out cases of each group; 'mean' is the mean over groups.",
             "",
-            _md_table(table, [*groups, "mean"], "model"),
+            markdown_table(table, [*groups, "mean"], "model", formatter=format_cell),
         ]
     if report.get(K.DAY_DICE_PER_GROUP.value):
         stream_groups = list(report[K.DAY_DICE_PER_GROUP.value])
@@ -663,78 +664,19 @@ def write_daynight_summary(
             "",
             "Predictions made during the days, per group of the stream ('-': no case of that group that day).",
             "",
-            _md_table(table, [*stream_groups, "all"], "day"),
+            markdown_table(table, [*stream_groups, "all"], "day", formatter=format_cell),
         ]
     lines += ["", f"![{title}]({PLOT_NAME})", ""]
     paths = {"markdown": out / SUMMARY_NAME, "plot": out / PLOT_NAME}
     atomic_write_text("\n".join(lines), paths["markdown"])
-    _plot_daynight(report, heldout_groups, paths["plot"], title)
+    plot_day_night(
+        [(r[K.DAY.value] + 1, _percent(r.get(K.DAY_DICE.value))) for r in days],
+        [(0, _percent(report.get(K.INITIAL_HELDOUT_DICE.value)))]
+        + [(r[K.DAY.value] + 1, _percent(r.get(K.HELDOUT_DICE.value))) for r in days if K.HELDOUT_DICE.value in r],
+        {k: {g: _percent(v) for g, v in row.items()} for k, row in heldout_groups.items()},
+        paths["plot"],
+        title,
+    )
     if (out / REPORT_NAME).is_file():
         paths["json"] = out / REPORT_NAME
     return paths
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.2e}"
-    return str(value)
-
-
-def _md_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str], row_title: str) -> str:
-    """A Markdown table: floats with 2 decimals, other values as text, missing values as ``-``."""
-    lines = ["| " + " | ".join([row_title, *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
-    for name, values in rows.items():
-        lines.append("| " + " | ".join([name, *(_fmt(values.get(c)) for c in columns)]) + " |")
-    return "\n".join(lines)
-
-
-def _plot_daynight(
-    report: Mapping[str, Any], heldout_groups: Mapping[str, Mapping[str, float | None]], path: Path, title: str
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    days = list(report[K.DAYS.value])
-    fig, axes = plt.subplots(1, 2 if heldout_groups else 1, figsize=(10 if heldout_groups else 5.5, 3.8), squeeze=False)
-    ax = axes[0, 0]
-    xs = [r[K.DAY.value] + 1 for r in days]
-    day_dice = [_percent(r.get(K.DAY_DICE.value)) for r in days]
-    if any(v is not None for v in day_dice):
-        ax.plot(xs, [float("nan") if v is None else v for v in day_dice], "o-", label="day predictions (day k)")
-    nights = [(0, _percent(report.get(K.INITIAL_HELDOUT_DICE.value)))]
-    nights += [(r[K.DAY.value] + 1, _percent(r.get(K.HELDOUT_DICE.value))) for r in days if K.HELDOUT_DICE.value in r]
-    if any(v is not None for _, v in nights):
-        ax.plot(
-            [n for n, _ in nights],
-            [float("nan") if v is None else v for _, v in nights],
-            "s--",
-            label="held-out, after night k (0: initial)",
-        )
-    ax.set_xticks(range(len(days) + 1))
-    ax.set_xlabel("day / night k")
-    ax.set_ylabel("Dice (%)")
-    ax.set_title(f"{title}: mean Dice")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    if heldout_groups:
-        ax = axes[0, 1]
-        rows = list(heldout_groups.values())
-        for group in rows[0]:
-            values = [_percent(row.get(group)) for row in rows]
-            style = "k--" if group == "mean" else "o-"
-            ax.plot(range(len(rows)), [float("nan") if v is None else v for v in values], style, label=group)
-        ax.set_xticks(range(len(rows)), [str(i) for i in range(len(rows))])
-        ax.set_xlabel("nights (0: initial model)")
-        ax.set_ylabel("Dice (%)")
-        ax.set_title(f"{title}: held-out Dice per group")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
-    finally:
-        plt.close(fig)

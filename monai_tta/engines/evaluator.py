@@ -10,6 +10,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from monai_tta.adapters.base import Adapter
+from monai_tta.inferers.sliding_window import SlidingWindowAdapter
 from monai_tta.keys import DataKeys
 
 if TYPE_CHECKING:
@@ -65,12 +66,12 @@ class AdaptiveEvaluator(SupervisedEvaluator):
         device: device of the run.
         val_data_loader: the stream of cases (in order; ``shuffle=False``).
         network: the source network.
-        inferer: the adapter.
+        inferer: the adapter, or a :class:`~monai_tta.inferers.SlidingWindowAdapter` for volumes.
         domain_key: data key of the domain name.
         kwargs: other :class:`monai.engines.SupervisedEvaluator` arguments.
 
     Raises:
-        TypeError: if ``inferer`` is not an ``Adapter``.
+        TypeError: if ``inferer`` is neither an ``Adapter`` nor a ``SlidingWindowAdapter``.
     """
 
     def __init__(
@@ -78,12 +79,14 @@ class AdaptiveEvaluator(SupervisedEvaluator):
         device: torch.device | str,
         val_data_loader: Any,
         network: torch.nn.Module,
-        inferer: Adapter,
+        inferer: Adapter | SlidingWindowAdapter,
         domain_key: str = DataKeys.DOMAIN,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(inferer, Adapter):
-            raise TypeError(f"inferer must be a monai_tta Adapter, got {type(inferer).__name__}.")
+        if not isinstance(inferer, (Adapter, SlidingWindowAdapter)):
+            raise TypeError(
+                f"inferer must be a monai_tta Adapter or SlidingWindowAdapter, got {type(inferer).__name__}."
+            )
         super().__init__(device=device, val_data_loader=val_data_loader, network=network, inferer=inferer, **kwargs)
         self.domain_key = domain_key
         self.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._record_stats)

@@ -1,4 +1,4 @@
-"""Per-case records (Dice, surface distance, adaptation statistics) and a per-domain summary for an evaluator."""
+"""Per-case records (Dice, surface distances, adaptation statistics) and a per-domain summary for an evaluator."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from monai.data import MetaTensor
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from monai_tta.data.guarded import FAILURE_KEY
 from monai_tta.engines.evaluator import ADAPT_KEY
 from monai_tta.io import atomic_write_json, atomic_write_text
 from monai_tta.keys import CaseStatus, DataKeys
-from monai_tta.metrics import asd_per_channel, dice_per_channel
+from monai_tta.metrics import asd_per_channel, dice_per_channel, hd95_per_channel
 from monai_tta.reports import MEAN_DICE, markdown_table, plot_domain_dice, summarize, write_case_csv
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -29,11 +30,12 @@ class CaseReport:
     """Write one CSV row per case as the evaluator goes, and a per-domain summary at the end.
 
     Rows hold ``case_id``, ``domain``, ``method``, ``status`` (``ok`` or ``failed``), Dice and average surface distance
-    per channel and their means, and the adapter's statistics. A case that failed to load or validate (reported by
-    the engine's :class:`~monai_tta.data.CaseStream`) gets a row with ``status=failed`` and its ``error``, in stream
-    order. The CSV is rewritten (atomically) after every case, so an interrupted run keeps the cases it scored. At
-    completion it writes ``summary.json`` (per domain: the means over the scored cases, ``n`` and ``n_failed``),
-    ``summary.md`` and ``dice_per_domain.png`` and logs the per-domain table.
+    (in voxels) per channel and their means, optionally the 95th-percentile Hausdorff distance (``hd95_*``, in the
+    prediction's physical units when it is a ``MetaTensor``, else in voxels), and the adapter's statistics. A case that
+    failed to load or validate (reported by the engine's :class:`~monai_tta.data.CaseStream`) gets a row with
+    ``status=failed`` and its ``error``, in stream order. The CSV is rewritten (atomically) after every case, so an
+    interrupted run keeps the cases it scored. At completion it writes ``summary.json`` (per domain: the means over the
+    scored cases, ``n`` and ``n_failed``), ``summary.md`` and ``dice_per_domain.png`` and logs the per-domain table.
 
     Args:
         output_dir: folder for ``cases.csv`` and the summary files.
@@ -42,6 +44,8 @@ class CaseReport:
         pred_key: key of the post-processed, binarised prediction.
         label_key: key of the label.
         compute_asd: also compute the average surface distance.
+        compute_hd95: also compute the 95th-percentile Hausdorff distance (:func:`~monai_tta.metrics.hd95_per_channel`),
+            with the voxel size of the prediction's affine.
         name: logger name.
 
     Raises:
@@ -56,6 +60,7 @@ class CaseReport:
         pred_key: str = DataKeys.PRED,
         label_key: str = DataKeys.LABEL,
         compute_asd: bool = True,
+        compute_hd95: bool = False,
         name: str = "monai_tta.report",
     ) -> None:
         if not channel_names:
@@ -65,6 +70,7 @@ class CaseReport:
         self.channel_names = list(channel_names)
         self.pred_key, self.label_key = pred_key, label_key
         self.compute_asd = compute_asd
+        self.compute_hd95 = compute_hd95
         self.logger = logging.getLogger(name)
         self.rows: list[dict[str, Any]] = []
         self.summary: dict[str, dict[str, float]] = {}
@@ -119,6 +125,11 @@ class CaseReport:
                 asd = asd_per_channel(pred, label)
                 row.update({f"asd_{c}": v for c, v in zip(self.channel_names, asd)})
                 row["asd_mean"] = sum(asd) / len(asd)
+            if self.compute_hd95:
+                spacing = pred.pixdim.tolist() if isinstance(pred, MetaTensor) else None
+                hd95 = hd95_per_channel(pred, label, spacing)
+                row.update({f"hd95_{c}": v for c, v in zip(self.channel_names, hd95)})
+                row["hd95_mean"] = sum(hd95) / len(hd95)
         row.update({k: float(v) for k, v in item.get(ADAPT_KEY, {}).items()})
         return row
 
@@ -140,6 +151,7 @@ class CaseReport:
             return
         cols = [f"dice_{c}" for c in self.channel_names] + [MEAN_DICE]
         cols += ["asd_mean"] if self.compute_asd else []
+        cols += ["hd95_mean"] if self.compute_hd95 else []
         cols += ["n_failed"] if len(scored) < len(self.rows) else []
         table = markdown_table(self.summary, cols, row_title="domain")
         atomic_write_text(f"# {self.method}\n\n{table}\n", self.output_dir / "summary.md")

@@ -71,7 +71,7 @@ class RunCheckpoint:
     @staticmethod
     def _stream(engine: Engine) -> Any:
         stream = engine.data_loader
-        if not (hasattr(stream, "skip") and hasattr(stream, "position")):
+        if not (hasattr(stream, "skip") and hasattr(stream, "position") and hasattr(stream, "cases")):
             raise TypeError(
                 "RunCheckpoint needs the evaluator's data to be a monai_tta.data.CaseStream, "
                 f"got {type(stream).__name__}."
@@ -81,9 +81,7 @@ class RunCheckpoint:
     def _fingerprint(self, engine: Engine) -> dict[str, Any]:
         """What must not change between a run and its resumption: the cases, the method and its settings, and the
         source network (a digest of its weights at the start)."""
-        stream = self._stream(engine)
-        data = getattr(stream.dataset, "data", None)
-        cases = [case_name(d, default=str(i)) for i, d in enumerate(data)] if data is not None else len(stream.dataset)
+        cases = [case_name(d, default=str(i)) for i, d in enumerate(self._stream(engine).cases())]
         adapter = engine.inferer
         settings = {k: repr(v) for k, v in sorted(vars(adapter).items()) if not k.startswith("_") and _plain(v)}
         digest = hashlib.sha256()
@@ -113,7 +111,7 @@ class RunCheckpoint:
         load_adapter_state_dict(engine.inferer, engine.network, ckpt["adapter"])
         self.report.rows = list(ckpt["rows"])
         self._stream(engine).skip = self.resumed_at = int(ckpt["position"])
-        if self.resumed_at >= len(self._stream(engine).dataset):  # finished before: only the summary is rewritten
+        if self.resumed_at >= len(self._fp["cases"]):  # finished before: only the summary is rewritten
             self.logger.info(f"{self.report.method}: all {self.resumed_at} cases were done before ({self.path}).")
             engine.terminate()
             return

@@ -127,9 +127,15 @@ class ResNetEncoder(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         skips.append(x)
         x = self.maxpool(x)
-        for name in ("layer1", "layer2", "layer3", "layer4"):
-            x = getattr(self, name)(x)
-            skips.append(x)
+        # the four stages written out (no getattr): the forward stays TorchScript-compatible (torch.jit.script)
+        x = self.layer1(x)
+        skips.append(x)
+        x = self.layer2(x)
+        skips.append(x)
+        x = self.layer3(x)
+        skips.append(x)
+        x = self.layer4(x)
+        skips.append(x)
         return x, skips
 
 
@@ -185,11 +191,10 @@ class ResUNet(nn.Module):
         ValueError: on invalid ``layers``.
     """
 
-    #: the input height and width must be multiples of this.
-    size_divisor: int = 32
-
     def __init__(self, in_channels: int = 3, out_channels: int = 2, layers: Sequence[int] = (3, 4, 6, 3)) -> None:
         super().__init__()
+        #: the input height and width must be multiples of this (an instance attribute, seen by torch.jit.script).
+        self.size_divisor = 32
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.res = ResNetEncoder(in_channels=in_channels, layers=layers)
@@ -213,12 +218,16 @@ class ResUNet(nn.Module):
         Raises:
             ValueError: if the input is not 4D or its spatial size is not a multiple of 32.
         """
+        # plain string concatenation keeps the forward TorchScript-compatible (torch.jit.script)
         if x.ndim != 4:
-            raise ValueError(f"ResUNet expects a (B, C, H, W) input, got shape {tuple(x.shape)}.")
+            raise ValueError("ResUNet expects a (B, C, H, W) input, got shape " + str(list(x.shape)) + ".")
         if x.shape[-2] % self.size_divisor or x.shape[-1] % self.size_divisor:
             raise ValueError(
-                f"ResUNet needs H and W divisible by {self.size_divisor}, got {tuple(x.shape[-2:])}; "
-                "pad or resize the input (e.g. monai.transforms.DivisiblePad(k=32))."
+                "ResUNet needs H and W divisible by "
+                + str(self.size_divisor)
+                + ", got "
+                + str(list(x.shape[-2:]))
+                + "; pad or resize the input (e.g. monai.transforms.DivisiblePad(k=32))."
             )
         bottleneck, skips = self.res(x)
         y = F.relu(bottleneck)

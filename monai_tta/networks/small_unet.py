@@ -132,14 +132,21 @@ class SmallUNet(nn.Module):
         Raises:
             ValueError: if the input rank or spatial size does not fit the network.
         """
+        # plain string concatenation and loops keep the forward TorchScript-compatible (torch.jit.script)
         if x.ndim != self.spatial_dims + 2:
             raise ValueError(
-                f"SmallUNet({self.spatial_dims}D) expects a {self.spatial_dims + 2}D input, got {x.ndim}D."
+                "SmallUNet(" + str(self.spatial_dims) + "D) expects a " + str(self.spatial_dims + 2) + "D input, "
+                "got " + str(x.ndim) + "D."
             )
-        if any(s % self.size_divisor for s in x.shape[2:]):
-            raise ValueError(
-                f"SmallUNet needs spatial sizes divisible by {self.size_divisor}, got {tuple(x.shape[2:])}."
-            )
+        for size in x.shape[2:]:
+            if size % self.size_divisor:
+                raise ValueError(
+                    "SmallUNet needs spatial sizes divisible by "
+                    + str(self.size_divisor)
+                    + ", got "
+                    + str(list(x.shape[2:]))
+                    + "."
+                )
         skips: list[torch.Tensor] = []
         for i, block in enumerate(self.encoder):
             if i:

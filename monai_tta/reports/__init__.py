@@ -1,9 +1,24 @@
-"""Reports: per-case records, per-domain summaries, Markdown tables (``tables``) and plots (``plots``)."""
+"""Reports: per-case records, per-domain summaries, Markdown tables (``tables``) and plots (``plots``).
+
+The one home of table formatting and of matplotlib: the benchmark, the demo, the day/night runner and the case report
+all write their tables and figures through it.
+"""
 
 from __future__ import annotations
 
-from monai_tta.reports.plots import plot_domain_dice
-from monai_tta.reports.tables import MEAN_DICE, bootstrap_ci, markdown_table, read_case_csv, summarize, write_case_csv
+from monai_tta.reports.plots import plot_cost_ratios, plot_day_night, plot_domain_dice, plot_stream_dice
+from monai_tta.reports.tables import (
+    MEAN_DICE,
+    bootstrap_ci,
+    format_cell,
+    format_interval,
+    format_number,
+    markdown_table,
+    ratio,
+    read_case_csv,
+    summarize,
+    write_case_csv,
+)
 
 __all__ = [
     "MEAN_DICE",
@@ -11,6 +26,13 @@ __all__ = [
     "read_case_csv",
     "write_case_csv",
     "markdown_table",
-    "plot_domain_dice",
+    "format_number",
+    "format_cell",
+    "format_interval",
+    "ratio",
     "bootstrap_ci",
+    "plot_domain_dice",
+    "plot_stream_dice",
+    "plot_cost_ratios",
+    "plot_day_night",
 ]

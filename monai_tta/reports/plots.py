@@ -1,26 +1,60 @@
-"""Plots of the reports: the one home of matplotlib in the package (always the non-interactive Agg backend)."""
+"""Plots of the reports: the one home of matplotlib in the package (always the non-interactive Agg backend).
+
+Every figure is written as PNG at 110 dpi through :func:`monai_tta.io.atomic_write`.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_domain_dice"]
+from monai_tta.io import atomic_write
+from monai_tta.reports.tables import format_number, ratio
+
+__all__ = ["plot_domain_dice", "plot_stream_dice", "plot_cost_ratios", "plot_day_night"]
+
+_DPI = 110
 
 
-def plot_domain_dice(
-    table: Mapping[str, Mapping[str, float]], domains: Sequence[str], path: str | Path, title: str = "Mean Dice"
-) -> Path:
-    """Grouped bar chart of mean Dice per domain (x) per method (bars); written as PNG."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as PNG to ``path`` (atomically) and close it."""
+    plt = _pyplot()
+    try:
+        fig.tight_layout()
+        return atomic_write(Path(path), lambda f: fig.savefig(f, dpi=_DPI, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def _nan(values: Sequence[float | None]) -> list[float]:
+    return [math.nan if v is None else float(v) for v in values]
+
+
+def plot_domain_dice(
+    table: Mapping[str, Mapping[str, float]], domains: Sequence[str], path: str | Path, title: str = "Mean Dice"
+) -> Path:
+    """Grouped bar chart of mean Dice per domain (x) per method (bars); written as PNG.
+
+    Args:
+        table: ``{method: {domain: Dice in %}}``.
+        domains: the groups on the x axis, in order (a missing value draws no bar).
+        path: the PNG file.
+        title: the plot's title.
+    """
+    plt = _pyplot()
     methods = list(table)
     width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(domains), 3.6))
@@ -32,7 +66,125 @@ def plot_domain_dice(
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def plot_stream_dice(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    value_key: str = "dice_mean",
+    group_key: str = "domain",
+    round_key: str = "round",
+    order_key: str = "position",
+) -> Path:
+    """Dice along a continual stream, one line per method (moving mean), with the domain changes marked.
+
+    Args:
+        rows: one record per case and method, with ``method``, ``value_key``, ``group_key``, ``round_key`` and
+            ``order_key`` (the case's position along the stream).
+        path: the PNG file.
+        value_key: the plotted value (in %).
+        group_key: the domain of a case (a thin line at each change, a thick one at each new round).
+        round_key: the round of the stream.
+        order_key: the position of a case along the stream.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    window = max(len(rows) // max(len({r["method"] for r in rows}), 1) // 30, 1)
+    for method in dict.fromkeys(r["method"] for r in rows):
+        sel = sorted((r for r in rows if r["method"] == method), key=lambda r: r[order_key])
+        values = np.array([r[value_key] for r in sel])
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        ax.plot(np.arange(smooth.size) + window - 1, smooth, label=method, lw=1.3)
+    first = sorted((r for r in rows if r["method"] == rows[0]["method"]), key=lambda r: r[order_key])
+    for i, r in enumerate(first):
+        if i and r[group_key] != first[i - 1][group_key]:
+            ax.axvline(i - 0.5, color="grey", lw=1.2 if r[round_key] != first[i - 1][round_key] else 0.4, alpha=0.6)
+        if i == 0 or r[group_key] != first[i - 1][group_key]:
+            ax.text(i, 1.0, r[group_key], transform=ax.get_xaxis_transform(), fontsize=6, va="bottom")
+    ax.set_xlabel(f"case along the stream (Dice: moving mean over {window} cases)")
+    ax.set_ylabel("Dice (%)")
+    ax.legend(fontsize=7, loc="lower right", ncol=3)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_cost_ratios(
+    costs: Mapping[str, Mapping[str, float]],
+    reference: str,
+    path: str | Path,
+    panels: Sequence[tuple[str, str, str]] = (
+        ("median_ms", "time per case", "ms"),
+        ("peak_extra_mb", "peak extra memory per case", "MiB"),
+    ),
+) -> Path:
+    """Horizontal bars of each method's cost as a ratio to ``reference``'s, one panel per measure.
+
+    Args:
+        costs: ``{method: {measure: value}}``.
+        reference: the method every ratio divides by (a missing or non-positive reference gives no bar).
+        path: the PNG file.
+        panels: ``(measure key, title, unit)`` per panel.
+    """
+    plt = _pyplot()
+    ref = costs.get(reference, {})
+    names = list(costs)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.5 * len(names) + 1.6), squeeze=False)
+    for ax, (key, title, unit) in zip(axes[0], panels):
+        ratios = [ratio(costs[m].get(key, math.nan), ref.get(key)) for m in names]
+        ax.barh(names, [0.0 if not math.isfinite(v) else v for v in ratios], color="tab:blue")
+        for i, (m, v) in enumerate(zip(names, ratios)):
+            label = f" {format_number(v, 2)}x ({format_number(costs[m].get(key), 1)} {unit})"
+            ax.text(v if math.isfinite(v) else 0.0, i, label, va="center", fontsize=7)
+        ax.set_xlabel(f"{title} / {reference.replace('_', '-')}")
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlim(0, max([v for v in ratios if math.isfinite(v)] + [1.0]) * 1.45)
+    return _save(fig, path)
+
+
+def plot_day_night(
+    day_dice: Sequence[tuple[int, float | None]],
+    heldout: Sequence[tuple[int, float | None]],
+    heldout_groups: Mapping[str, Mapping[str, float | None]],
+    path: str | Path,
+    title: str = "DyNA",
+) -> Path:
+    """A day/night run: Dice of each day's predictions and held-out Dice after each night; with groups, a second
+    panel of held-out Dice per group after each night (``mean`` dashed).
+
+    Args:
+        day_dice: ``(day k, Dice %)`` of the predictions of each day (``k`` from 1; Dice ``None`` when not scored).
+        heldout: ``(night k, Dice %)`` of the held-out cases after night ``k`` (0: the initial model).
+        heldout_groups: ``{row name: {group: Dice %}}`` per model, in order (empty: one panel).
+        path: the PNG file.
+        title: prefix of the panels' titles.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2 if heldout_groups else 1, figsize=(10 if heldout_groups else 5.5, 3.8), squeeze=False)
+    ax = axes[0, 0]
+    for series, style, label in (
+        (day_dice, "o-", "day predictions (day k)"),
+        (heldout, "s--", "held-out, after night k (0: initial)"),
+    ):
+        if any(v is not None for _, v in series):
+            ax.plot([k for k, _ in series], _nan([v for _, v in series]), style, label=label)
+    ax.set_xticks(range(len(day_dice) + 1))
+    ax.set_xlabel("day / night k")
+    ax.set_ylabel("Dice (%)")
+    ax.set_title(f"{title}: mean Dice")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if heldout_groups:
+        ax = axes[0, 1]
+        rows = list(heldout_groups.values())
+        for group in rows[0]:
+            style = "k--" if group == "mean" else "o-"
+            ax.plot(range(len(rows)), _nan([row.get(group) for row in rows]), style, label=group)
+        ax.set_xticks(range(len(rows)), [str(i) for i in range(len(rows))])
+        ax.set_xlabel("nights (0: initial model)")
+        ax.set_ylabel("Dice (%)")
+        ax.set_title(f"{title}: held-out Dice per group")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _save(fig, path)

@@ -1,11 +1,11 @@
-"""Per-case records to per-domain summaries, CSV files and Markdown tables."""
+"""Per-case records to per-domain summaries, CSV files and Markdown tables: the one home of table formatting."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,18 @@ import numpy as np
 
 from monai_tta.io import atomic_write_text
 
-__all__ = ["MEAN_DICE", "summarize", "read_case_csv", "write_case_csv", "markdown_table", "bootstrap_ci"]
+__all__ = [
+    "MEAN_DICE",
+    "summarize",
+    "read_case_csv",
+    "write_case_csv",
+    "markdown_table",
+    "format_number",
+    "format_cell",
+    "format_interval",
+    "ratio",
+    "bootstrap_ci",
+]
 
 MEAN_DICE = "dice_mean"
 
@@ -90,12 +101,64 @@ def read_case_csv(path: str | Path) -> list[dict[str, Any]]:
         return [{k: float(v) if _is_number(v) else v for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def format_number(value: Any, digits: int = 2) -> str:
+    """A number in fixed-point notation with ``digits`` decimals; ``-`` for ``None``, a non-number or a non-finite
+    value."""
+    if not _is_number(value) or not math.isfinite(float(value)):
+        return "-"
+    return f"{float(value):.{digits}f}"
+
+
+def format_cell(value: Any, digits: int = 2) -> str:
+    """A table cell of mixed content: ``-`` for ``None`` or NaN, a float with ``digits`` decimals (in scientific
+    notation when its magnitude is below 0.01), anything else (text, integers) as ``str`` gives it."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.{digits}f}" if abs(value) >= 0.01 or value == 0 else f"{value:.{digits}e}"
+    return str(value)
+
+
+def format_interval(mean: Any, lo: Any, hi: Any, digits: int = 1) -> str:
+    """``mean [lo, hi]`` with :func:`format_number` for each (e.g. a mean and its 95% interval)."""
+    return f"{format_number(mean, digits)} [{format_number(lo, digits)}, {format_number(hi, digits)}]"
+
+
+def ratio(value: float, reference: float | None) -> float:
+    """``value / reference`` (e.g. a cost relative to a reference method's); NaN when the reference is missing, not
+    finite or not positive."""
+    return value / reference if reference and math.isfinite(reference) and reference > 0 else math.nan
+
+
 def markdown_table(
-    table: Mapping[str, Mapping[str, float]], columns: Sequence[str], row_title: str = "method", digits: int = 2
+    table: Mapping[str, Mapping[str, Any]],
+    columns: Sequence[str],
+    row_title: str = "method",
+    digits: int = 2,
+    formatter: Callable[[Any], str] | None = None,
+    headers: Sequence[str] | None = None,
 ) -> str:
-    """A Markdown table: one row per key of ``table``, one column per name in ``columns`` (missing values: ``-``)."""
-    lines = ["| " + " | ".join([row_title, *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+    """A Markdown table: one row per key of ``table``, one column per name in ``columns`` (missing values: ``-``).
+
+    Args:
+        table: ``{row name: {column name: value}}``.
+        columns: the columns shown, in order.
+        row_title: heading of the first column (the row names).
+        digits: decimals of the default formatter (:func:`format_number`: numbers only, anything else ``-``).
+        formatter: formats a present value as a cell (e.g. :func:`format_cell` for text and numbers, ``str`` for
+            cells formatted beforehand); default :func:`format_number` with ``digits``.
+        headers: the headings shown for ``columns`` (default: the column names); may repeat a heading.
+
+    Raises:
+        ValueError: if ``headers`` does not give one heading per column.
+    """
+    if headers is not None and len(headers) != len(columns):
+        raise ValueError(f"markdown_table: {len(headers)} headers for {len(columns)} columns; give one per column.")
+    fmt = formatter if formatter is not None else (lambda v: format_number(v, digits))
+    lines = ["| " + " | ".join([row_title, *(headers or columns)]) + " |", "|" + "---|" * (len(columns) + 1)]
     for name, values in table.items():
-        cells = [f"{values[c]:.{digits}f}" if c in values and _is_number(values[c]) else "-" for c in columns]
+        cells = [fmt(values[c]) if c in values else "-" for c in columns]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines)

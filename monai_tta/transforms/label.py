@@ -1,4 +1,4 @@
-"""Label encodings: turn a single-channel integer mask into the multi-label channels a sigmoid network predicts."""
+"""Label encodings: a single-channel integer mask to the multi-label channels a sigmoid network predicts, and back."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, Transform
 from monai.utils import StrEnum, TransformBackends, convert_to_dst_type, convert_to_tensor
 
-__all__ = ["LabelEncoding", "FundusMaskToChannels", "FundusMaskToChannelsd"]
+__all__ = [
+    "LabelEncoding",
+    "FundusMaskToChannels",
+    "FundusMaskToChannelsd",
+    "ChannelsToLabelMap",
+    "ChannelsToLabelMapd",
+]
 
 
 class LabelEncoding(StrEnum):
@@ -142,6 +148,89 @@ class FundusMaskToChannelsd(MapTransform):
 
         Returns:
             a shallow copy of ``data`` with the keys encoded.
+        """
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+class ChannelsToLabelMap(Transform):
+    """Turn binary prediction channels ``(C, spatial...)`` into one label map ``(1, spatial...)``: 0 is background,
+    ``k + 1`` where channel ``k`` is on, and a later channel wins where channels overlap.
+
+    This is the inverse of :class:`FundusMaskToChannels` up to the label values: nested fundus channels (disc
+    including cup, cup) give 0 background, 1 disc rim, 2 cup; one-hot channels give their labels ``1..N``; one binary
+    channel gives 0/1. MONAI Label expects such a map (one integer per class, 0 = background).
+
+    Args:
+        threshold: a channel is on where its value is above ``threshold`` (apply it after a sigmoid and
+            ``AsDiscrete(threshold=0.5)``, or directly on probabilities).
+        dtype: output data type; ``uint8`` fits up to 255 classes and the PNG writers.
+
+    Raises:
+        ValueError: when the input has no channel axis.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, threshold: float = 0.5, dtype: torch.dtype | np.dtype | type | None = torch.uint8) -> None:
+        self.threshold = float(threshold)
+        self.dtype = dtype
+
+    def __call__(self, pred: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Convert ``pred``.
+
+        Args:
+            pred: channel-first binary or probability channels ``(C, spatial...)``.
+
+        Returns:
+            the label map ``(1, spatial...)``, same container type as ``pred`` (a ``MetaTensor`` keeps its metadata).
+
+        Raises:
+            ValueError: when ``pred`` has fewer than two dimensions.
+        """
+        if pred.ndim < 2:
+            raise ValueError(f"expected channel-first predictions (C, spatial...), got shape {tuple(pred.shape)}.")
+        p = convert_to_tensor(pred, track_meta=False)  # plain tensor: slicing a MetaTensor's channels corrupts its meta
+        out = torch.zeros((1, *p.shape[1:]), dtype=torch.int64, device=p.device)
+        for k in range(p.shape[0]):
+            out[p[k : k + 1] > self.threshold] = k + 1
+        dtype = self.dtype if self.dtype is not None else torch.uint8
+        label_map, *_ = convert_to_dst_type(out, pred, dtype=dtype)
+        return label_map
+
+
+class ChannelsToLabelMapd(MapTransform):
+    """Dictionary version of :class:`ChannelsToLabelMap`.
+
+    Args:
+        keys: keys of the predictions to convert.
+        threshold: see :class:`ChannelsToLabelMap`.
+        dtype: output data type.
+        allow_missing_keys: don't raise an exception if a key is missing.
+    """
+
+    backend = ChannelsToLabelMap.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        threshold: float = 0.5,
+        dtype: torch.dtype | np.dtype | type | None = torch.uint8,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = ChannelsToLabelMap(threshold=threshold, dtype=dtype)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        """Convert every key of ``data`` named in ``keys``.
+
+        Args:
+            data: a data dictionary.
+
+        Returns:
+            a shallow copy of ``data`` with the keys converted.
         """
         d = dict(data)
         for key in self.key_iterator(d):

@@ -1,0 +1,131 @@
+"""The benchmark's methods and settings: a registry of adapter factories, and the reference method of every ratio."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from monai_tta.adapters import GraTa, NormAdapt, SourceOnly, Tent
+from monai_tta.adapters.base import Adapter
+from monai_tta.keys import Setting
+
+__all__ = [
+    "STREAM",
+    "SETTINGS",
+    "REFERENCE",
+    "DEFAULT_METHODS",
+    "MethodSpec",
+    "METHODS",
+    "available_methods",
+    "make_adapter",
+]
+
+#: the 3-round continual stream (a setting name of the benchmark, not of the adapters).
+STREAM = "stream"
+#: settings of the benchmark: the adapters' three, and the multi-round continual stream.
+SETTINGS = (Setting.EPISODIC.value, Setting.DOMAIN.value, Setting.CONTINUAL.value, STREAM)
+#: the method every cost ratio divides by.
+REFERENCE = "source_only"
+#: the methods of a run when ``--methods`` is not given (those that can be built here).
+DEFAULT_METHODS = ("source_only", "norm_adapt", "tent", "grata", "grata_approx", "vptta")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method of the benchmark.
+
+    Attributes:
+        factory: ``factory(setting, image_size, seed) -> Adapter``.
+        description: one line for the report.
+    """
+
+    factory: Callable[[str, int, int], Adapter]
+    description: str
+
+
+def _vptta(setting: str, image_size: int, seed: int) -> Adapter:
+    from monai_tta.adapters.vptta import VPTTA  # optional: the benchmark runs without it
+
+    return VPTTA(image_size=image_size, setting=setting, seed=seed)
+
+
+METHODS: dict[str, MethodSpec] = {
+    "source_only": MethodSpec(
+        lambda s, i, r: SourceOnly(setting=s, seed=r), "source model, source BatchNorm statistics (no adaptation)"
+    ),
+    "norm_adapt": MethodSpec(
+        lambda s, i, r: NormAdapt(setting=s, seed=r), "per-image BatchNorm statistics, no gradient step"
+    ),
+    "tent": MethodSpec(lambda s, i, r: Tent(setting=s, seed=r), "TENT: entropy, BN affine, Adam 1e-4, 1 fwd + 1 bwd"),
+    "grata": MethodSpec(
+        lambda s, i, r: GraTa(setting=s, seed=r),
+        "GraTa exact (the published update; defaults: on a GPU the 6 views in 3 forwards of 2 with per-sample "
+        "statistics and the update and the prediction replayed as CUDA graphs, on a CPU one forward per view), "
+        "9 fwd + 2 bwd",
+    ),
+    "grata_eager": MethodSpec(
+        lambda s, i, r: GraTa(setting=s, seed=r, cuda_graph=False),
+        "GraTa exact, the default view mode without CUDA graphs (same result as grata)",
+    ),
+    "grata_batched": MethodSpec(
+        lambda s, i, r: GraTa(setting=s, seed=r, view_mode="batched", view_chunk=None),
+        "GraTa exact, the 6 views in one forward with per-sample statistics (same result as grata)",
+    ),
+    "grata_separate": MethodSpec(
+        lambda s, i, r: GraTa(setting=s, seed=r, view_mode="separate", cuda_graph=False),
+        "GraTa exact, one forward per view, no CUDA graph (the reference's structure; same result as grata)",
+    ),
+    "grata_joint": MethodSpec(
+        lambda s, i, r: GraTa(setting=s, seed=r, view_mode="joint"),
+        "GraTa exact, the 6 views and the strong view in one forward (same result as grata)",
+    ),
+    "grata_approx": MethodSpec(
+        lambda s, i, r: GraTa(setting=s, seed=r, mode="approximate"),
+        "GraTa approximate (NOT the published algorithm): pseudo-label and reported prediction from the entropy "
+        "pass, strong pass at half size; about 1.25 fwd + 1.25 bwd",
+    ),
+    "vptta": MethodSpec(_vptta, "VPTTA: Fourier prompt + memory bank, warm-up BN statistics, frozen network"),
+}
+"""Registry of the benchmark's methods, name -> :class:`MethodSpec`."""
+
+
+def available_methods() -> list[str]:
+    """Names of :data:`METHODS` whose adapter can be built here (VPTTA is optional)."""
+    names = []
+    for name, spec in METHODS.items():
+        try:
+            spec.factory(Setting.CONTINUAL.value, 128, 0)
+        except ImportError:
+            continue
+        names.append(name)
+    return names
+
+
+def make_adapter(
+    name: str, setting: str, image_size: int, seed: int = 0, window: Mapping[str, Any] | None = None
+) -> Adapter:
+    """Build the adapter of method ``name`` for a benchmark ``setting`` (``stream`` is a continual run).
+
+    Args:
+        name: a key of :data:`METHODS`.
+        setting: one of :data:`SETTINGS`.
+        image_size: side of the images the adapter sees (VPTTA's prompt is sized by it).
+        seed: the adapter's seed.
+        window: for volumes, the options of :class:`monai_tta.inferers.SlidingWindowAdapter` (``roi_size``,
+            ``sw_batch_size``, ``overlap``, ``mode``, ...): the adapter is wrapped in it, so that one call adapts on
+            the volume's patches and predicts the whole volume with MONAI's sliding window. ``None``: whole inputs.
+
+    Raises:
+        ValueError: for an unknown method or setting.
+    """
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {list(METHODS)}.")
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; available: {list(SETTINGS)}.")
+    adapter = METHODS[name].factory(Setting.CONTINUAL.value if setting == STREAM else setting, image_size, seed)
+    if window is None:
+        return adapter
+    from monai_tta.inferers import SlidingWindowAdapter
+
+    return SlidingWindowAdapter(adapter, **dict(window))

@@ -1,0 +1,209 @@
+"""Test-time adaptation of volumes: patch-wise update, per-volume statistics, MONAI sliding-window prediction.
+
+:class:`SlidingWindowAdapter` wraps any patch-capable adapter (TENT, SAR, GraTa, NormAdapt, source-only) as a MONAI
+``Inferer`` with the arguments of MONAI's ``SlidingWindowInferer``, so that replacing the ``inferer`` of a zoo-style
+``inference.json`` with it adds test-time adaptation and changes nothing else. One call is one case (a volume):
+
+1. **Statistics** (only when some BatchNorm layer uses the input's statistics: ``"image"``, ``"mix"``, ``"warmup"``
+   regimes): the per-image statistics of the 2D methods become per-*volume* statistics. ``stats_passes`` no-grad
+   passes over the tiles of the non-overlapping grid of ``roi_size`` (each voxel once, but where the last tile of an
+   axis is shifted to end at the border) pool, for every BatchNorm layer, ``sum x``, ``sum x^2`` and the count of its
+   inputs over all the tiles (:func:`~monai_tta.norms.pooled_statistics`): the statistics that BatchNorm in training
+   mode would compute on the batch of all the tiles. A pass costs a source-only prediction without overlap (with
+   ``overlap=0.5`` in 3D, about an eighth of the prediction's windows). During the update and the prediction every
+   patch and window is normalised with these fixed statistics (no gradient flows through them, unlike the 2D update
+   where the statistics of the image carry the gradient).
+2. **Update**: the method's rule with its gradients averaged over ``num_patches`` patches of the network's ``roi_size``
+   (:func:`~monai_tta.inferers.patches.sample_patches`: grid tiles or seeded random positions); each patch's
+   forward-backward graph is freed before the next patch runs, so the extra peak memory is that of one patch. The
+   patches are sampled once per case and shared by all the passes of the update (GraTa's two gradients, SAR's two).
+3. **Prediction**: MONAI's ``SlidingWindowInferer`` over the whole volume with the adapted weights fixed and the fixed
+   statistics, under ``no_grad`` (the logits are detached), so the prediction does not depend on the order or the
+   batching of the windows.
+
+A volume smaller than ``roi_size`` is padded as MONAI's sliding window pads it and the output is cropped back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from monai.inferers import Inferer, SlidingWindowInferer
+from monai.utils import BlendMode, PytorchPadMode, fall_back_tuple, look_up_option
+from torch import nn
+
+from monai_tta.adapters.base import Adapter, AdapterState
+from monai_tta.adapters.cases import Case, CaseParts
+from monai_tta.inferers.patches import PATCH_SAMPLING, sample_patches, window_slices
+from monai_tta.norms import case_statistics, per_sample_stats, pooled_statistics
+from monai_tta.padding import network_divisor, pad_to_size
+
+__all__ = ["SlidingWindowAdapter", "VolumeCase"]
+
+
+class SlidingWindowAdapter(Inferer):
+    """Adapt a network to each volume on patches, then predict the whole volume with MONAI's sliding window.
+
+    Args:
+        adapter: the adaptation method (its ``setting``, optimizer, ``params``, ``norm`` apply unchanged).
+        roi_size: window (and patch) size, as ``SlidingWindowInferer``'s (``-1`` or missing axes take the volume's).
+        sw_batch_size: windows per forward in the statistics passes and the prediction.
+        overlap: window overlap of the prediction (the statistics passes use the non-overlapping tiles).
+        mode: blending of the prediction's windows, ``"gaussian"`` or ``"constant"``.
+        num_patches: patches the update is computed on; ``None``: every tile of the non-overlapping grid
+            (``"grid"`` only). Default 4 (our choice: a fixed cost per volume whatever its size).
+        patch_sampling: ``"grid"`` (evenly spaced tiles of the non-overlapping grid) or ``"random"`` (seeded).
+        stats_passes: statistics passes (see the module docstring; 1 by default, our choice: exact for the first
+            BatchNorm layer of every path, approximate deeper; as many passes as BatchNorm layers make it exact).
+        stats_after_update: recompute the volume statistics with the updated weights before the prediction (one more
+            pass; the 2D methods predict with the statistics of the updated network). Default ``False``, our choice:
+            one update step moves the statistics very little and the pass costs as much as a source-only prediction.
+        seed: seed of the random patch positions.
+        kwargs: other arguments of MONAI's ``SlidingWindowInferer`` (``sigma_scale``, ``padding_mode``, ``cval``,
+            ``sw_device``, ``device``, ``progress``, ...).
+
+    Raises:
+        ValueError: for an adapter that cannot adapt on patches (VPTTA), an unknown ``mode`` or ``patch_sampling``,
+            ``num_patches < 1``, or ``stats_passes < 1``.
+    """
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        roi_size: Sequence[int] | int,
+        sw_batch_size: int = 1,
+        overlap: Sequence[float] | float = 0.25,
+        mode: BlendMode | str = BlendMode.GAUSSIAN,
+        num_patches: int | None = 4,
+        patch_sampling: str = "grid",
+        stats_passes: int = 1,
+        stats_after_update: bool = False,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if not isinstance(adapter, Adapter):
+            raise ValueError(f"adapter must be a monai_tta Adapter, got {type(adapter).__name__}.")
+        if not adapter.supports_patches:
+            raise ValueError(
+                f"{type(adapter).__name__} cannot adapt a volume on patches; call it on the whole volume "
+                "(it is padded to the network's size multiple) instead of through SlidingWindowAdapter."
+            )
+        if num_patches is not None and num_patches < 1:
+            raise ValueError(f"num_patches must be None or >= 1, got {num_patches}.")
+        if stats_passes < 1:
+            raise ValueError(f"stats_passes must be >= 1, got {stats_passes}.")
+        self.adapter = adapter
+        self.roi_size = roi_size
+        self.sw_batch_size = int(sw_batch_size)
+        self.overlap = overlap
+        self.mode = look_up_option(mode, BlendMode)
+        self.num_patches = num_patches
+        self.patch_sampling = look_up_option(patch_sampling, PATCH_SAMPLING)
+        self.stats_passes = int(stats_passes)
+        self.stats_after_update = bool(stats_after_update)
+        self.padding_mode = look_up_option(kwargs.get("padding_mode", PytorchPadMode.CONSTANT), PytorchPadMode)
+        self.cval = float(kwargs.get("cval", 0.0))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.inferer = SlidingWindowInferer(roi_size, sw_batch_size, overlap, mode, **kwargs)
+
+    # ----------------------------------------------------------------- the adapter's interface, forwarded
+    def set_domain(self, domain: Any) -> None:
+        """Forwarded to the adapter."""
+        self.adapter.set_domain(domain)
+
+    def reset(self, network: nn.Module | None = None) -> None:
+        """Forwarded to the adapter."""
+        self.adapter.reset(network)
+
+    @property
+    def last_stats(self) -> dict[str, Any]:
+        """The adapter's statistics of the last volume."""
+        return self.adapter.last_stats
+
+    def n_params(self, network: nn.Module) -> int:
+        """Forwarded to the adapter."""
+        return self.adapter.n_params(network)
+
+    def state_for(self, network: nn.Module) -> AdapterState:
+        """Forwarded to the adapter."""
+        return self.adapter.state_for(network)
+
+    # ----------------------------------------------------------------- the call
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Adapt ``network`` to the volume ``inputs`` ``(B, C, *spatial)`` (one case) and predict all of it.
+
+        Args:
+            inputs: the volume (not modified); a ``MetaTensor`` keeps its metadata in the output.
+            network: the network (its normalisation layers are converted on first use).
+            args: unused (``Inferer`` signature).
+            kwargs: unused.
+
+        Raises:
+            ValueError: as the adapter's call does, and if ``roi_size`` is not a multiple of the size the network
+                needs.
+        """
+        with self.adapter.using_case(lambda net: VolumeCase(self, net)):
+            return self.adapter(inputs, network)
+
+
+class VolumeCase(Case):
+    """The plan of one volume in :class:`SlidingWindowAdapter` (see its module docstring)."""
+
+    whole = False
+
+    def __init__(self, owner: SlidingWindowAdapter, network: nn.Module) -> None:
+        self.owner, self.network = owner, network
+        self._crop: tuple[slice, ...] | None = None
+        self._parts: CaseParts | None = None
+        self._roi: tuple[int, ...] = ()
+
+    def prepare(self, inputs: torch.Tensor) -> torch.Tensor:
+        owner = self.owner
+        roi = tuple(fall_back_tuple(owner.roi_size, inputs.shape[2:]))
+        divisor = network_divisor(self.network, len(roi))
+        if any(r % d for r, d in zip(roi, divisor)):
+            raise ValueError(
+                f"roi_size {roi} is not a multiple of {divisor}, the size {type(self.network).__name__} needs; "
+                "choose a roi_size divisible by it."
+            )
+        x, self._crop = pad_to_size(inputs, roi, mode=owner.padding_mode, value=owner.cval)
+        self._roi = roi
+        slices = sample_patches(x.shape[2:], roi, owner.num_patches, owner.patch_sampling, owner.generator)
+        self._parts = CaseParts(slices)
+        return x
+
+    def _windows_forward(self, network: nn.Module, x: torch.Tensor) -> None:
+        windows = window_slices(x.shape[2:], self._roi, 0.0)  # the non-overlapping tiles
+        batch = self.owner.sw_batch_size
+        for start in range(0, len(windows), batch):
+            chunk = windows[start : start + batch]
+            network(torch.cat([x[(slice(None), slice(None), *w)] for w in chunk]))
+
+    def _pooled(self, state: AdapterState, network: nn.Module, x: torch.Tensor) -> AbstractContextManager:
+        norms = state.norms
+        if not any(layer.prior < 1.0 for layer in norms):
+            return nullcontext()
+
+        def run() -> None:
+            with per_sample_stats(norms):  # first pass: each window with its own statistics
+                self._windows_forward(network, x)
+
+        return case_statistics(norms, pooled_statistics(norms, run, self.owner.stats_passes))
+
+    def statistics(self, state: AdapterState, network: nn.Module, x: torch.Tensor) -> AbstractContextManager:
+        return self._pooled(state, network, x)
+
+    def parts(self, x: torch.Tensor) -> CaseParts:
+        return self._parts if self._parts is not None else CaseParts()
+
+    def predict(self, adapter: Adapter, state: AdapterState, x: torch.Tensor, network: nn.Module) -> torch.Tensor:
+        refresh = self.owner.stats_after_update and adapter.steps > 0
+        with self._pooled(state, network, x) if refresh else nullcontext(), torch.no_grad():
+            return self.owner.inferer(x, network).detach()
+
+    def finish(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self._crop is None else logits[self._crop]

@@ -1,0 +1,35 @@
+"""Bundle families and the Model Zoo: generate the standalone bundle folders, export a bundle as the zoo wants it, and
+make the zoo CI's checks offline (``python -m monai_tta.zoo --help``)."""
+
+from __future__ import annotations
+
+from monai_tta.zoo.checks import SCHEMA_FILE, SCHEMA_MD5, ZOO_CHECKS, run_checks
+from monai_tta.zoo.export import export_bundle
+from monai_tta.zoo.generate import (
+    FAMILIES_DIR,
+    RUNTIME_DIRS,
+    BundleFamily,
+    compare_generated,
+    config_text,
+    find_families,
+    generate_all,
+    generate_bundle,
+    merge_config,
+)
+
+__all__ = [
+    "SCHEMA_FILE",
+    "SCHEMA_MD5",
+    "ZOO_CHECKS",
+    "run_checks",
+    "export_bundle",
+    "FAMILIES_DIR",
+    "RUNTIME_DIRS",
+    "BundleFamily",
+    "compare_generated",
+    "config_text",
+    "find_families",
+    "generate_all",
+    "generate_bundle",
+    "merge_config",
+]

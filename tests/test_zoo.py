@@ -1,0 +1,132 @@
+"""Bundle families and the Model Zoo: the committed bundles are the generated ones, and every bundle's zoo export
+passes the zoo CI's checks (schema, verify_bundle min mode, verify_net_in_out, ckpt_export, InferProperties, a
+ConfigWorkflow run) without writing into the bundle folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from monai_tta.zoo import SCHEMA_FILE, SCHEMA_MD5, BundleFamily, compare_generated, export_bundle, merge_config
+from monai_tta.zoo.checks import (
+    bundle_on_path,
+    check_infer_properties,
+    check_net_in_out,
+    check_schema,
+    file_hash,
+    run_checks,
+    snapshot,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ROOT / "bundles"
+NAMES = sorted(BundleFamily.load(BUNDLES / "families" / "fundus").bundles)
+
+
+def test_committed_bundles_are_the_generated_ones():
+    assert compare_generated(BUNDLES) == [], "run `python -m monai_tta.zoo generate` and commit the result"
+    assert NAMES == [
+        "dyna_fundus_segmentation",
+        "grata_fundus_segmentation",
+        "source_only_fundus_segmentation",
+        "tent_fundus_segmentation",
+        "vptta_fundus_segmentation",
+    ]
+
+
+def test_merge_config_replaces_sets_nested_and_inserts_before_the_next_known_key():
+    base = {"a": 1, "inferer": {"setting": "x", "lr": 1}, "method": "M", "list": [{"k": 0}]}
+    layer = {"alpha": 2, "inferer": {"lr": 3}, "method#x": None, "list#0#k": 5}
+    with pytest.raises(KeyError, match="method#x"):
+        merge_config(base, layer)
+    merged = merge_config(base, {"alpha": 2, "inferer": {"lr": 3}, "list#0#k": 5, "tail": 1, "inferer#lr": 4})
+    assert list(merged) == ["a", "alpha", "inferer", "method", "list", "tail"]
+    assert merged["inferer"] == {"lr": 4} and merged["list"] == [{"k": 5}] and base["list"] == [{"k": 0}]
+
+
+def test_schema_copy_is_the_released_file():
+    assert file_hash(SCHEMA_FILE) == SCHEMA_MD5
+    assert json.loads(SCHEMA_FILE.read_text())["$schema"].endswith("2019-09/schema")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checking_a_committed_bundle_writes_nothing_into_it(name):
+    """Schema, network shapes and the InferProperties check (initialise + check_properties) on the committed folder:
+    no data is generated, nothing is trained, no file appears or changes."""
+    from monai.bundle import ConfigParser
+
+    bundle = BUNDLES / name
+    before = snapshot(bundle)
+    with bundle_on_path(bundle):
+        check_schema(bundle)
+        check_net_in_out(bundle)
+        check_infer_properties(bundle)
+        for config in sorted((bundle / "configs").glob("*.json")):
+            if config.name == "metadata.json":
+                continue
+            chain = ["inference.json"]  # each config merged after the ones its _desc_ names
+            chain += ["resunet34.json"] if config.name in ("train_resunet34.json", "fundus_benchmark.json") else []
+            chain += ["train.json"] if config.name == "train_resunet34.json" else []
+            parser = ConfigParser()
+            parser.read_config([str(bundle / "configs" / c) for c in dict.fromkeys([*chain, config.name])])
+            parser.parse()
+    assert snapshot(bundle) == before
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["supported_apps"] == {"monai-label": "0.8.5"} and meta["numpy_version"] == "1.26.4"
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {
+        "0": "background",
+        "1": "optic disc",
+        "2": "optic cup",
+    }
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Every bundle exported for the zoo; the GraTa export trains a tiny source model, the others ship it."""
+    root = tmp_path_factory.mktemp("zoo")
+    tiny_training = {"epochs": 1, "image_size": 32, "num_per_domain": 2, "train#handlers#1#_disabled_": True}
+    grata = "grata_fundus_segmentation"
+    first = export_bundle(BUNDLES / grata, root / grata, None, tiny_training)
+    out = {"grata_fundus_segmentation": first}
+    for name in NAMES:
+        if name not in out:
+            out[name] = export_bundle(BUNDLES / name, root / name, checkpoint=first / "models" / "model.pt")
+    return root, out
+
+
+def test_export_writes_what_the_zoo_wants(exports):
+    _, out = exports
+    folder = out["vptta_fundus_segmentation"]
+    large = yaml.safe_load((folder / "large_files.yml").read_text())["large_files"]
+    assert [item["path"] for item in large] == ["models/model.pt", "models/model.ts"]
+    assert all(item["hash_val"] == file_hash(folder / item["path"]) for item in large)
+    meta = json.loads((folder / "configs" / "metadata.json").read_text())
+    packages = meta["required_packages_version"]
+    assert "monai_tta" not in packages and "pytorch-ignite" in packages
+    assert json.loads((folder / "configs" / "inference.json").read_text())["imports"][0] == "$import scripts"
+    assert (folder / "scripts" / "monai_tta" / "adapters" / "vptta.py").is_file()
+    state = torch.load(folder / "models" / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    readme = (folder / "docs" / "README.md").read_text()
+    for section in ("Authors", "Tags", "Model Description", "Data", "Performance", "System Configuration"):
+        assert f"## **{section}**" in readme or f"### **{section}**" in readme, section
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zoo_checks_pass_on_the_export(exports, name, tmp_path):
+    root, out = exports
+    overrides = {
+        "dataset_dir": str(tmp_path / "data"),
+        "output_dir": str(tmp_path / "eval"),
+        "num_per_domain": 1,
+        "image_size": 32,
+        "target_domains": ["camera"],
+        "handlers#0#_disabled_": True,
+    }
+    results = run_checks(out[name], workflow_overrides=overrides)
+    assert results == dict.fromkeys(results, "pass") and len(results) == 6, results
+    assert len(list((tmp_path / "eval" / "masks").glob("*.nii.gz"))) == 1
