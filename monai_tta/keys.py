@@ -47,6 +47,8 @@ class StatKeys(StrEnum):
     MASK_FRACTION = "mask_fraction"
     NONFINITE = "nonfinite"
     NONFINITE_PART = "nonfinite_part"
+    SAFEGUARD = "safeguard"
+    SAFEGUARD_SIGNAL = "safeguard_signal"
 
 
 class Setting(StrEnum):

@@ -236,3 +236,44 @@ def test_validate_cased_checks_the_image_as_stored():
         check({"image": torch.rand(3, 32, 65), "case_id": "c"})
     with pytest.raises(InvalidCaseError, match="np.ndarray|ndarray|channels"):
         check({"image": np.random.rand(2, 32, 32).astype(np.float32), "case_id": "d"})
+
+
+# ----------------------------------------------------------------------------------------------- collapse safeguard
+def test_safeguard_returns_to_the_source_state_when_the_parameters_run_away():
+    net = tiny_net()
+    adapter = Tent(setting="continual", lr=1.0)  # one Adam step moves each BN parameter by about 1: drift > 0.5
+    source = [p.detach().clone() for p in adapter.state_for(net).params]
+    adapter(tiny_image(), net)
+    assert adapter.last_stats["safeguard"] is True and adapter.last_stats["safeguard_signal"] == "drift"
+    state = adapter.state_for(net)
+    assert all(torch.equal(p, q) for p, q in zip(state.params, source)) and state.step == 0
+    assert not state.optimizer.state  # a fresh optimizer
+
+
+def test_safeguard_is_on_for_gradient_methods_only_and_can_be_turned_off():
+    net = tiny_net()
+    tent = Tent(setting="continual")
+    tent(tiny_image(), net)
+    assert tent.last_stats["safeguard"] is False
+    assert NormAdapt().safeguard is None and Tent(safeguard=False).safeguard is None
+    off = Tent(setting="continual", lr=1.0, safeguard=False)
+    off(tiny_image(), tiny_net())
+    assert "safeguard" not in off.last_stats
+
+
+def test_safeguard_entropy_and_area_signals():
+    from monai_tta.adapters.safeguard import CollapseSafeguard
+
+    state = Tent().state_for(tiny_net())
+    guard = CollapseSafeguard(max_drift=None, warmup=2, momentum=0.0)
+    half = torch.zeros(1, 1, 4, 4)
+    half[..., :2, :] = 0.5  # entropy near 1, area 0.5
+    half[..., 2:, :] = -0.5
+    assert [guard.check(state, half) for _ in range(3)] == [None, None, None]
+    assert guard.check(state, half * 40) == "entropy"  # same area, certain everywhere
+    CollapseSafeguard.clear(state)
+    guard = CollapseSafeguard(max_drift=None, entropy_ratio=None, area_ratio=4.0, warmup=2, momentum=0.0)
+    assert [guard.check(state, half) for _ in range(2)] == [None, None]
+    assert guard.check(state, torch.full((1, 1, 4, 4), -0.5)) == "area"  # nothing predicted any more
+    with pytest.raises(ValueError, match="entropy_ratio"):
+        CollapseSafeguard(entropy_ratio=2.0)

@@ -34,6 +34,7 @@ from torch import nn
 
 from monai_tta.adapters.cases import Case, CaseParts, WholeCase
 from monai_tta.adapters.finite_guard import UpdateGuard
+from monai_tta.adapters.safeguard import CollapseSafeguard
 from monai_tta.gradients import only_requires_grad
 from monai_tta.keys import Setting, StatKeys
 from monai_tta.norms import AdaptiveBatchNorm, NormPolicy, convert_norms
@@ -134,6 +135,10 @@ class Adapter(Inferer):
             affine set). Methods without network parameters (source-only, NormAdapt, VPTTA) do not take it.
         divisor: the size multiple a whole input is padded to (an int or one per spatial axis); ``None`` reads it
             from the network (:func:`~monai_tta.padding.network_divisor`). The output is cropped back.
+        safeguard: the collapse safeguard (:class:`~monai_tta.adapters.safeguard.CollapseSafeguard`, or a dict of
+            its fields): after each case of the ``domain`` and ``continual`` settings, label-free signals of a
+            runaway model; when one fires the adapter returns to the source state. ``None``: on (default
+            thresholds) for the methods with an optimizer, off for the others; ``False``: off.
 
     Raises:
         ValueError: for an unknown setting, optimizer or parameter set, or ``steps < 0``.
@@ -163,8 +168,14 @@ class Adapter(Inferer):
         seed: int | None = 0,
         params: ParamSelection | None = None,
         divisor: int | Sequence[int] | None = None,
+        safeguard: CollapseSafeguard | dict | bool | None = None,
     ) -> None:
         super().__init__()
+        if safeguard is None or safeguard is True:
+            safeguard = CollapseSafeguard() if (self.uses_optimizer or safeguard) else None
+        elif isinstance(safeguard, dict):
+            safeguard = CollapseSafeguard(**safeguard)
+        self.safeguard: CollapseSafeguard | None = safeguard or None
         if isinstance(params, str):
             select_parameters(nn.Module(), params)  # validates the name now rather than at the first case
         self.params = params
@@ -296,6 +307,7 @@ class Adapter(Inferer):
                 p.copy_(v)
             state.optimizer = self._make_optimizer(state.params)
             state.step = 0
+            CollapseSafeguard.clear(state)
             self.reset_state(state)
 
     def n_params(self, network: nn.Module) -> int:
@@ -366,6 +378,12 @@ class Adapter(Inferer):
                         logits = case.predict(self, state, x, network)
         finally:
             self._case = None
+        if self.safeguard is not None and self.steps > 0 and not episodic:
+            signal = self.safeguard.check(state, logits, getattr(self, "activation", "sigmoid"))
+            self.safeguard.record(stats, signal)
+            if signal is not None:  # back to the source state for the next case
+                with torch.no_grad():
+                    self._reset_states(network)
         stats[StatKeys.STEP] = state.step
         self.last_stats = stats
         return case.finish(logits.detach())

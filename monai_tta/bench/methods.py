@@ -86,6 +86,12 @@ METHODS: dict[str, MethodSpec] = {
         "pass, strong pass at half size; about 1.25 fwd + 1.25 bwd",
     ),
     "vptta": MethodSpec(_vptta, "VPTTA: Fourier prompt + memory bank, warm-up BN statistics, frozen network"),
+    "tent_nosafeguard": MethodSpec(
+        lambda s, i, r: Tent(setting=s, seed=r, safeguard=False), "TENT without the collapse safeguard"
+    ),
+    "grata_nosafeguard": MethodSpec(
+        lambda s, i, r: GraTa(setting=s, seed=r, safeguard=False), "GraTa exact without the collapse safeguard"
+    ),
 }
 """Registry of the benchmark's methods, name -> :class:`MethodSpec`."""
 
