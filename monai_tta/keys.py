@@ -49,6 +49,7 @@ class StatKeys(StrEnum):
     NONFINITE_PART = "nonfinite_part"
     SAFEGUARD = "safeguard"
     SAFEGUARD_SIGNAL = "safeguard_signal"
+    SAFE_PRIOR = "safe_prior"
 
 
 class Setting(StrEnum):

@@ -277,3 +277,24 @@ def test_safeguard_entropy_and_area_signals():
     assert guard.check(state, torch.full((1, 1, 4, 4), -0.5)) == "area"  # nothing predicted any more
     with pytest.raises(ValueError, match="entropy_ratio"):
         CollapseSafeguard(entropy_ratio=2.0)
+
+
+# ----------------------------------------------------------------------------------------------- safe choice
+def test_safe_norm_reports_the_lowest_entropy_candidate_and_keeps_the_network():
+    from monai_tta.adapters import SafeNorm
+    from monai_tta.adapters.safe import mean_entropy
+
+    x = tiny_image(size=8) * 3.0 + 1.0  # far from the source statistics
+    candidates = {p: NormAdapt(norm={"regime": "mix", "prior": p})(x, tiny_net()) for p in (1.0, 0.5, 0.0)}
+    entropies = {p: float(mean_entropy(z)) for p, z in candidates.items()}
+    best = min(entropies, key=entropies.get)
+    net = tiny_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    safe = SafeNorm()
+    out = safe(x, net)
+    assert safe.last_stats["safe_prior"] == best
+    assert torch.equal(out, candidates[best])
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    assert all(layer.prior == 1.0 for layer in safe.state_for(net).norms)  # the regime of the policy, restored
+    with pytest.raises(ValueError, match="priors"):
+        SafeNorm(priors=(1.5,))
