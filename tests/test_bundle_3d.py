@@ -18,6 +18,8 @@ from tiny import digest, write_nifti_sites
 
 from monai_tta.bundle_utils import run_bundle
 from monai_tta.reports import read_case_csv
+from monai_tta.zoo import BundleFamily
+from monai_tta.zoo.checks import bundle_on_path, check_infer_properties, check_net_in_out, check_schema, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -48,6 +50,20 @@ def tiny_mr_overrides(tmp: Path) -> dict:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return tiny_mr_overrides(tmp_path_factory.mktemp("mr"))
+
+
+@pytest.mark.parametrize("name", sorted(BundleFamily.load(BUNDLES / "families" / "prostate_mr").bundles))
+def test_zoo_checks_of_the_committed_bundles_write_nothing_into_them(name):
+    bundle = BUNDLES / name
+    before = snapshot(bundle)
+    with bundle_on_path(bundle):
+        check_schema(bundle)
+        check_net_in_out(bundle)
+        check_infer_properties(bundle)
+    assert snapshot(bundle) == before
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    labels = {"0": "background", "1": "peripheral zone", "2": "transition zone"}  # the saved label map's values
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == labels
 
 
 def test_parsing_and_checking_the_config_writes_nothing(tmp_path):
