@@ -286,3 +286,36 @@ def test_zoo_style_config_gets_tta_when_only_its_inferer_is_replaced(tmp_path):
         for run in ("plain", "adapted")
     }
     assert len(saved["plain"]) == 8 and saved["plain"] == saved["adapted"]  # the same outputs, nothing else changed
+
+
+def test_concurrent_requests_to_the_sliding_window_adapter_each_get_the_sliding_window_plan():
+    """MONAI Label calls the bundle's inferer from several request threads on one cached network: with the episodic
+    setting every call, whatever runs at the same time, returns what a lone call returns."""
+    import threading
+
+    from monai.networks.nets import UNet
+
+    from monai_tta.adapters import Tent
+    from monai_tta.inferers import SlidingWindowAdapter
+
+    torch.manual_seed(0)
+    network = UNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=1, norm="batch").eval()
+    inferer = SlidingWindowAdapter(Tent(setting="episodic"), roi_size=(8, 8, 8), sw_batch_size=2, num_patches=2)
+    volume = torch.rand(1, 1, 20, 12, 10, generator=torch.Generator().manual_seed(1))
+    expected = inferer(volume, network)
+    results, errors = [], []
+
+    def request() -> None:
+        try:
+            for _ in range(3):
+                results.append(inferer(volume, network))
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=request) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 9
+    assert all(torch.equal(r, expected) for r in results)
