@@ -18,8 +18,10 @@ from monai_tta.data import (
     generate_mr_sites,
     list_mr_sites,
     load_datalist,
+    mr_site_affine,
     synthesize_mr_case,
 )
+from monai_tta.data.mr_phantom import draw_pelvis, phantom_label, phantom_signal
 from monai_tta.keys import DataKeys
 from monai_tta.transforms import volume_postprocessing, volume_preprocessing
 
@@ -74,6 +76,42 @@ def test_label_values(generated):
     _, gland, _ = synthesize_mr_case(SOURCE_DOMAIN, "train", 0, voxel_scale=SCALE, labels="gland")
     _, zones, _ = synthesize_mr_case(SOURCE_DOMAIN, "train", 0, voxel_scale=SCALE)
     np.testing.assert_array_equal(gland, (zones > 0).astype(np.uint8))
+
+
+def test_phantom_zones_at_hand_picked_points():
+    phantom = replace(
+        draw_pelvis(np.random.default_rng(0)),
+        gland_centre=(0.0, 0.0, 0.0),
+        gland_semi=(20.0, 15.0, 18.0),
+        gland_rotation=(0.0, 0.0),
+        shape_amplitude=0.0,
+        tz_centre=(0.0, 4.0, 0.0),
+        tz_semi=(10.0, 10.0, 9.0),
+    )
+    points = np.array(
+        [
+            [0.0, 4.0, 0.0],  # transition zone centre
+            [0.0, -12.0, 0.0],  # posterior gland, outside the transition zone: peripheral zone
+            [19.9, 0.0, 0.0],  # just inside the gland's right surface (in the capsule)
+            [20.1, 0.0, 0.0],  # just outside
+            [9.9, 4.0, 0.0],  # inside the transition zone's ellipsoid (0.99), gland level 0.56
+            [0.0, 9.9, 0.0],  # transition zone (0.59), gland level 0.66
+            [0.0, 13.5, 0.0],  # in the zone's ellipsoid (0.95) but gland level 0.9 > 0.85: kept peripheral
+        ],
+        dtype=np.float32,
+    )
+    np.testing.assert_array_equal(phantom_label(phantom, points), [2, 1, 1, 0, 2, 2, 1])
+    signal = phantom_signal(phantom, points)
+    assert signal.dtype == np.float32 and signal[2] == np.float32(phantom.tissue["capsule"])
+    assert signal[1] > signal[0]  # T2: bright peripheral zone, darker transition zone
+
+
+def test_site_affine_centres_the_field_of_view():
+    centre = np.array([3.0, -2.0, 5.0])
+    for site, spec in MR_SITES.items():
+        affine = mr_site_affine(site, centre)
+        shape = np.array([round(f / s) for f, s in zip(spec.fov, spec.spacing)])
+        np.testing.assert_allclose(affine[:3, :3] @ ((shape - 1) / 2) + affine[:3, 3], centre, atol=1e-9)
 
 
 def test_anatomy_does_not_depend_on_the_site_parameters(monkeypatch):
