@@ -30,7 +30,6 @@ __all__ = [
     "NormPolicy",
     "convert_norms",
     "norm_layers",
-    "bn_affine_params",
     "warmup_lambda",
     "per_sample_stats",
     "recording_stats",
@@ -170,19 +169,6 @@ def norm_layers(network: nn.Module) -> list[AdaptiveBatchNorm]:
     return [m for m in network.modules() if isinstance(m, AdaptiveBatchNorm)]
 
 
-def bn_affine_params(network: nn.Module) -> list[nn.Parameter]:
-    """The affine parameters (``weight`` then ``bias`` of each layer) of every BatchNorm layer, converted or not.
-
-    Args:
-        network: the network.
-    """
-    params: list[nn.Parameter] = []
-    for m in network.modules():
-        if isinstance(m, (_BatchNorm, AdaptiveBatchNorm)):
-            params.extend(p for p in (m.weight, m.bias) if p is not None)
-    return params
-
-
 def warmup_lambda(t: int, warm_n: float = 5.0) -> float:
     """VPTTA's weight on the current image statistics after ``t`` images: ``1 / (sqrt(t) / warm_n + 1)``.
 
@@ -246,17 +232,16 @@ class NormPolicy:
     def apply(self, layers: Sequence[AdaptiveBatchNorm], t: int = 1) -> None:
         """Configure ``layers`` for the ``t``-th image.
 
-        Raises:
-            ValueError: if the regime needs source statistics that a layer does not have.
+        A BatchNorm layer built without running statistics (``track_running_stats=False``) always normalises with
+        its input's own statistics, as it does in plain inference.
         """
         prior = self.source_weight(t)
         warm = self.regime == NormRegime.WARMUP
         for layer in layers:
-            if prior > 0.0 and not layer.has_source_stats:
-                raise ValueError(f"norm regime '{self.regime}' needs source running statistics, but a layer has none.")
-            layer.prior = prior
-            layer.unbiased = warm
-            layer.detach_stats = warm
+            own = layer.has_source_stats  # a BatchNorm without running statistics keeps its plain-inference behaviour
+            layer.prior = prior if own else 0.0
+            layer.unbiased = warm and own
+            layer.detach_stats = warm and own
 
 
 @contextmanager

@@ -12,7 +12,15 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TinyNet", "tiny_net", "tiny_image", "tiny_bundle_overrides", "write_nifti_sites", "digest"]
+__all__ = [
+    "TinyNet",
+    "tiny_net",
+    "scramble_batch_norms",
+    "tiny_image",
+    "tiny_bundle_overrides",
+    "write_nifti_sites",
+    "digest",
+]
 
 
 class TinyNet(nn.Module):
@@ -31,12 +39,19 @@ class TinyNet(nn.Module):
 def tiny_net(seed: int = 0, in_channels: int = 2) -> TinyNet:
     """A TinyNet with random weights, non-trivial BN affine values and source running statistics, in eval mode."""
     torch.manual_seed(seed)
-    net = TinyNet(in_channels=in_channels)
+    return scramble_batch_norms(TinyNet(in_channels=in_channels))
+
+
+def scramble_batch_norms(net: nn.Module) -> nn.Module:
+    """Give every BatchNorm layer of ``net`` non-trivial affine values and running statistics (from torch's global
+    generator); returns ``net`` in eval mode."""
     with torch.no_grad():
-        net.bn.weight.uniform_(0.5, 1.5)
-        net.bn.bias.uniform_(-0.5, 0.5)
-        net.bn.running_mean.uniform_(-0.2, 0.2)
-        net.bn.running_var.uniform_(0.5, 2.0)
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
     return net.eval()
 
 

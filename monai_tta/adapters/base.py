@@ -109,7 +109,9 @@ class Adapter(Inferer):
 
     A subclass implements :meth:`adapt` (the update of one case) and, when needed, :meth:`select_params`,
     :meth:`init_state`, :meth:`reset_state` and :meth:`predict`. Everything else (gradient mode, normalisation regime,
-    per-network state, resets, input protection, statistics) is shared here.
+    per-network state, resets, input protection, statistics) is shared here. An :meth:`adapt` that takes its gradients
+    with ``self.case_parts(inputs).grads(loss_of_part, params)`` (:class:`~monai_tta.adapters.cases.CaseParts`) works
+    unchanged on whole inputs and on the patches of a volume; a method that cannot sets :attr:`supports_patches`.
 
     Args:
         setting: when to return to the source state: ``"episodic"`` (before each case, the seeded random generator

@@ -76,8 +76,14 @@ class GraTa(Adapter):
     5. Restore ``theta``, set the lr to ``base * (cos + 1)^2 / 4``, one optimizer step with ``g_pse``.
     6. Predict with the updated weights.
 
-    Defaults are the reference's: BatchNorm affine parameters, per-image statistics, Adam lr 1e-4 betas (0.9, 0.999),
-    reset at each domain change (continual within a domain).
+    Defaults are the reference's: BatchNorm affine parameters (``params="norm"``: on networks with other normalisation
+    layers, their affine parameters too, our choice), per-image statistics, Adam lr 1e-4 betas (0.9, 0.999), reset at
+    each domain change (continual within a domain).
+
+    Volumes (our choices, ``docs/methods/3d.md``): the views act on the first two spatial axes (the axial plane of a
+    ``(B, C, H, W, D)`` volume, :data:`~monai_tta.transforms.spatial.VIEW_DIMS`), never on the through-plane axis;
+    the strong augmentation works unchanged in 3D. Through :class:`~monai_tta.inferers.SlidingWindowAdapter` both
+    gradients are means over the same patches and the strong view is drawn once per volume.
 
     ``mode="approximate"`` (opt-in, **not the published algorithm**) keeps steps 1, 2, 4 and 5 but
 

@@ -10,7 +10,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from monai_tta.adapters.base import Adapter
-from monai_tta.inferers import SlidingWindowAdapter
+from monai_tta.inferers.sliding_window import SlidingWindowAdapter
 from monai_tta.keys import DataKeys
 
 if TYPE_CHECKING:
@@ -54,8 +54,7 @@ def stats_to_batch(stats: dict[str, Any], batch_size: int) -> dict[str, torch.Te
 
 
 class AdaptiveEvaluator(SupervisedEvaluator):
-    """Evaluator whose ``inferer`` is an :class:`~monai_tta.adapters.base.Adapter` (or one wrapped for volumes in a
-    :class:`~monai_tta.inferers.SlidingWindowAdapter`).
+    """Evaluator whose ``inferer`` is an :class:`~monai_tta.adapters.base.Adapter`.
 
     Before each case it gives the adapter the case's domain (so the ``"domain"`` setting resets at domain
     boundaries); after the adapter's call it puts the adapter's statistics under ``engine.state.output["adapt"]``
@@ -67,7 +66,7 @@ class AdaptiveEvaluator(SupervisedEvaluator):
         device: device of the run.
         val_data_loader: the stream of cases (in order; ``shuffle=False``).
         network: the source network.
-        inferer: the adapter, or a ``SlidingWindowAdapter`` around it.
+        inferer: the adapter, or a :class:`~monai_tta.inferers.SlidingWindowAdapter` for volumes.
         domain_key: data key of the domain name.
         kwargs: other :class:`monai.engines.SupervisedEvaluator` arguments.
 
@@ -86,7 +85,7 @@ class AdaptiveEvaluator(SupervisedEvaluator):
     ) -> None:
         if not isinstance(inferer, (Adapter, SlidingWindowAdapter)):
             raise TypeError(
-                f"inferer must be a monai_tta Adapter or a SlidingWindowAdapter, got {type(inferer).__name__}."
+                f"inferer must be a monai_tta Adapter or SlidingWindowAdapter, got {type(inferer).__name__}."
             )
         super().__init__(device=device, val_data_loader=val_data_loader, network=network, inferer=inferer, **kwargs)
         self.domain_key = domain_key

@@ -6,11 +6,13 @@
 
 1. **Statistics** (only when some BatchNorm layer uses the input's statistics: ``"image"``, ``"mix"``, ``"warmup"``
    regimes): the per-image statistics of the 2D methods become per-*volume* statistics. ``stats_passes`` no-grad
-   passes over the prediction's windows pool, for every BatchNorm layer, ``sum x``, ``sum x^2`` and the count of its
-   inputs over all the windows (:func:`~monai_tta.norms.pooled_statistics`): the statistics that BatchNorm in
-   training mode would compute on the batch of all the windows. During the update and the prediction every patch and
-   window is normalised with these fixed statistics (no gradient flows through them, unlike the 2D update where the
-   statistics of the image carry the gradient).
+   passes over the tiles of the non-overlapping grid of ``roi_size`` (each voxel once, but where the last tile of an
+   axis is shifted to end at the border) pool, for every BatchNorm layer, ``sum x``, ``sum x^2`` and the count of its
+   inputs over all the tiles (:func:`~monai_tta.norms.pooled_statistics`): the statistics that BatchNorm in training
+   mode would compute on the batch of all the tiles. A pass costs a source-only prediction without overlap (with
+   ``overlap=0.5`` in 3D, about an eighth of the prediction's windows). During the update and the prediction every
+   patch and window is normalised with these fixed statistics (no gradient flows through them, unlike the 2D update
+   where the statistics of the image carry the gradient).
 2. **Update**: the method's rule with its gradients averaged over ``num_patches`` patches of the network's ``roi_size``
    (:func:`~monai_tta.inferers.patches.sample_patches`: grid tiles or seeded random positions); each patch's
    forward-backward graph is freed before the next patch runs, so the extra peak memory is that of one patch. The
@@ -49,7 +51,7 @@ class SlidingWindowAdapter(Inferer):
         adapter: the adaptation method (its ``setting``, optimizer, ``params``, ``norm`` apply unchanged).
         roi_size: window (and patch) size, as ``SlidingWindowInferer``'s (``-1`` or missing axes take the volume's).
         sw_batch_size: windows per forward in the statistics passes and the prediction.
-        overlap: window overlap of the statistics passes and the prediction.
+        overlap: window overlap of the prediction (the statistics passes use the non-overlapping tiles).
         mode: blending of the prediction's windows, ``"gaussian"`` or ``"constant"``.
         num_patches: patches the update is computed on; ``None``: every tile of the non-overlapping grid
             (``"grid"`` only). Default 4 (our choice: a fixed cost per volume whatever its size).
@@ -175,7 +177,7 @@ class VolumeCase(Case):
         return x
 
     def _windows_forward(self, network: nn.Module, x: torch.Tensor) -> None:
-        windows = window_slices(x.shape[2:], self._roi, self.owner.overlap)
+        windows = window_slices(x.shape[2:], self._roi, 0.0)  # the non-overlapping tiles
         batch = self.owner.sw_batch_size
         for start in range(0, len(windows), batch):
             chunk = windows[start : start + batch]
