@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the MONAI Label 0.8.5 environment of the serving tests (tests/monailabel/), from the package registry only.
+# Build the MONAI Label 0.8.5 environment of the serving tests (tests/monailabel_serving/), from the package registry only.
 #
 #   bash tools/monailabel_env.sh [VENV]      # default VENV: .venv-monailabel (git-ignored)
 #

@@ -14,6 +14,8 @@ import pytest
 from conftest import BUNDLES
 from PIL import Image
 
+pytest.importorskip("monailabel", reason="MONAI Label environment absent: build it with tools/monailabel_env.sh")
+
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -15,7 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+pytest.importorskip("monailabel", reason="MONAI Label environment absent: build it with tools/monailabel_env.sh")
 
 NAME = "grata_fundus_segmentation"
 START_TIMEOUT_S = 240
