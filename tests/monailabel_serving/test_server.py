@@ -1,5 +1,6 @@
-"""The real MONAI Label server (``monailabel start_server``) on 127.0.0.1 serving the GraTa bundle: ``/info`` lists it
-with its labels and no trainer, ``/infer`` returns a uint8 PNG label map of the study image; stopped by its PID."""
+"""The real MONAI Label server (``monailabel start_server``) on 127.0.0.1 serving every bundle: ``/info`` lists them
+with their labels and no trainer, ``/infer`` returns a uint8 PNG label map of a study image for each; the server is
+stopped by its PID."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BUNDLES
 from PIL import Image
 
 pytest.importorskip("monailabel", reason="MONAI Label environment absent: build it with tools/monailabel_env.sh")
 
-NAME = "grata_fundus_segmentation"
 START_TIMEOUT_S = 240
 
 
@@ -41,7 +42,7 @@ def test_server_infers_a_label_map(served, tmp_path):
     base = f"http://127.0.0.1:{port}"
     monailabel = Path(sys.executable).with_name("monailabel")
     command = [str(monailabel), "start_server", "--app", str(served["app"]), "--studies", str(served["studies"])]
-    command += ["--conf", "models", NAME, "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--conf", "models", ",".join(BUNDLES), "--host", "127.0.0.1", "--port", str(port)]
     # the `monailabel` script runs `python` from PATH (or MONAILABEL_PYEXE): make it this venv's
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "MONAILABEL_PYEXE": sys.executable}
     log = open(tmp_path / "server.log", "wb")
@@ -56,16 +57,17 @@ def test_server_infers_a_label_map(served, tmp_path):
             except OSError:
                 time.sleep(2)
         assert info is not None, (tmp_path / "server.log").read_text()[-3000:]
-        assert info["models"][NAME]["labels"] == {"optic disc": 1, "optic cup": 2}
-        assert info["trainers"] == {}
-        image = sorted(served["studies"].glob("*.png"))[1]
-        body = get(f"{base}/infer/{NAME}?image={image.stem}&output=image", data=b"{}")
-        label_map = np.asarray(Image.open(io.BytesIO(body)))
+        assert sorted(info["models"]) == sorted(BUNDLES) and info["trainers"] == {}
+        image = sorted(served["studies"].glob("source*.png"))[0]  # every method segments the source domain
         truth = served["truth"][image.stem]
-        assert label_map.dtype == np.uint8 and label_map.shape == truth.shape
-        assert set(np.unique(label_map)) <= {0, 1, 2} and (label_map == 2).any()
-        disc, true_disc = label_map >= 1, truth >= 1
-        assert 2 * (disc & true_disc).sum() / (disc.sum() + true_disc.sum()) > 0.7
+        for name in BUNDLES:
+            assert info["models"][name]["labels"] == {"optic disc": 1, "optic cup": 2}
+            body = get(f"{base}/infer/{name}?image={image.stem}&output=image", data=b"{}")
+            label_map = np.asarray(Image.open(io.BytesIO(body)))
+            assert label_map.dtype == np.uint8 and label_map.shape == truth.shape
+            assert set(np.unique(label_map)) <= {0, 1, 2} and (label_map == 2).any()
+            disc, true_disc = label_map >= 1, truth >= 1
+            assert 2 * (disc & true_disc).sum() / (disc.sum() + true_disc.sum()) > 0.7, name
     finally:
         os.kill(server.pid, signal.SIGTERM)  # the server's own PID
         try:
