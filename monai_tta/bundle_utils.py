@@ -124,15 +124,15 @@ def ensure_source_checkpoint(
     checkpoint: str | Path,
     bundle_root: str | Path,
     overrides: Mapping[str, Any] | None = None,
-    configs: Sequence[str] = ("inference.json", "train.json"),
+    configs: Sequence[str] = ("inference.json", "source_training.json"),
 ) -> Path:
-    """Train the bundle's source model with its ``train.json`` when ``checkpoint`` does not exist yet.
+    """Train the bundle's source model with its ``source_training.json`` when ``checkpoint`` does not exist yet.
 
     The source checkpoint is never overwritten once it exists, and it is never downloaded.
 
     Args:
         checkpoint: expected path of the source weights (``models/model.pt``).
-        bundle_root: bundle folder holding ``configs/train.json``.
+        bundle_root: bundle folder holding ``configs/source_training.json``.
         overrides: overrides passed to the training run; values may be objects already built by the calling config
             (its ``network``, ``preprocessing``, ``datalist_file``, ``device``), so that the source model is trained
             with exactly the inference run's network and data. Keys starting with ``_`` are ignored.

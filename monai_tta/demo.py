@@ -61,7 +61,7 @@ def run_demo(
     results_dir: str | Path | None = "docs/results",
     command: str = "python -m monai_tta.demo",
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Run each method through the GraTa bundle and collect the per-domain summaries.
+    """Run each method's bundle and collect the per-domain summaries.
 
     Args:
         bundles_dir: folder holding the bundles.

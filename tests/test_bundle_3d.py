@@ -18,6 +18,8 @@ from tiny import digest, write_nifti_sites
 
 from monai_tta.bundle_utils import run_bundle
 from monai_tta.reports import read_case_csv
+from monai_tta.zoo import BundleFamily
+from monai_tta.zoo.checks import bundle_on_path, check_infer_properties, check_net_in_out, check_schema, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -50,18 +52,39 @@ def tiny(tmp_path_factory):
     return tiny_mr_overrides(tmp_path_factory.mktemp("mr"))
 
 
+@pytest.mark.parametrize("name", sorted(BundleFamily.load(BUNDLES / "families" / "prostate_mr").bundles))
+def test_zoo_checks_of_the_committed_bundles_write_nothing_into_them(name):
+    bundle = BUNDLES / name
+    before = snapshot(bundle)
+    with bundle_on_path(bundle):
+        check_schema(bundle)
+        check_net_in_out(bundle)
+        check_infer_properties(bundle)
+    assert snapshot(bundle) == before
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    labels = {"0": "background", "1": "peripheral zone", "2": "transition zone"}  # the saved label map's values
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == labels
+
+
 def test_parsing_and_checking_the_config_writes_nothing(tmp_path):
     overrides = tiny_mr_overrides(tmp_path)
     workflow = ConfigWorkflow(
-        config_file=[str(MR / "configs" / "inference.json"), str(MR / "configs" / "evaluate.json")],
+        config_file=str(MR / "configs" / "inference.json"),
         meta_file=str(MR / "configs" / "metadata.json"),
         logging_file=False,
         workflow_type="infer",
         **{"bundle_root": str(MR), **overrides},
     )
     workflow.initialize()
-    assert workflow.check_properties() in (None, [])
-    workflow.parser.get_parsed_content("inferer")
+    assert workflow.check_properties() in (None, [])  # builds the dataset, evaluator, inferer and network
+    evaluation = ConfigWorkflow(
+        config_file=[str(MR / "configs" / f) for f in ("inference.json", "evaluate.json", "source_training.json")],
+        logging_file=False,
+        workflow_type=None,
+        **{"bundle_root": str(MR), **overrides},
+    )
+    evaluation.initialize()
+    evaluation.parser.get_parsed_content("evaluator")
     assert list(tmp_path.iterdir()) == []  # no data generated, no source model trained
 
 
@@ -90,13 +113,12 @@ def test_evaluate_generates_trains_adapts_and_reports_per_site(tiny):
 @pytest.mark.parametrize(
     "bundle,method", [("tent_prostate_mr_segmentation", "TENT"), ("source_only_prostate_mr_segmentation", "SourceOnly")]
 )
-def test_thin_bundles_override_only_the_adapter(tiny, bundle, method):
-    override = BUNDLES / bundle / "configs" / "inferer.json"
-    run_bundle(MR, ["inference.json", "evaluate.json", str(override)], tiny, logging_file=False)
+def test_variants_are_the_same_bundle_with_another_adapter(tiny, bundle, method):
+    run_bundle(BUNDLES / bundle, ["inference.json", "evaluate.json"], tiny, logging_file=False)
     rows = read_case_csv(Path(tiny["output_dir"]) / method / "cases.csv")
     assert len(rows) == 4 and {r["method"] for r in rows} == {method}
-    assert set(json.loads(override.read_text())) <= {"_desc_", "method", "adapter"}
-    assert json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text())["version"]
+    grata, variant = (json.loads((BUNDLES / b / "configs" / "inference.json").read_text()) for b in (MR.name, bundle))
+    assert {k for k in grata if grata[k] != variant.get(k)} == {"adapter", "method"}
 
 
 def test_inference_writes_uint8_label_maps_in_the_input_space(tiny):
@@ -264,3 +286,36 @@ def test_zoo_style_config_gets_tta_when_only_its_inferer_is_replaced(tmp_path):
         for run in ("plain", "adapted")
     }
     assert len(saved["plain"]) == 8 and saved["plain"] == saved["adapted"]  # the same outputs, nothing else changed
+
+
+def test_concurrent_requests_to_the_sliding_window_adapter_each_get_the_sliding_window_plan():
+    """MONAI Label calls the bundle's inferer from several request threads on one cached network: with the episodic
+    setting every call, whatever runs at the same time, returns what a lone call returns."""
+    import threading
+
+    from monai.networks.nets import UNet
+
+    from monai_tta.adapters import Tent
+    from monai_tta.inferers import SlidingWindowAdapter
+
+    torch.manual_seed(0)
+    network = UNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=1, norm="batch").eval()
+    inferer = SlidingWindowAdapter(Tent(setting="episodic"), roi_size=(8, 8, 8), sw_batch_size=2, num_patches=2)
+    volume = torch.rand(1, 1, 20, 12, 10, generator=torch.Generator().manual_seed(1))
+    expected = inferer(volume, network)
+    results, errors = [], []
+
+    def request() -> None:
+        try:
+            for _ in range(3):
+                results.append(inferer(volume, network))
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=request) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 9
+    assert all(torch.equal(r, expected) for r in results)

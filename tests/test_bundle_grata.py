@@ -44,7 +44,7 @@ def test_evaluate_trains_source_on_first_use_adapts_and_reports(tiny):
     assert recorded["overrides"]["num_per_domain"] == 3 and recorded["config"]["inferer"]["_target_"].endswith("GraTa")
     assert recorded["config_files"][-1].endswith("evaluate.json")  # the GraTa run, not the source training it started
     training = json.loads((Path(tiny["output_dir"]) / "source_training" / "config.json").read_text())
-    assert training["config_files"][-1].endswith("train.json")
+    assert training["config_files"][-1].endswith("source_training.json")
     # a second run reuses the checkpoint and never writes it
     run_bundle(GRATA, ["inference.json", "evaluate.json"], tiny, logging_file=False)
     assert digest(ckpt) == before

@@ -70,7 +70,7 @@ def test_checking_a_committed_bundle_writes_nothing_into_it(name):
                 continue
             chain = ["inference.json"]  # each config merged after the ones its _desc_ names
             chain += ["resunet34.json"] if config.name in ("train_resunet34.json", "fundus_benchmark.json") else []
-            chain += ["train.json"] if config.name == "train_resunet34.json" else []
+            chain += ["source_training.json"] if config.name == "train_resunet34.json" else []
             parser = ConfigParser()
             parser.read_config([str(bundle / "configs" / c) for c in dict.fromkeys([*chain, config.name])])
             parser.parse()

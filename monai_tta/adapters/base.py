@@ -264,12 +264,14 @@ class Adapter(Inferer):
     @contextmanager
     def using_case(self, factory: Callable[[nn.Module], Case]) -> Iterator[None]:
         """Within the context, each call follows the :class:`~monai_tta.adapters.cases.Case` plan ``factory(network)``
-        instead of the whole-input plan (used by :class:`~monai_tta.inferers.SlidingWindowAdapter`)."""
-        previous, self._case_factory = self._case_factory, factory
-        try:
-            yield
-        finally:
-            self._case_factory = previous
+        instead of the whole-input plan (used by :class:`~monai_tta.inferers.SlidingWindowAdapter`). The context holds
+        the adapter's lock, so a concurrent call (another serving request) never runs with, or resets, this plan."""
+        with self._lock:
+            previous, self._case_factory = self._case_factory, factory
+            try:
+                yield
+            finally:
+                self._case_factory = previous
 
     def case_parts(self, inputs: torch.Tensor) -> CaseParts:
         """The parts of the current case that the update computes its gradients on (the whole input outside a call

@@ -2,7 +2,7 @@
 
 Run ``python -m monai_tta.bench --help``. With no option it uses the embedded synthetic fundus data (generated into a
 cache folder), trains the small source UNet on the source domain on first use (bundle ``grata_fundus_segmentation``'s
-``train.json``; the checkpoint goes to the cache folder, never into ``bundles/*/models``), and writes to
+``source_training.json``; the checkpoint goes to the cache folder, never into ``bundles/*/models``), and writes to
 ``docs/benchmarks/``:
 
 - ``results.md``: the exact command and machine; the cost of each method per case (wall time and peak memory, in
@@ -17,7 +17,7 @@ cache folder), trains the small source UNet on the source domain on first use (b
 With ``--dims 3`` (the default runs ``2 3``) it also benchmarks 3D volumes and writes the same files into
 ``<out>/3d/``: the embedded multi-site MR volumes (``monai_tta.data.generate_mr_sites``, into the cache folder), read,
 preprocessed and predicted with the 3D bundle's configs (``bundles/grata_prostate_mr_segmentation``: its
-preprocessing, 3D network and sliding-window options; source weights trained by its ``train.json`` on the source
+preprocessing, 3D network and sliding-window options; source weights trained by its source-training config on the source
 site on first use, into the cache folder). Every method is wrapped in ``monai_tta.inferers.SlidingWindowAdapter``
 with the bundle's window, so one call adapts on the volume's patches and predicts the whole volume; the reference of
 every ratio, ``source_only``, is the source model through the same sliding window. Dice per site and method (setting
@@ -55,7 +55,7 @@ Options (defaults in brackets):
   ``--image-size`` side of the images of the Dice runs [128]; ``--cache`` folder of generated data and trained
   checkpoints [``<out>/cache``];
 - model: ``--network small|resunet34`` [small]; ``--checkpoint`` source weights (trained on first use when missing)
-  [``<cache>/source_<network>_...pt``]; ``--source-epochs`` [30]; ``--bundle`` bundle whose ``train.json`` trains it
+  [``<cache>/source_<network>_...pt``]; ``--source-epochs`` [30]; ``--bundle`` bundle that trains it
   [bundles/grata_fundus_segmentation];
 - methods and settings: ``--methods`` [source_only norm_adapt tent grata grata_approx vptta]
   (also ``grata_batched``, ``grata_eager``, ``grata_separate``, ``grata_joint``: the exact GraTa with the 6 views in
@@ -73,7 +73,7 @@ Options (defaults in brackets):
   on Ampere and later GPUs); ``results.md`` records those flags;
 - 3D volumes: ``--dims`` [2 3]; ``--vol-sites`` target MR sites [all but the source]; ``--vol-cases`` test volumes
   per site [6]; ``--vol-num-source`` generated cases per site, the source's training split trains the source model
-  [16]; ``--vol-epochs`` [the bundle's ``train.json``]; ``--vol-checkpoint`` [``<cache>/source_mr_...pt``];
+  [16]; ``--vol-epochs`` [the bundle's]; ``--vol-checkpoint`` [``<cache>/source_mr_...pt``];
   ``--vol-bundle`` [bundles/grata_prostate_mr_segmentation]; ``--vol-methods`` [source_only norm_adapt tent grata];
   ``--vol-settings`` [domain]; ``--vol-patches`` patches each update is computed on (``num_patches`` of the
   sliding-window adapter) [the bundle's inferer, else the adapter's default]; ``--vol-timing-reps`` [7];
@@ -131,7 +131,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--network", default="small", choices=NETWORKS, help="SmallUNet or ResUNet-34")
     p.add_argument("--checkpoint", default=None, help="source weights (trained on first use when missing)")
     p.add_argument("--source-epochs", type=int, default=30, help="epochs of the source training (first use)")
-    p.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle whose train.json trains the source model")
+    p.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle that trains the source model")
     p.add_argument("--methods", nargs="+", default=None, help=f"methods (default {' '.join(DEFAULT_METHODS)})")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), help="episodic domain continual stream")
     p.add_argument("--rounds", type=int, default=3, help="rounds of the continual stream")

@@ -25,6 +25,7 @@ __all__ = [
     "prepare_data",
     "prepare_network",
     "preprocess_cases",
+    "training_config",
     "load_source_weights",
     "prepare_copy",
     "to_device",
@@ -34,7 +35,8 @@ logger = logging.getLogger("monai_tta.bench")
 
 #: the networks of ``--network``.
 NETWORKS = ("small", "resunet34")
-#: the bundle whose configs give the preprocessing and the network, and whose ``train.json`` trains the source model.
+#: the bundle whose configs give the preprocessing and the network, and whose source-training config trains the
+#: source model.
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "grata_fundus_segmentation"
 
 
@@ -76,8 +78,8 @@ def prepare_data(args: argparse.Namespace) -> dict[str, Any]:
 
     Returns:
         ``{"datalist": path, "source_datalist": path or None, "domains": [...], "cases": {domain: [case, ...]},
-        "preprocessing": the bundle's labelled preprocessing, "channel_names": [...]}``; a case holds ``image`` ``(1, C, H, W)`` and ``label``
-        ``(C', H, W)`` tensors, ``domain`` and ``case_id``.
+        "preprocessing": the bundle's labelled preprocessing, "channel_names": [...]}``; a case holds ``image``
+        ``(1, C, H, W)`` and ``label`` ``(C', H, W)`` tensors, ``domain`` and ``case_id``.
 
     Raises:
         ValueError: if a datalist file is given without ``--domains`` and has no ``domains`` list.
@@ -131,7 +133,7 @@ def prepare_data(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def prepare_network(args: argparse.Namespace, data: Mapping[str, Any], device: torch.device) -> tuple[nn.Module, Path]:
-    """The source network with its weights (trained with the bundle's ``train.json`` when the checkpoint is missing).
+    """The source network with its weights (trained by the bundle's source-training config when missing).
 
     Args:
         args: the parsed command line (``checkpoint``, ``network``, ``image_size``, ``num_source``,
@@ -157,7 +159,8 @@ def prepare_network(args: argparse.Namespace, data: Mapping[str, Any], device: t
         "network": network,
         "labelled_preprocessing": data["preprocessing"],
         "datalist_file": str(data["source_datalist"]),
-        "output_dir": str(Path(args.cache) / "source_training_runs"),  # nothing written into the bundle folder
+        "generate_data": False,  # the data is this run's (nothing is written into the bundle folder)
+        "output_dir": str(Path(args.cache) / "source_training_runs"),
         "device": device,
         "seed": int(args.seed),
     }
@@ -197,16 +200,31 @@ def preprocess_cases(
     return cases
 
 
+def training_config(bundle: str | Path) -> Path:
+    """The bundle's source-training config: ``configs/source_training.json``, or ``configs/train.json`` in a bundle
+    without it.
+
+    Raises:
+        FileNotFoundError: if the bundle has neither.
+    """
+    configs = Path(bundle) / "configs"
+    for name in ("source_training.json", "train.json"):
+        if (configs / name).is_file():
+            return configs / name
+    raise FileNotFoundError(f"{configs}: no source_training.json or train.json to train the source model with.")
+
+
 def load_source_weights(
     network: nn.Module, checkpoint: Path, bundle: str | Path, training: Mapping[str, Any] | None
 ) -> None:
-    """Load the source weights into ``network``, training them first with the bundle's ``train.json`` when
-    ``checkpoint`` is missing (into ``checkpoint``, never into the bundle's ``models``).
+    """Load the source weights into ``network``, training them first with the bundle's ``inference.json`` and its
+    source-training config (:func:`training_config`) when ``checkpoint`` is missing (into ``checkpoint``, never into
+    the bundle's ``models``).
 
     Args:
         network: the source network (trained in place when the checkpoint is missing).
         checkpoint: the source weights.
-        bundle: the bundle folder whose ``inference.json`` + ``train.json`` train the source model.
+        bundle: the bundle folder that trains the source model.
         training: overrides of the training run (``epochs``, ``network``, ``datalist_file``, ...); ``None`` when no
             source training data is known.
 
@@ -225,7 +243,7 @@ def load_source_weights(
             )
         logger.info(f"training the source model ({training.get('epochs', 'default')} epochs) into {checkpoint}")
         start = time.perf_counter()
-        ensure_source_checkpoint(checkpoint, bundle, training)
+        ensure_source_checkpoint(checkpoint, bundle, training, configs=("inference.json", training_config(bundle).name))
         logger.info(f"source training took {time.perf_counter() - start:.0f} s")
     load_reference_state_dict(network, str(checkpoint))
 

@@ -284,7 +284,7 @@ def _volume_markdown(
         cost_table(timing, meta.get("run_time_ms", {})),
         "",
         f"What one call computes on a volume (K = {window.get('num_patches')} patches of the roi per update, "
-        f"{window.get('patch_sampling')} sampling; the statistics pass and the prediction run the windows "
+        f"{window.get('patch_sampling')} sampling; the statistics pass and the prediction run their windows "
         f"{window.get('sw_batch_size')} at a time):",
         "",
     ]

@@ -1,5 +1,5 @@
 """3D data and network of the benchmark: the embedded multi-site MR volumes, read and preprocessed by the 3D bundle's
-``inference.json``, and its 3D network with source weights trained by its ``train.json`` on first use.
+``inference.json``, and its 3D network with source weights trained by its source-training config on first use.
 
 The bundle (``bundles/grata_prostate_mr_segmentation`` by default, ``--vol-bundle``) is the single source of the
 geometry: its ``preprocessing`` (``LoadImaged``, ``Orientationd`` RAS, ``Spacingd``, intensity normalisation, label
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from monai_tta.bench.data import load_source_weights, preprocess_cases
+from monai_tta.bench.data import load_source_weights, preprocess_cases, training_config
 
 __all__ = [
     "VOLUME_BUNDLE",
@@ -39,8 +39,8 @@ VOLUME_METHODS = ("source_only", "norm_adapt", "tent", "grata")
 #: what one call of each method computes on a volume through the sliding-window adapter (K: ``num_patches``).
 VOLUME_PASSES = {
     "source_only": "the sliding-window prediction with the source model and its running statistics (the reference)",
-    "norm_adapt": "a statistics pass over the prediction's windows (per-volume BatchNorm statistics), then the "
-    "sliding-window prediction with them; no gradient",
+    "norm_adapt": "a statistics pass over the non-overlapping tiles of the roi (per-volume BatchNorm statistics), "
+    "then the sliding-window prediction with them; no gradient",
     "tent": "the statistics pass; entropy forward + backward on each of the K patches (gradients averaged), one Adam "
     "step on the BatchNorm affine parameters; the sliding-window prediction",
     "grata": "the statistics pass; per patch, in two sweeps: entropy forward + backward at theta, then at theta' the 6 "
@@ -52,7 +52,7 @@ _NOT_WINDOW = ("_target_", "_desc_", "_requires_", "_disabled_", "_mode_", "adap
 
 
 def volume_parser(bundle: str | Path, dataset_dir: str | Path, device: torch.device, seed: int) -> Any:
-    """A ``ConfigParser`` of the bundle's ``inference.json`` reading ``dataset_dir``, labels loaded, on ``device``;
+    """A ``ConfigParser`` of the bundle's ``inference.json`` reading ``dataset_dir`` on ``device``;
     its ``output_dir`` (where a source training records itself) is ``<dataset_dir>_runs``, so that nothing is written
     into the bundle folder."""
     from monai.bundle import ConfigParser
@@ -67,7 +67,6 @@ def volume_parser(bundle: str | Path, dataset_dir: str | Path, device: torch.dev
             "output_dir": f"{dataset_dir}_runs",
             "datalist_file": str(Path(dataset_dir) / "datalist.json"),
             "generate_data": False,
-            "load_keys": ["image", "label"],
             "device": f"$torch.device({str(device)!r})",
             "seed": int(seed),
         }
@@ -130,7 +129,7 @@ def prepare_volumes(args: argparse.Namespace, device: torch.device) -> dict[str,
         root, num_train=args.vol_num_source, num_test=args.vol_cases, seed=args.seed, sites=[SOURCE_DOMAIN, *sites]
     )
     parser = volume_parser(args.vol_bundle, root, device, args.seed)
-    preprocessing = parser.get_parsed_content("preprocessing")
+    preprocessing = parser.get_parsed_content("labelled_preprocessing")  # image and label
     window = window_options(parser)
     if args.vol_patches:
         window["num_patches"] = int(args.vol_patches)
@@ -148,21 +147,21 @@ def prepare_volumes(args: argparse.Namespace, device: torch.device) -> dict[str,
 
 
 def _bundle_digest(bundle: str | Path) -> str:
-    """8 hex digits of the bundle's ``inference.json`` and ``train.json`` and of the MR generator's version: a
-    cached source model is retrained when the data, the preprocessing, the network or the training change."""
+    """8 hex digits of the bundle's ``inference.json`` and source-training config and of the MR generator's version:
+    a cached source model is retrained when the data, the preprocessing, the network or the training change."""
     from monai_tta.data import MR_GENERATOR_VERSION
 
     digest = hashlib.sha256(str(MR_GENERATOR_VERSION).encode())
-    for name in ("inference.json", "train.json"):
-        digest.update((Path(bundle) / "configs" / name).read_bytes())
+    for path in (Path(bundle) / "configs" / "inference.json", training_config(bundle)):
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:8]
 
 
 def _bundle_epochs(bundle: str | Path) -> int:
-    """The number of epochs of the bundle's source training (``epochs`` of its ``train.json``)."""
+    """The number of epochs of the bundle's source training (``epochs`` of its source-training config)."""
     from monai.bundle import ConfigParser
 
-    return int(ConfigParser.load_config_file(str(Path(bundle) / "configs" / "train.json"))["epochs"])
+    return int(ConfigParser.load_config_file(str(training_config(bundle)))["epochs"])
 
 
 def prepare_volume_network(
@@ -170,9 +169,10 @@ def prepare_volume_network(
 ) -> tuple[nn.Module, Path]:
     """The bundle's 3D network with source weights, trained on the source site on first use.
 
-    Training runs the bundle's ``inference.json`` + ``train.json`` with the overrides its own inference run passes
+    Training runs the bundle's ``inference.json`` + source-training config with the overrides its own inference run
+    passes
     (its ``source_training`` block: network, device, data, geometry) and ``epochs`` (``--vol-epochs``, or the
-    ``train.json`` default);
+    config's default);
     the checkpoint goes to the cache folder, never into the bundle's ``models``, under a name that holds the
     training size, the epochs, the seed and a digest of the bundle's configs and the generator's version.
 

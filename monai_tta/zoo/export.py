@@ -5,7 +5,7 @@
     configs/, docs/, LICENSE       the bundle's files (docs/README.md follows the zoo's README template)
     scripts/__init__.py            puts scripts/ on sys.path, so that ``monai_tta`` resolves to the copy below
     scripts/monai_tta/             this package's source (pure Python), imported by the configs' ``_target_``s
-    models/model.pt                the source model: trained by the bundle's train.json, or the checkpoint given
+    models/model.pt                the source model: trained by source_training.json, or the checkpoint given
     models/model.ts                TorchScript of network_def with model.pt (MONAI's ckpt_export, torch.jit.script)
     large_files.yml                path, url and md5 of the two model files
 
@@ -93,7 +93,7 @@ def export_bundle(
         bundle_dir: a bundle folder (its runtime folders ``eval``, ``data`` and ``models`` are not copied).
         out_dir: the export folder; must not exist or be empty.
         checkpoint: source weights to ship as ``models/model.pt``; ``None`` trains them with the bundle's
-            ``train.json`` (data and logs in a temporary folder).
+            ``source_training.json`` (data and logs in a temporary folder).
         train_overrides: overrides of that training run (e.g. ``{"epochs": 1, "image_size": 32}``).
         url: where ``models/`` will be hosted (written into ``large_files.yml``; empty when not given).
 
@@ -155,7 +155,7 @@ def _write_models(
                 "ckpt_filename": "model.pt",
                 **dict(train_overrides or {}),
             }
-            run_bundle(out_dir, ["inference.json", "train.json"], overrides, logging_file=False)
+            run_bundle(out_dir, ["inference.json", "source_training.json"], overrides, logging_file=False)
     ckpt_export(
         net_id="network_def",
         filepath=str(models / "model.ts"),
