@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from monai.utils import StrEnum
 
-__all__ = ["DataKeys", "StatKeys", "Setting", "NormRegime", "DayNightKeys"]
+__all__ = ["DataKeys", "CaseStatus", "StatKeys", "Setting", "NormRegime", "DayNightKeys"]
 
 
 class DataKeys(StrEnum):
@@ -24,6 +24,15 @@ class DataKeys(StrEnum):
     STREAM_SEGMENT = "stream_segment"
 
 
+class CaseStatus(StrEnum):
+    """The outcome column of a per-case record: its name (``KEY``), its values and the column of the reason."""
+
+    KEY = "status"
+    OK = "ok"
+    FAILED = "failed"
+    ERROR = "error"
+
+
 class StatKeys(StrEnum):
     """Keys of the statistics an adapter reports about its last call (``adapter.last_stats``)."""
 
@@ -40,6 +49,11 @@ class StatKeys(StrEnum):
     FROM_MEMORY = "from_memory"
     WARMUP_LAMBDA = "warmup_lambda"
     MASK_FRACTION = "mask_fraction"
+    NONFINITE = "nonfinite"
+    NONFINITE_PART = "nonfinite_part"
+    SAFEGUARD = "safeguard"
+    SAFEGUARD_SIGNAL = "safeguard_signal"
+    SAFE_PRIOR = "safe_prior"
 
 
 class Setting(StrEnum):

@@ -18,6 +18,8 @@ from tiny import digest, write_nifti_sites
 
 from monai_tta.bundle_utils import run_bundle
 from monai_tta.reports import read_case_csv
+from monai_tta.zoo import BundleFamily
+from monai_tta.zoo.checks import bundle_on_path, check_infer_properties, check_net_in_out, check_schema, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -48,6 +50,20 @@ def tiny_mr_overrides(tmp: Path) -> dict:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return tiny_mr_overrides(tmp_path_factory.mktemp("mr"))
+
+
+@pytest.mark.parametrize("name", sorted(BundleFamily.load(BUNDLES / "families" / "prostate_mr").bundles))
+def test_zoo_checks_of_the_committed_bundles_write_nothing_into_them(name):
+    bundle = BUNDLES / name
+    before = snapshot(bundle)
+    with bundle_on_path(bundle):
+        check_schema(bundle)
+        check_net_in_out(bundle)
+        check_infer_properties(bundle)
+    assert snapshot(bundle) == before
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    labels = {"0": "background", "1": "peripheral zone", "2": "transition zone"}  # the saved label map's values
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == labels
 
 
 def test_parsing_and_checking_the_config_writes_nothing(tmp_path):
@@ -270,3 +286,36 @@ def test_zoo_style_config_gets_tta_when_only_its_inferer_is_replaced(tmp_path):
         for run in ("plain", "adapted")
     }
     assert len(saved["plain"]) == 8 and saved["plain"] == saved["adapted"]  # the same outputs, nothing else changed
+
+
+def test_concurrent_requests_to_the_sliding_window_adapter_each_get_the_sliding_window_plan():
+    """MONAI Label calls the bundle's inferer from several request threads on one cached network: with the episodic
+    setting every call, whatever runs at the same time, returns what a lone call returns."""
+    import threading
+
+    from monai.networks.nets import UNet
+
+    from monai_tta.adapters import Tent
+    from monai_tta.inferers import SlidingWindowAdapter
+
+    torch.manual_seed(0)
+    network = UNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=1, norm="batch").eval()
+    inferer = SlidingWindowAdapter(Tent(setting="episodic"), roi_size=(8, 8, 8), sw_batch_size=2, num_patches=2)
+    volume = torch.rand(1, 1, 20, 12, 10, generator=torch.Generator().manual_seed(1))
+    expected = inferer(volume, network)
+    results, errors = [], []
+
+    def request() -> None:
+        try:
+            for _ in range(3):
+                results.append(inferer(volume, network))
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=request) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 9
+    assert all(torch.equal(r, expected) for r in results)

@@ -16,6 +16,7 @@ from monai.networks.nets import UNETR, BasicUNet, DynUNet, SegResNet, SwinUNETR,
 
 from monai_tta.adapters import SAR, VPTTA, GraTa, NormAdapt, Tent
 from monai_tta.params import norm_layer_kinds
+from monai_tta.reports import markdown_table
 
 NETWORKS = {
     "UNet(norm='batch')": lambda: UNet(3, 1, 2, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2, norm="batch"),
@@ -38,18 +39,19 @@ def count(cls, network) -> str:
 
 def main() -> int:
     torch.manual_seed(0)
-    print("| network | normalisation layers | parameters | " + " | ".join(METHODS) + " |")
-    print("|---|---|---|" + "---|" * len(METHODS))
+    table: dict[str, dict[str, str]] = {}
     for name, build in NETWORKS.items():
         try:
             network = build().eval()
         except ImportError as e:  # UNETR and SwinUNETR need einops
-            print(f"| {name} | not built: {e.__class__.__name__} | | " + " | " * len(METHODS))
+            table[name] = {"normalisation layers": f"not built: {e.__class__.__name__}"}
             continue
-        total = sum(p.numel() for p in network.parameters())
-        row = [name, ", ".join(norm_layer_kinds(network)), f"{total:,}"]
-        row += [count(cls, network) for cls in METHODS.values()]
-        print("| " + " | ".join(row) + " |")
+        table[name] = {
+            "normalisation layers": ", ".join(norm_layer_kinds(network)),
+            "parameters": f"{sum(p.numel() for p in network.parameters()):,}",
+            **{method: count(cls, network) for method, cls in METHODS.items()},
+        }
+    print(markdown_table(table, ["normalisation layers", "parameters", *METHODS], row_title="network", formatter=str))
     return 0
 
 

@@ -6,6 +6,8 @@ from monai_tta.adapters.base import Adapter, AdapterState, build_optimizer, set_
 from monai_tta.adapters.cases import Case, CaseParts, WholeCase
 from monai_tta.adapters.dyna import NightTrainer, confident_pseudo_label, ema_update_, random_flips
 from monai_tta.adapters.grata import GraTa, cosine_lr
+from monai_tta.adapters.safe import SafeNorm
+from monai_tta.adapters.safeguard import CollapseSafeguard
 from monai_tta.adapters.sar import SAR, max_entropy
 from monai_tta.adapters.source_only import NormAdapt, SourceOnly
 from monai_tta.adapters.tent import Tent
@@ -21,6 +23,8 @@ __all__ = [
     "WholeCase",
     "SourceOnly",
     "NormAdapt",
+    "SafeNorm",
+    "CollapseSafeguard",
     "Tent",
     "GraTa",
     "cosine_lr",

@@ -33,10 +33,13 @@ from monai.utils import look_up_option
 from torch import nn
 
 from monai_tta.adapters.cases import Case, CaseParts, WholeCase
+from monai_tta.adapters.finite_guard import UpdateGuard
+from monai_tta.adapters.safeguard import CollapseSafeguard
 from monai_tta.gradients import only_requires_grad
 from monai_tta.keys import Setting, StatKeys
 from monai_tta.norms import AdaptiveBatchNorm, NormPolicy, convert_norms
 from monai_tta.params import ParamSelection, nothing_to_update_message, select_parameters
+from monai_tta.validation import check_network_input
 
 __all__ = ["Adapter", "AdapterState", "build_optimizer", "set_lr"]
 
@@ -132,6 +135,10 @@ class Adapter(Inferer):
             affine set). Methods without network parameters (source-only, NormAdapt, VPTTA) do not take it.
         divisor: the size multiple a whole input is padded to (an int or one per spatial axis); ``None`` reads it
             from the network (:func:`~monai_tta.padding.network_divisor`). The output is cropped back.
+        safeguard: the collapse safeguard (:class:`~monai_tta.adapters.safeguard.CollapseSafeguard`, or a dict of
+            its fields): after each case of the ``domain`` and ``continual`` settings, label-free signals of a
+            runaway model; when one fires the adapter returns to the source state. ``None``: on (default
+            thresholds) for the methods with an optimizer, off for the others; ``False``: off.
 
     Raises:
         ValueError: for an unknown setting, optimizer or parameter set, or ``steps < 0``.
@@ -161,8 +168,14 @@ class Adapter(Inferer):
         seed: int | None = 0,
         params: ParamSelection | None = None,
         divisor: int | Sequence[int] | None = None,
+        safeguard: CollapseSafeguard | dict | bool | None = None,
     ) -> None:
         super().__init__()
+        if safeguard is None or safeguard is True:
+            safeguard = CollapseSafeguard() if (self.uses_optimizer or safeguard) else None
+        elif isinstance(safeguard, dict):
+            safeguard = CollapseSafeguard(**safeguard)
+        self.safeguard: CollapseSafeguard | None = safeguard or None
         if isinstance(params, str):
             select_parameters(nn.Module(), params)  # validates the name now rather than at the first case
         self.params = params
@@ -251,12 +264,14 @@ class Adapter(Inferer):
     @contextmanager
     def using_case(self, factory: Callable[[nn.Module], Case]) -> Iterator[None]:
         """Within the context, each call follows the :class:`~monai_tta.adapters.cases.Case` plan ``factory(network)``
-        instead of the whole-input plan (used by :class:`~monai_tta.inferers.SlidingWindowAdapter`)."""
-        previous, self._case_factory = self._case_factory, factory
-        try:
-            yield
-        finally:
-            self._case_factory = previous
+        instead of the whole-input plan (used by :class:`~monai_tta.inferers.SlidingWindowAdapter`). The context holds
+        the adapter's lock, so a concurrent call (another serving request) never runs with, or resets, this plan."""
+        with self._lock:
+            previous, self._case_factory = self._case_factory, factory
+            try:
+                yield
+            finally:
+                self._case_factory = previous
 
     def case_parts(self, inputs: torch.Tensor) -> CaseParts:
         """The parts of the current case that the update computes its gradients on (the whole input outside a call
@@ -300,6 +315,7 @@ class Adapter(Inferer):
                 p.copy_(v)
             state.optimizer = self._make_optimizer(state.params)
             state.step = 0
+            CollapseSafeguard.clear(state)
             self.reset_state(state)
 
     def n_params(self, network: nn.Module) -> int:
@@ -315,13 +331,17 @@ class Adapter(Inferer):
             args: unused (accepted for the ``Inferer`` signature).
             kwargs: unused.
 
+        An update whose loss, gradient or new parameters are not finite is undone (the previous state is kept) and
+        recorded in :attr:`last_stats` (``nonfinite``: which part was not finite).
+
         Raises:
-            ValueError: if ``inputs`` is not a floating-point tensor with batch and channel axes; on the first call
-                with ``network``, if the method has nothing to update on it or needs BatchNorm statistics it lacks.
+            InvalidCaseError: (a ``ValueError``) if ``inputs`` is not a floating-point tensor ``(B, C, *spatial)``
+                with the network's channel count and dimensionality, finite and not constant; the adapter's state is
+                then untouched.
+            ValueError: on the first call with ``network``, if the method has nothing to update on it or needs
+                BatchNorm statistics it lacks.
         """
-        if not isinstance(inputs, torch.Tensor) or inputs.dim() < 3 or not inputs.is_floating_point():
-            shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-            raise ValueError(f"inputs must be a floating-point tensor (B, C, *spatial), got {shape}.")
+        check_network_input(inputs, network)
         with self._lock:  # one case at a time per adapter (concurrent serving requests share the network)
             logits = self._adapt_and_predict(inputs, network)
         if isinstance(inputs, MetaTensor):
@@ -348,17 +368,30 @@ class Adapter(Inferer):
         try:
             with case.statistics(state, network, x):
                 if self.steps > 0:
+                    guard = UpdateGuard(state)
                     with torch.enable_grad(), only_requires_grad(network, state.params):
                         for _ in range(self.steps):
                             step_stats, reported = self.adapt(state, x, network)
                             logits = reported if logits is None else logits
                             stats.update(step_stats)
-                    state.step += 1
+                    bad = guard.check(state, stats)
+                    stats[StatKeys.NONFINITE] = bad is not None
+                    if bad is not None:
+                        guard.restore(state)
+                        stats[StatKeys.NONFINITE_PART] = bad
+                    else:
+                        state.step += 1
                 if logits is None or not case.whole:
                     with torch.no_grad():
                         logits = case.predict(self, state, x, network)
         finally:
             self._case = None
+        if self.safeguard is not None and self.steps > 0 and not episodic:
+            signal = self.safeguard.check(state, logits, getattr(self, "activation", "sigmoid"))
+            self.safeguard.record(stats, signal)
+            if signal is not None:  # back to the source state for the next case
+                with torch.no_grad():
+                    self._reset_states(network)
         stats[StatKeys.STEP] = state.step
         self.last_stats = stats
         return case.finish(logits.detach())

@@ -107,6 +107,7 @@ from monai_tta.bench.data import DEFAULT_BUNDLE, NETWORKS
 from monai_tta.bench.methods import DEFAULT_METHODS, METHODS, SETTINGS, available_methods
 from monai_tta.bench.probes import AMP
 from monai_tta.bench.runner import run_benchmark
+from monai_tta.bench.soak import SOAK_METHODS, run_soak
 from monai_tta.bench.volumes import VOLUME_BUNDLE, VOLUME_METHODS
 from monai_tta.reports import format_number
 
@@ -149,6 +150,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     v.add_argument("--vol-patches", type=int, default=None, help="patches of each update (default: the bundle's)")
     v.add_argument("--vol-out", default=None, help="output folder of the 3D results (default <out>/3d)")
     v.add_argument("--vol-timing-reps", type=int, default=7, help="timed calls per method on one volume")
+    k = p.add_argument_group("soak run (--soak N: only the soak, written to <out>/soak.md and soak.json)")
+    k.add_argument("--soak", type=int, default=0, help="images of the soak run (0: no soak run)")
+    k.add_argument("--soak-size", type=int, default=32, help="side of the soak images")
+    k.add_argument("--soak-block", type=int, default=250, help="cases per block of the soak figures")
+    k.add_argument("--soak-methods", nargs="+", default=list(SOAK_METHODS), help="methods of the soak run")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", default="none", choices=list(AMP), help="torch.autocast around every call (not exact)")
     p.add_argument("--channels-last", action="store_true", help="channels-last network and inputs (all methods)")
@@ -187,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: ``python -m monai_tta.bench [options]``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     args = parse_args(argv)
+    if args.soak:
+        run_soak(args)
+        return 0
     for dims, result in run_benchmark(args).items():
         for t in result["targets"]:
             met = "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from monai_tta.adapters import GraTa, NormAdapt, SourceOnly, Tent
+from monai_tta.adapters import GraTa, NormAdapt, SafeNorm, SourceOnly, Tent
 from monai_tta.adapters.base import Adapter
 from monai_tta.keys import Setting
 
@@ -86,6 +86,20 @@ METHODS: dict[str, MethodSpec] = {
         "pass, strong pass at half size; about 1.25 fwd + 1.25 bwd",
     ),
     "vptta": MethodSpec(_vptta, "VPTTA: Fourier prompt + memory bank, warm-up BN statistics, frozen network"),
+    "norm_mix": MethodSpec(
+        lambda s, i, r: NormAdapt(setting=s, seed=r, norm={"regime": "mix", "prior": 0.5}),
+        "BatchNorm statistics half source, half image, no gradient step",
+    ),
+    "safe_norm": MethodSpec(
+        lambda s, i, r: SafeNorm(setting=s, seed=r),
+        "safe: per case, the lowest-entropy prediction of source / mix / image statistics (3 forwards)",
+    ),
+    "tent_nosafeguard": MethodSpec(
+        lambda s, i, r: Tent(setting=s, seed=r, safeguard=False), "TENT without the collapse safeguard"
+    ),
+    "grata_nosafeguard": MethodSpec(
+        lambda s, i, r: GraTa(setting=s, seed=r, safeguard=False), "GraTa exact without the collapse safeguard"
+    ),
 }
 """Registry of the benchmark's methods, name -> :class:`MethodSpec`."""
 

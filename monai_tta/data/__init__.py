@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .datalist import PATH_KEYS, DeferredData, case_id_from_path, domain_stream, load_datalist
 from .fundus import FUNDUS_DOMAINS, fundus_csv_names, fundus_datalist, load_fundus_csv_domain
+from .guarded import FAILURE_KEY, CaseStream, GuardedDataset, failure_reason
 from .mr_sites import (
     MR_GENERATOR_VERSION,
     MR_LABEL_MODES,
@@ -28,6 +29,10 @@ from .synthetic import (
 )
 
 __all__ = [
+    "FAILURE_KEY",
+    "CaseStream",
+    "GuardedDataset",
+    "failure_reason",
     "DATALIST_NAME",
     "FUNDUS_DOMAINS",
     "GENERATOR_VERSION",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -13,8 +12,10 @@ from monai.data import MetaTensor
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from monai_tta import distributed
+from monai_tta.data.guarded import FAILURE_KEY
 from monai_tta.engines.evaluator import ADAPT_KEY, CASE_METRICS
-from monai_tta.keys import DataKeys
+from monai_tta.io import atomic_write_json, atomic_write_text
+from monai_tta.keys import CaseStatus, DataKeys
 from monai_tta.metrics import asd_per_channel, dice_per_channel, hd95_per_channel
 from monai_tta.reports import MEAN_DICE, markdown_table, plot_domain_dice, plot_stream_stats, summarize, write_case_csv
 
@@ -33,12 +34,15 @@ SUMMARY_FILES = ("summary.json", "summary.md", "dice_per_domain.png", "stream.pn
 class CaseReport:
     """Write one CSV row per case as the evaluator goes, and a per-domain summary at the end.
 
-    Rows hold ``case_id``, ``domain``, ``method``, Dice and average surface distance (in voxels) per channel and their
-    means, optionally the 95th-percentile Hausdorff distance (``hd95_*``, in the prediction's physical units when it is
-    a ``MetaTensor``, else in voxels), and the adapter's statistics. The CSV is rewritten (atomically) after every
-    case, so an interrupted run keeps the cases it scored. At completion it writes ``summary.json``, ``summary.md``,
-    ``dice_per_domain.png`` and ``stream.png`` (Dice and adaptation statistics along the stream, per domain) and logs
-    the per-domain table. Each case's scalars also go to ``engine.state.case_metrics``, which trackers log.
+    Rows hold ``case_id``, ``domain``, ``method``, ``status`` (``ok`` or ``failed``), Dice and average surface distance
+    (in voxels) per channel and their means, optionally the 95th-percentile Hausdorff distance (``hd95_*``, in the
+    prediction's physical units when it is a ``MetaTensor``, else in voxels), and the adapter's statistics. A case that
+    failed to load or validate (reported by the engine's :class:`~monai_tta.data.CaseStream`) gets a row with
+    ``status=failed`` and its ``error``, in stream order. The CSV is rewritten (atomically) after every case, so an
+    interrupted run keeps the cases it scored. At completion it writes ``summary.json`` (per domain: the means over the
+    scored cases, ``n`` and ``n_failed``), ``summary.md``, ``dice_per_domain.png`` and ``stream.png`` (Dice and
+    adaptation statistics along the stream, per domain) and logs the per-domain table. Each case's scalars also go to
+    ``engine.state.case_metrics``, which trackers log.
 
     In a run sharded over ranks (:mod:`monai_tta.distributed`) each rank writes its rows to ``cases.rank<r>.csv`` as
     it goes; at completion rank 0 gathers every rank's rows, checks that each case of the stream is there exactly once
@@ -110,6 +114,7 @@ class CaseReport:
                 (self.output_dir / name).unlink(missing_ok=True)
 
     def __call__(self, engine: Engine) -> None:
+        self._add_failures(engine)
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
         new = []
@@ -125,6 +130,21 @@ class CaseReport:
                 metrics[key] = sum(values) / len(values)
         setattr(engine.state, CASE_METRICS, metrics)
 
+    def _add_failures(self, engine: Engine) -> None:
+        """Rows for the cases the engine's data stream could not load or validate since the last case."""
+        pop = getattr(engine.data_loader, "pop_failures", None)
+        for failure in pop() if callable(pop) else []:
+            self.indices.append(int(failure.get(DataKeys.STREAM_INDEX, len(self.rows))))
+            self.rows.append(
+                {
+                    DataKeys.CASE_ID.value: failure[DataKeys.CASE_ID],
+                    DataKeys.DOMAIN.value: failure[DataKeys.DOMAIN],
+                    "method": self.method,
+                    CaseStatus.KEY.value: CaseStatus.FAILED.value,
+                    CaseStatus.ERROR.value: failure[FAILURE_KEY],
+                }
+            )
+
     def record(self, item: dict[str, Any], data: dict[str, Any], index: int) -> dict[str, Any]:
         """One CSV row for a decollated output ``item`` and its input ``data``."""
         pred, label = item[self.pred_key], item.get(self.label_key)
@@ -132,6 +152,7 @@ class CaseReport:
             DataKeys.CASE_ID.value: str(data.get(DataKeys.CASE_ID, index)),
             DataKeys.DOMAIN.value: str(data.get(DataKeys.DOMAIN, "all")),
             "method": self.method,
+            CaseStatus.KEY.value: CaseStatus.OK.value,
         }
         if label is not None:
             if len(pred) != len(self.channel_names):
@@ -180,18 +201,28 @@ class CaseReport:
         return True
 
     def _completed(self, engine: Engine) -> None:
+        self._add_failures(engine)
         if not self._gather() or not self.rows:
             return
-        self.summary = summarize(self.rows)
-        (self.output_dir / "summary.json").write_text(json.dumps({self.method: self.summary}, indent=2))
-        if MEAN_DICE not in self.rows[0]:
+        write_case_csv(self.output_dir / "cases.csv", self.rows)
+        scored = [r for r in self.rows if r.get(CaseStatus.KEY.value) != CaseStatus.FAILED.value]
+        self.summary = summarize(scored)
+        for row in self.rows:
+            if row.get(CaseStatus.KEY.value) == CaseStatus.FAILED.value:
+                entry = self.summary.setdefault(str(row[DataKeys.DOMAIN]), {"n": 0})
+                entry["n_failed"] = entry.get("n_failed", 0) + 1
+        if "overall" in self.summary:
+            self.summary["overall"]["n_failed"] = len(self.rows) - len(scored)
+        atomic_write_json({self.method: self.summary}, self.output_dir / "summary.json")
+        if not scored or MEAN_DICE not in scored[0]:
             return
         cols = [f"dice_{c}" for c in self.channel_names] + [MEAN_DICE]
         cols += ["asd_mean"] if self.compute_asd else []
         cols += ["hd95_mean"] if self.compute_hd95 else []
+        cols += ["n_failed"] if len(scored) < len(self.rows) else []
         table = markdown_table(self.summary, cols, row_title="domain")
-        (self.output_dir / "summary.md").write_text(f"# {self.method}\n\n{table}\n")
-        domains = [d for d in self.summary if d != "overall"]
+        atomic_write_text(f"# {self.method}\n\n{table}\n", self.output_dir / "summary.md")
+        domains = [d for d in self.summary if d != "overall" and MEAN_DICE in self.summary[d]]
         plot_domain_dice(
             {self.method: {d: self.summary[d][MEAN_DICE] for d in domains}},
             domains,

@@ -1,0 +1,132 @@
+"""Resumable runs: after every case, one atomic checkpoint of where the stream is, the rows so far and the adapter.
+
+Started again with the same command after a kill at any point, the run loads the checkpoint, restores the report's
+rows and the adapter's state (parameters, optimizer, counters, random generator, last domain), skips the cases already
+done without loading them, and goes on; it ends with the same results as a run that was never interrupted. The
+checkpoint is one file written with :func:`monai_tta.io.atomic_save`, so it is always a complete old or new version;
+a kill between the per-case CSV and the checkpoint only means that one case is done again, from the same state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from monai.utils import IgniteInfo, min_version, optional_import
+
+from monai_tta.adapters.checkpoint import adapter_state_dict, load_adapter_state_dict
+from monai_tta.handlers.case_report import CaseReport
+from monai_tta.io import atomic_save
+from monai_tta.validation import case_name
+
+Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+
+__all__ = ["RunCheckpoint"]
+
+_VERSION = 1
+
+
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str, tuple)) or dataclasses.is_dataclass(value)
+
+
+class RunCheckpoint:
+    """Checkpoint an adaptive evaluator after every case and resume from the checkpoint when it exists.
+
+    Attach it after its :class:`~monai_tta.handlers.CaseReport` (it saves the report's rows, so it must see the row
+    of the current case). The engine's data must be a :class:`~monai_tta.data.CaseStream` (it knows how many cases
+    were consumed and can skip them).
+
+    Args:
+        path: the checkpoint file (e.g. ``<output_dir>/<method>/progress.pt``).
+        report: the run's case report.
+        name: logger name.
+
+    Raises:
+        ValueError: at the start of a run whose checkpoint was written for other cases, another method or another
+            network (the message says which file to delete).
+    """
+
+    def __init__(self, path: str | Path, report: CaseReport, name: str = "monai_tta.resume") -> None:
+        self.path = Path(path)
+        self.report = report
+        self.logger = logging.getLogger(name)
+        self.resumed_at = 0
+        self._fp: dict[str, Any] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``engine``'s events (after the report's handlers)."""
+        engine.add_event_handler(Events.STARTED, self._resume)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+
+    @staticmethod
+    def _stream(engine: Engine) -> Any:
+        stream = engine.data_loader
+        if not (hasattr(stream, "skip") and hasattr(stream, "position") and hasattr(stream, "cases")):
+            raise TypeError(
+                "RunCheckpoint needs the evaluator's data to be a monai_tta.data.CaseStream, "
+                f"got {type(stream).__name__}."
+            )
+        return stream
+
+    def _fingerprint(self, engine: Engine) -> dict[str, Any]:
+        """What must not change between a run and its resumption: the cases, the method and its settings, and the
+        source network (a digest of its weights at the start)."""
+        cases = [case_name(d, default=str(i)) for i, d in enumerate(self._stream(engine).cases())]
+        adapter = engine.inferer
+        settings = {k: repr(v) for k, v in sorted(vars(adapter).items()) if not k.startswith("_") and _plain(v)}
+        digest = hashlib.sha256()
+        for key, value in engine.network.state_dict().items():
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return {
+            "method": self.report.method,
+            "adapter": type(adapter).__name__,
+            "settings": settings,
+            "cases": cases,
+            "source": digest.hexdigest(),
+        }
+
+    def _resume(self, engine: Engine) -> None:
+        self.resumed_at = 0
+        self._fp = self._fingerprint(engine)
+        if not self.path.is_file():
+            return
+        ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
+        if ckpt.get("version") != _VERSION or ckpt.get("fingerprint") != self._fp:
+            raise ValueError(
+                f"{self.path} was written by a run over other cases or with another method; delete it to start over, "
+                "or give this run another output folder."
+            )
+        torch.set_rng_state(ckpt["rng"])
+        load_adapter_state_dict(engine.inferer, engine.network, ckpt["adapter"])
+        self.report.rows = list(ckpt["rows"])
+        self._stream(engine).skip = self.resumed_at = int(ckpt["position"])
+        if self.resumed_at >= len(self._fp["cases"]):  # finished before: only the summary is rewritten
+            self.logger.info(f"{self.report.method}: all {self.resumed_at} cases were done before ({self.path}).")
+            engine.terminate()
+            return
+        self.logger.info(f"resuming {self.report.method} after case {self.resumed_at} ({self.path}).")
+
+    def save(self, engine: Engine) -> None:
+        """Write the checkpoint of the cases done so far (atomically)."""
+        atomic_save(
+            {
+                "version": _VERSION,
+                "fingerprint": self._fp if self._fp is not None else self._fingerprint(engine),
+                "position": int(self._stream(engine).position),
+                "rows": list(self.report.rows),
+                "adapter": adapter_state_dict(engine.inferer, engine.network),
+                "rng": torch.get_rng_state(),
+            },
+            self.path,
+        )

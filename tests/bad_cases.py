@@ -1,0 +1,104 @@
+"""Bad input files for the reliability tests: each kind a user can hit, written next to good cases.
+
+``write_bad_png_cases`` writes the kinds a PNG bundle can meet, ``write_bad_nifti_cases`` those that need a
+floating-point or volumetric format (NaN, Inf, a 3D volume, a corrupt NIfTI). Each returns datalist items whose
+``case_id`` is the kind, and ``EXPECTED`` gives a piece of the reason each must be recorded with.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from PIL import Image
+
+__all__ = ["PNG_KINDS", "NIFTI_KINDS", "EXPECTED", "write_bad_png_cases", "write_bad_nifti_cases"]
+
+PNG_KINDS = (
+    "missing_file",
+    "unreadable_file",
+    "corrupt_png",
+    "wrong_channels",
+    "constant_image",
+    "too_small",
+    "too_large",
+    "label_mismatch",
+)
+NIFTI_KINDS = ("corrupt_nifti", "wrong_dimensionality", "nan_voxels", "inf_voxels")
+
+#: a piece of the recorded reason of each kind.
+EXPECTED = {
+    "missing_file": "missing.png does not exist; check the datalist",
+    "unreadable_file": "not an image; PIL.UnidentifiedImageError: cannot identify image file",
+    "corrupt_png": "corrupt.png, label",
+    "wrong_channels": "the image has 1 channels but the network takes 3",
+    "constant_image": "the image is constant",
+    "too_small": "far too small",
+    "too_large": "far too large",
+    "label_mismatch": "does not match the image's",
+    "corrupt_nifti": "EOFError: Compressed file ended before the end-of-stream marker was reached",
+    "wrong_dimensionality": "expected a 2D image shaped (C, *spatial)",
+    "nan_voxels": "NaN",
+    "inf_voxels": "infinite voxels",
+}
+
+
+def write_bad_png_cases(folder: Path, good: dict, domain: str) -> list[dict]:
+    """Datalist items of every PNG kind; ``good`` is a good item (its image and label are used as material)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image, label = np.asarray(Image.open(good["image"])), np.asarray(Image.open(good["label"]))
+    h, w = image.shape[:2]
+    items = {}
+
+    def item(kind: str, img: Path, lab: str | Path = good["label"]) -> None:
+        items[kind] = {"image": str(img), "label": str(lab), "domain": domain, "case_id": kind}
+
+    item("missing_file", folder / "missing.png")
+    (folder / "unreadable.png").write_bytes(b"this is not an image\n" * 10)
+    item("unreadable_file", folder / "unreadable.png")
+    data = Path(good["image"]).read_bytes()
+    (folder / "corrupt.png").write_bytes(data[: len(data) // 2])
+    item("corrupt_png", folder / "corrupt.png")
+    Image.fromarray(image[..., 0]).save(folder / "grey.png")
+    item("wrong_channels", folder / "grey.png")
+    Image.fromarray(np.full_like(image, 128)).save(folder / "constant.png")
+    item("constant_image", folder / "constant.png")
+    Image.fromarray(image[:8, :8]).save(folder / "small.png")
+    Image.fromarray(label[:8, :8]).save(folder / "small_label.png")
+    item("too_small", folder / "small.png", folder / "small_label.png")
+    big = np.tile(image[:16, :4], (2, 2100, 1))  # 32 x 8400: wider than the bundle's max_image_size (8192)
+    Image.fromarray(big).save(folder / "large.png")
+    item("too_large", folder / "large.png")
+    Image.fromarray(label[: h // 2, : w // 2]).save(folder / "half_label.png")
+    shutil.copy(good["image"], folder / "mismatch.png")
+    item("label_mismatch", folder / "mismatch.png", folder / "half_label.png")
+    return [items[k] for k in PNG_KINDS]
+
+
+def write_bad_nifti_cases(folder: Path, good: dict, domain: str) -> list[dict]:
+    """Datalist items of every NIfTI kind; ``good`` is a good 2D NIfTI item."""
+    folder.mkdir(parents=True, exist_ok=True)
+    img = nib.load(good["image"]).get_fdata().astype(np.float32)
+    items = {}
+
+    def save(name: str, arr: np.ndarray) -> Path:
+        path = folder / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), path)
+        return path
+
+    def item(kind: str, path: Path) -> None:
+        items[kind] = {"image": str(path), "label": good["label"], "domain": domain, "case_id": kind}
+
+    data = Path(good["image"]).read_bytes()
+    (folder / "corrupt.nii.gz").write_bytes(data[: len(data) // 3])
+    item("corrupt_nifti", folder / "corrupt.nii.gz")
+    item("wrong_dimensionality", save("volume", np.stack([img] * 4, axis=-1)))
+    nan = img.copy()
+    nan[3, 4] = np.nan
+    item("nan_voxels", save("nan", nan))
+    inf = img.copy()
+    inf[5, 6] = np.inf
+    item("inf_voxels", save("inf", inf))
+    return [items[k] for k in NIFTI_KINDS]

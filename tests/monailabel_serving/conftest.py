@@ -1,0 +1,56 @@
+"""MONAI Label integration tests: they run in the environment that tools/monailabel_env.sh builds (CI's MONAI Label
+stage); each module skips itself where MONAI Label is not installed (the unit suite)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+BUNDLES = ["grata_fundus_segmentation", "tent_fundus_segmentation", "source_only_fundus_segmentation"]
+BUNDLES += ["vptta_fundus_segmentation", "dyna_fundus_segmentation"]
+#: the served image size of the test copies (the bundles' 128 made 64 to keep the source training to seconds).
+IMAGE_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """An app folder with every bundle under ``model/`` (one source model shared, trained here on the embedded
+    data), a studies folder of target-domain PNG images, and their ground-truth label maps."""
+    from monai_tta.bundle_utils import run_bundle
+
+    root = tmp_path_factory.mktemp("monailabel")
+    app = root / "app"
+    shutil.copytree(Path(__file__).parent / "app", app)
+    for name in BUNDLES:
+        dst = app / "model" / name
+        shutil.copytree(ROOT / "bundles" / name, dst, ignore=shutil.ignore_patterns("eval", "data", "models"))
+        config = json.loads((dst / "configs" / "inference.json").read_text())
+        config["image_size"] = IMAGE_SIZE  # a deployment edit: MONAI Label reads inference.json as it is
+        (dst / "configs" / "inference.json").write_text(json.dumps(config, indent=4))
+    first = app / "model" / BUNDLES[0]
+    data = root / "data"
+    overrides = {"dataset_dir": str(data), "output_dir": str(root / "eval"), "num_per_domain": 16, "epochs": 20}
+    overrides.update({"val_interval": 1000, "batch_size": 4})
+    run_bundle(first, ["inference.json", "source_training.json"], overrides, logging_file=False)
+    for name in BUNDLES[1:]:
+        (app / "model" / name / "models").mkdir()
+        shutil.copyfile(first / "models" / "model.pt", app / "model" / name / "models" / "model.pt")
+    datalist = json.loads((data / "datalist.json").read_text())
+    studies = root / "studies"
+    studies.mkdir()
+    truth = {}
+    for domain, count in (("source_train", 1), ("camera", 2), ("contrast", 1)):
+        for item in datalist[domain][:count]:
+            image = Path(data) / item["image"]
+            shutil.copyfile(image, studies / image.name)
+            mask = np.asarray(Image.open(Path(data) / item["label"]))
+            truth[image.stem] = np.where(mask == 0, 2, np.where(mask < 255, 1, 0)).astype(np.uint8)
+    return {"app": app, "studies": studies, "truth": truth}

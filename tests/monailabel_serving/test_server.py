@@ -1,0 +1,79 @@
+"""The real MONAI Label server (``monailabel start_server``) on 127.0.0.1 serving every bundle: ``/info`` lists them
+with their labels and no trainer, ``/infer`` returns a uint8 PNG label map of a study image for each; the server is
+stopped by its PID."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import BUNDLES
+from PIL import Image
+
+pytest.importorskip("monailabel", reason="MONAI Label environment absent: build it with tools/monailabel_env.sh")
+
+START_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, data: bytes | None = None, timeout: float = 120) -> bytes:
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.read()
+
+
+def test_server_infers_a_label_map(served, tmp_path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    monailabel = Path(sys.executable).with_name("monailabel")
+    command = [str(monailabel), "start_server", "--app", str(served["app"]), "--studies", str(served["studies"])]
+    command += ["--conf", "models", ",".join(BUNDLES), "--host", "127.0.0.1", "--port", str(port)]
+    # the `monailabel` script runs `python` from PATH (or MONAILABEL_PYEXE): make it this venv's
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "MONAILABEL_PYEXE": sys.executable}
+    log = open(tmp_path / "server.log", "wb")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        info = None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                info = json.loads(get(f"{base}/info/", timeout=5))
+                break
+            except OSError:
+                time.sleep(2)
+        assert info is not None, (tmp_path / "server.log").read_text()[-3000:]
+        assert sorted(info["models"]) == sorted(BUNDLES) and info["trainers"] == {}
+        image = sorted(served["studies"].glob("source*.png"))[0]  # every method segments the source domain
+        truth = served["truth"][image.stem]
+        for name in BUNDLES:
+            assert info["models"][name]["labels"] == {"optic disc": 1, "optic cup": 2}
+            body = get(f"{base}/infer/{name}?image={image.stem}&output=image", data=b"{}")
+            label_map = np.asarray(Image.open(io.BytesIO(body)))
+            assert label_map.dtype == np.uint8 and label_map.shape == truth.shape
+            assert set(np.unique(label_map)) <= {0, 1, 2} and (label_map == 2).any()
+            disc, true_disc = label_map >= 1, truth >= 1
+            assert 2 * (disc & true_disc).sum() / (disc.sum() + true_disc.sum()) > 0.7, name
+    finally:
+        os.kill(server.pid, signal.SIGTERM)  # the server's own PID
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+        log.close()
+    assert server.poll() is not None
