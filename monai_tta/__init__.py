@@ -15,6 +15,7 @@ from monai_tta import (
     networks,
     norms,
     reports,
+    tgma,
     transforms,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "networks",
     "norms",
     "reports",
+    "tgma",
     "transforms",
     "__version__",
 ]
