@@ -15,6 +15,7 @@ from .mr_sites import (
     mr_site_affine,
     synthesize_mr_case,
 )
+from .slices import SLICE_KEY, volume_slices
 from .synthetic import (
     DATALIST_NAME,
     GENERATOR_VERSION,
@@ -28,6 +29,8 @@ from .synthetic import (
 )
 
 __all__ = [
+    "SLICE_KEY",
+    "volume_slices",
     "DATALIST_NAME",
     "FUNDUS_DOMAINS",
     "GENERATOR_VERSION",

@@ -4,7 +4,7 @@ TGMA is not a per-case ``Inferer`` like the methods of :mod:`monai_tta.adapters`
 whole unlabelled target set, corrects pseudo-labels with those scores, then trains a target model offline. So it has
 its own package, one concept per module: the metric (:mod:`.lftm`), the matrices and the selection
 (:mod:`.transferability`), the adaptation model, loss and trainer (:mod:`.adaptation`), the resumable run
-(:mod:`.runner`) and its report (:mod:`.report`).
+(:mod:`.runner`), its report (:mod:`.report`) and the leave-one-site-out loop (:mod:`.loso`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from monai_tta.tgma.lftm import (
     soft_dice_from_terms,
     soft_dice_terms,
 )
+from monai_tta.tgma.loso import leave_one_site_out
 from monai_tta.tgma.report import evaluate_tgma, foreground_label, spearman, write_loso_summary, write_tgma_report
 from monai_tta.tgma.runner import TGMARunner
 from monai_tta.tgma.transferability import (
@@ -45,6 +46,7 @@ __all__ = [
     "foreground",
     "hard_foreground",
     "instance_weights",
+    "leave_one_site_out",
     "lftm",
     "lftm_terms",
     "perturb_unattended",
