@@ -309,16 +309,31 @@ make_runner({out!r}, kill).run(target_items())
 """
 
 
-@pytest.mark.parametrize("event,iteration", [("transferability", 0), ("checkpoint", 4)])
-def test_killed_process_resumes_to_the_same_model(tmp_path, reference_run, event, iteration):
+def test_crash_after_each_stage_resumes_to_the_same_model(tmp_path, reference_run):
+    results, state, _, _ = reference_run
+    for event in ("transferability", "checkpoint", "target_model"):
+
+        def crash(name, info, event=event):
+            if name == event:
+                raise RuntimeError("simulated crash")
+
+        with pytest.raises(RuntimeError):
+            make_runner(tmp_path / event, crash).run(target_items())
+        runner = make_runner(tmp_path / event)
+        resumed = runner.run(target_items())
+        for key, value in state.items():
+            torch.testing.assert_close(runner.ensemble.state_dict()[key], value, atol=0, rtol=0, msg=key)
+        assert torch.equal(resumed["adapted_preds"], results["adapted_preds"])
+
+
+def test_killed_process_resumes_to_the_same_model(tmp_path, reference_run):
     results, state, _, _ = reference_run
     out = tmp_path / "run"
-    script = KILL_SCRIPT.format(tests=str(TESTS), out=str(out), event=event, iteration=iteration)
+    script = KILL_SCRIPT.format(tests=str(TESTS), out=str(out), event="checkpoint", iteration=4)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120, env=os.environ.copy())
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert not (out / "target_model.pt").exists()
-    if event == "checkpoint":
-        assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == iteration
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 4
     runner = make_runner(out)
     resumed = runner.run(target_items())
     for key, value in state.items():
