@@ -57,6 +57,12 @@ def test_attention_mask_is_the_dilated_foreground():
     # softmax: foreground = argmax is not the background channel, any class
     soft = torch.tensor([[[0.6, 0.2, 0.1]], [[0.3, 0.7, 0.1]], [[0.1, 0.1, 0.8]]]).unsqueeze(0)  # (1, 3, 1, 3)
     assert attention_mask(soft, "softmax", margin=0).flatten().tolist() == [0.0, 1.0, 1.0]
+    # volumes (the 3D option): the same dilation in three dimensions
+    vol = torch.zeros(1, 1, 5, 5, 5)
+    vol[0, 0, 2, 2, 2] = 0.9
+    cube = torch.zeros(1, 1, 5, 5, 5)
+    cube[0, 0, 1:4, 1:4, 1:4] = 1
+    assert torch.equal(attention_mask(vol, "sigmoid", margin=1), cube)
 
 
 def test_perturbation_touches_only_the_unattended_pixels():
