@@ -258,8 +258,12 @@ def test_rerun_in_a_finished_folder_changes_nothing_and_refuses_other_options(re
     again = make_runner(out)
     second = again.run(target_items())
     assert torch.equal(first["adapted_preds"], second["adapted_preds"])
-    with pytest.raises(ValueError, match="options"):
+    with pytest.raises(ValueError, match="other options, inputs or source weights"):
         make_runner(out, epochs=4).run(target_items())
+    other = target_items()
+    other[0]["image"] = other[0]["image"].flip(-1)
+    with pytest.raises(ValueError, match="other options, inputs or source weights"):
+        make_runner(out).run(other)
 
 
 def test_refresh_and_softmax_multiclass(tmp_path):

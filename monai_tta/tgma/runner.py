@@ -23,6 +23,7 @@ case's inputs, e.g. the slices of a volume; ``"slice"``: one row per input).
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -146,11 +147,17 @@ class TGMARunner:
         self.ensemble: WeightedEnsemble | None = None
 
     # ----------------------------------------------------------------- helpers
-    def config(self, n_inputs: int) -> dict[str, Any]:
-        """The options that determine the result (a resumed run must have the same)."""
+    def config(self, images: torch.Tensor, case_ids: Sequence[str]) -> dict[str, Any]:
+        """The options and a fingerprint of the inputs and source weights (a resumed run must have the same)."""
         keys = ("activation", "threshold", "n_selected", "itm_level", "margin", "perturbation", "strength")
         keys += ("epochs", "batch_size", "lr", "refresh", "seed")
-        return {"sources": list(self.names), "n_inputs": n_inputs, **{k: getattr(self, k) for k in keys}}
+        digest = hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes())
+        digest.update("/".join(case_ids).encode())
+        for model in self.sources:
+            for key, value in model.state_dict().items():
+                digest.update(key.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+        options = {k: getattr(self, k) for k in keys}
+        return {"sources": list(self.names), "n_inputs": int(images.shape[0]), **options, "digest": digest.hexdigest()}
 
     def _emit(self, event: str, **info: Any) -> None:
         if self.callback is not None:
@@ -163,8 +170,8 @@ class TGMARunner:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state["config"] != config:
             raise ValueError(
-                f"{path} was written by a run with options {state['config']}, not {config}: use another output_dir "
-                "or delete the folder to start again."
+                f"{path} was written by a run with other options, inputs or source weights ({state['config']}, now "
+                f"{config}): use another output_dir or delete the folder to start again."
             )
         return state
 
@@ -251,9 +258,9 @@ class TGMARunner:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for tmp in self.output_dir.glob(".*.tmp"):  # left by a kill during a write
             tmp.unlink()
-        config = self.config(len(items))
         images = self._stack(items, DataKeys.IMAGE)
         case_ids = self._case_ids(items)
+        config = self.config(images, case_ids)
         stage = self._load(TRANSFERABILITY_NAME, config)
         if stage is None:
             stage = {"config": config, **self.transferability(images, case_ids, self.sources)}
