@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from monai.data import MetaTensor
 from tiny import tiny_net
 from torch import nn
 
@@ -193,11 +194,12 @@ def test_trainer_step_is_a_plain_adam_step_on_both_members():
 
 # ----------------------------------------------------------------------------- the runner
 def target_items(n_cases: int = 3, per_case: int = 2) -> list[dict]:
+    """Target inputs as MONAI pipelines give them (``MetaTensor`` images), with labels for the report."""
     g = torch.Generator().manual_seed(3)
     items = []
     for c in range(n_cases):
         for _ in range(per_case):
-            image = torch.rand(2, 8, 8, generator=g)
+            image = MetaTensor(torch.rand(2, 8, 8, generator=g))
             items.append(
                 {
                     "image": image,
@@ -237,6 +239,7 @@ def test_runner_results_and_untouched_sources(reference_run):
     assert results["selection"]["indices"] == list(select_models(results["dtm"]).indices)
     assert results["pseudo"].shape == results["adapted_preds"].shape == (6, 2, 8, 8)
     assert results["source_preds"].shape == (3, 6, 2, 8, 8) and len(results["loss_per_epoch"]) == 3
+    assert not any(isinstance(v, MetaTensor) for v in results.values())
     for name, model in srcs.items():  # the sources are never trained
         for key, value in model.state_dict().items():
             assert torch.equal(value, before[name][key]), (name, key)
@@ -258,6 +261,9 @@ def test_rerun_in_a_finished_folder_changes_nothing_and_refuses_other_options(re
     again = make_runner(out)
     second = again.run(target_items())
     assert torch.equal(first["adapted_preds"], second["adapted_preds"])
+    for name in ("transferability.pt", "checkpoint.pt", "target_model.pt"):  # plain tensors only, no MetaTensor
+        stored = torch.load(out / name, weights_only=False)
+        assert not any(isinstance(v, MetaTensor) for v in stored.values()), name
     with pytest.raises(ValueError, match="other options, inputs or source weights"):
         make_runner(out, epochs=4).run(target_items())
     other = target_items()

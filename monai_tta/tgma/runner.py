@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from monai.utils import CommonKeys, IgniteInfo, look_up_option, min_version, optional_import
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -177,7 +178,10 @@ class TGMARunner:
 
     @staticmethod
     def _stack(items: Sequence[Mapping[str, Any]], key: str) -> torch.Tensor:
-        return torch.stack([torch.as_tensor(item[key]).float() for item in items])
+        """The inputs as one plain tensor (a ``MetaTensor``'s metadata is dropped: the run's files hold plain tensors
+        only, so they load with ``weights_only=True`` anywhere)."""
+        stacked = torch.stack([torch.as_tensor(item[key]).float() for item in items])
+        return stacked.as_tensor() if isinstance(stacked, MetaTensor) else stacked
 
     def _case_ids(self, items: Sequence[Mapping[str, Any]]) -> list[str]:
         if self.itm_level == "slice":
