@@ -21,12 +21,15 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], sync: bool = True) -> Path:
     """Call ``write(f)`` on a binary file object, then move the file onto ``path`` atomically.
 
     Args:
         path: the destination; its folder is created if needed.
         write: writes the content to the open binary file it is given.
+        sync: fsync the file and its folder, so that the new version survives a system crash. ``False`` keeps the
+            atomic replacement (a killed process still leaves the old or the new file) and skips the fsyncs: for
+            many files that a later, synced file (such as a generator's manifest) vouches for.
 
     Returns:
         the destination path.
@@ -38,11 +41,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+    if not sync:
+        return path
     try:  # make the rename itself durable where the platform allows it
         fd = os.open(path.parent, os.O_RDONLY)
     except OSError:
@@ -61,9 +67,9 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    return atomic_write(path, lambda f: f.write(data))
+def atomic_write_bytes(data: bytes, path: str | os.PathLike, sync: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (``sync``: as in :func:`atomic_write`)."""
+    return atomic_write(path, lambda f: f.write(data), sync=sync)
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:

@@ -20,7 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 import zlib
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from PIL import Image
 from scipy import fft as sp_fft
 from scipy import ndimage
 
+from monai_tta.data.generated import DATALIST_NAME, MANIFEST_NAME, as_json, is_complete, write_generated
 from monai_tta.keys import DataKeys
 
 __all__ = [
@@ -49,8 +49,6 @@ __all__ = [
 GENERATOR_VERSION = 1
 """Bumped whenever the rendering changes, so cached folders are regenerated."""
 
-DATALIST_NAME = "datalist.json"
-MANIFEST_NAME = "manifest.json"
 SOURCE_DOMAIN = "source"
 
 _MASK_BACKGROUND, _MASK_DISC, _MASK_CUP = 255, 128, 0
@@ -420,30 +418,7 @@ def _manifest(seed: int, num_per_domain: int, shape: tuple[int, int], domains: l
         "val_fraction": float(val_fraction),
         "domains": {name: asdict(SYNTHETIC_FUNDUS_DOMAINS[name]) for name in domains},
     }
-    return json.loads(json.dumps(record))  # normalise tuples to lists, as read back from disk
-
-
-def _is_complete(root: Path, manifest: dict) -> bool:
-    manifest_file, datalist_file = root / MANIFEST_NAME, root / DATALIST_NAME
-    if not (manifest_file.is_file() and datalist_file.is_file()):
-        return False
-    try:
-        if json.loads(manifest_file.read_text()) != manifest:
-            return False
-        datalist = json.loads(datalist_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    try:
-        for name in manifest["domains"]:
-            items = datalist[name]
-            if len(items) != manifest["num_per_domain"]:
-                return False
-            for item in items:
-                if not ((root / item[DataKeys.IMAGE]).is_file() and (root / item[DataKeys.LABEL]).is_file()):
-                    return False
-    except (KeyError, TypeError):
-        return False
-    return True
+    return as_json(record)
 
 
 def generate_fundus_domains(
@@ -509,7 +484,7 @@ def generate_fundus_domains(
     root = Path(root)
     manifest = _manifest(seed, num_per_domain, shape, names, val_fraction)
     datalist_file = root / DATALIST_NAME
-    if not overwrite and _is_complete(root, manifest):
+    if not overwrite and is_complete(root, manifest):
         return datalist_file
 
     datalist: dict = {
@@ -543,6 +518,4 @@ def generate_fundus_domains(
         datalist["source_train"] = source[:n_train]
         datalist["source_val"] = source[n_train:]
     datalist.update(sections)
-    datalist_file.write_text(json.dumps(datalist, indent=1))
-    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))  # last: marks the folder complete
-    return datalist_file
+    return write_generated(root, datalist, manifest)
