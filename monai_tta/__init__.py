@@ -19,6 +19,7 @@ from monai_tta import (
     padding,
     params,
     reports,
+    tgma,
     transforms,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "padding",
     "params",
     "reports",
+    "tgma",
     "transforms",
     "__version__",
 ]

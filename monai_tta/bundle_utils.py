@@ -14,7 +14,7 @@ from typing import Any
 from monai_tta import distributed
 from monai_tta.io import atomic_write_text
 
-__all__ = ["ensure_source_checkpoint", "run_bundle", "record_config"]
+__all__ = ["ensure_source_checkpoint", "load_source_model", "run_bundle", "record_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -179,3 +179,32 @@ def ensure_source_checkpoint(
     if not checkpoint.is_file():
         raise RuntimeError(f"source training finished but {checkpoint} was not written.")
     return checkpoint
+
+
+def load_source_model(network: Any, checkpoint: str | Path, key: str = "model") -> Any:
+    """Load a source checkpoint into ``network`` (in place, then ``eval()``) and return it; the file is only read.
+
+    Accepts what MONAI's ``CheckpointSaver`` writes: the network's state dict itself (one saved object) or a dict
+    holding it under ``key``.
+
+    Args:
+        network: the freshly built network.
+        checkpoint: path of the checkpoint.
+        key: key of the network's state dict in a multi-object checkpoint.
+
+    Raises:
+        FileNotFoundError: if the checkpoint does not exist.
+    """
+    import torch
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"source checkpoint not found: {path}; train it first (train_if_missing) or fix the path."
+        )
+    device = next(iter(network.parameters())).device
+    state = torch.load(path, map_location=device, weights_only=True)
+    if key in state and isinstance(state[key], dict):
+        state = state[key]
+    network.load_state_dict(state)
+    return network.eval()

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from monai_tta.norms import AdaptiveBatchNorm
 
 __all__ = [
+    "activate",
     "entropy_loss",
     "consistency_loss",
     "DiceBCELoss",
@@ -23,6 +24,20 @@ __all__ = [
 ]
 
 _ACTIVATIONS = ("sigmoid", "softmax")
+
+
+def activate(logits: torch.Tensor, activation: str = "sigmoid") -> torch.Tensor:
+    """Probabilities of ``(B, C, *spatial)`` logits: per-channel sigmoid (multi-label) or softmax over ``C``.
+
+    Args:
+        logits: ``(B, C, *spatial)`` logits.
+        activation: ``"sigmoid"`` or ``"softmax"``.
+
+    Raises:
+        ValueError: for an unknown activation.
+    """
+    activation = look_up_option(activation, _ACTIVATIONS)
+    return torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, dim=1)
 
 
 def entropy_map(logits: torch.Tensor, activation: str = "sigmoid", eps: float = 1e-6) -> torch.Tensor:
@@ -42,7 +57,7 @@ def entropy_map(logits: torch.Tensor, activation: str = "sigmoid", eps: float = 
     activation = look_up_option(activation, _ACTIVATIONS)
     if logits.dim() < 2:
         raise ValueError(f"logits must be (B, C, ...), got shape {tuple(logits.shape)}.")
-    p = torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, dim=1)
+    p = activate(logits, activation)
     return -(p * torch.log(p + eps)).sum(dim=1)
 
 

@@ -16,6 +16,7 @@ from .mr_sites import (
     mr_site_affine,
     synthesize_mr_case,
 )
+from .slices import SLICE_KEY, volume_slices
 from .synthetic import (
     DATALIST_NAME,
     GENERATOR_VERSION,
@@ -33,6 +34,8 @@ __all__ = [
     "CaseStream",
     "GuardedDataset",
     "failure_reason",
+    "SLICE_KEY",
+    "volume_slices",
     "DATALIST_NAME",
     "FUNDUS_DOMAINS",
     "GENERATOR_VERSION",

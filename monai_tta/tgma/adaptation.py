@@ -1,0 +1,114 @@
+"""TGMA's adaptation: the target model is the weighted main + auxiliary models, trained on the corrected pseudo-labels.
+
+``min_F L_dice(y_t, W_main F_main(x_t) + W_aux F_aux(x_t))``. Our reading where the paper is silent
+(``specs/dyna-tgma.md``):
+
+- ``F(x)`` are probabilities (sigmoid or softmax), so the weighted sum (weights summing to 1) is itself a probability
+  map; the target model at inference is that weighted ensemble of the adapted copies of the selected sources.
+- The weights ``W`` stay fixed at their normalised DTM scores (the paper's notation also minimises over ``W``; we do
+  not train them).
+- ``L_dice`` is MONAI's ``DiceLoss`` on the foreground channels (sigmoid: all channels; softmax: all but the
+  background), computed over the whole batch (``batch=True``) with smoothing 1 in numerator and denominator, so that
+  slices without foreground do not dominate.
+- Every parameter of the selected copies is trained (Adam, lr 1e-3 as in the paper), BatchNorm layers in training
+  mode (batch statistics, running statistics updated) as in ordinary supervised training; no augmentation.
+- The training loop is MONAI's ``SupervisedTrainer``: the batches carry the image and the pseudo-label as ``label``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.losses import DiceLoss
+from monai.utils import look_up_option
+from torch import nn
+
+from monai_tta.losses import activate
+from monai_tta.tgma.lftm import ACTIVATIONS, foreground
+
+__all__ = ["WeightedEnsemble", "EnsembleDiceLoss", "tgma_trainer"]
+
+
+class WeightedEnsemble(nn.Module):
+    """``sum_k w_k activation(F_k(x))``: the TGMA target model (main + auxiliary members, fixed weights).
+
+    Args:
+        members: the member networks (trained in place; pass copies to keep the sources untouched).
+        weights: one weight per member (normalised here to sum to 1).
+        activation: ``"sigmoid"`` or ``"softmax"``.
+
+    Raises:
+        ValueError: if the counts differ, a weight is negative, or all weights are 0.
+    """
+
+    def __init__(self, members: Sequence[nn.Module], weights: Sequence[float], activation: str = "sigmoid") -> None:
+        super().__init__()
+        if len(members) != len(weights) or not members:
+            raise ValueError(f"need one weight per member, got {len(members)} members and {len(weights)} weights.")
+        w = torch.as_tensor([float(v) for v in weights], dtype=torch.float32)
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"weights must be >= 0 and not all 0, got {list(weights)}.")
+        self.members = nn.ModuleList(members)
+        self.register_buffer("weights", w / w.sum())
+        self.activation = look_up_option(activation, ACTIVATIONS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = 0
+        for w, member in zip(self.weights, self.members):
+            out = out + w * activate(member(x), self.activation)
+        return out
+
+
+class EnsembleDiceLoss(nn.Module):
+    """Dice loss between ensemble probabilities ``(B, C, *spatial)`` and binary foreground targets ``(B, C_fg, ...)``.
+
+    Args:
+        activation: the ensemble's activation (the softmax background channel is dropped before the loss).
+        smooth: smoothing of numerator and denominator.
+    """
+
+    def __init__(self, activation: str = "sigmoid", smooth: float = 1.0) -> None:
+        super().__init__()
+        self.activation = look_up_option(activation, ACTIVATIONS)
+        self.dice = DiceLoss(include_background=True, batch=True, smooth_nr=smooth, smooth_dr=smooth)
+
+    def forward(self, prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        fg = foreground(prob, self.activation)
+        if fg.shape != target.shape:
+            raise ValueError(f"foreground {tuple(fg.shape)} and pseudo-label {tuple(target.shape)} differ in shape.")
+        return self.dice(fg, target.to(fg.dtype))
+
+
+def tgma_trainer(
+    ensemble: WeightedEnsemble,
+    train_data_loader: Any,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device | str = "cpu",
+    max_epochs: int = 1,
+    smooth: float = 1.0,
+    **kwargs: Any,
+) -> SupervisedTrainer:
+    """A MONAI ``SupervisedTrainer`` of the ensemble against the pseudo-labels (the batches' ``label``).
+
+    Args:
+        ensemble: the target model.
+        train_data_loader: batches of ``{"image", "label"}`` (label = binary foreground pseudo-label).
+        optimizer: optimizer over the ensemble's parameters.
+        device: device of the run.
+        max_epochs: passes over the loader.
+        smooth: Dice smoothing.
+        kwargs: other ``SupervisedTrainer`` arguments (``decollate`` defaults to ``False``).
+    """
+    kwargs.setdefault("decollate", False)
+    return SupervisedTrainer(
+        device=device,
+        max_epochs=max_epochs,
+        train_data_loader=train_data_loader,
+        network=ensemble,
+        optimizer=optimizer,
+        loss_function=EnsembleDiceLoss(ensemble.activation, smooth),
+        **kwargs,
+    )
