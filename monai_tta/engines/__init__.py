@@ -9,8 +9,8 @@ from monai_tta.engines.daynight import (
     atomic_write_json,
     case_dice,
     night_schedule,
-    write_daynight_summary,
 )
+from monai_tta.engines.daynight_report import write_daynight_summary
 from monai_tta.engines.evaluator import ADAPT_KEY, AdaptiveEvaluator, batch_domain, stats_to_batch
 
 __all__ = [

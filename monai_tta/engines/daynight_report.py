@@ -1,0 +1,135 @@
+"""DyNA's report: the per-day, held-out and per-group tables and the plot of a day/night run's ``report.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from monai_tta.engines.daynight import PLOT_NAME, REPORT_NAME, SUMMARY_NAME
+from monai_tta.io import atomic_write_text
+from monai_tta.keys import DayNightKeys as K
+from monai_tta.keys import StatKeys
+from monai_tta.reports import format_cell, markdown_table, plot_day_night
+
+__all__ = ["write_daynight_summary"]
+
+
+def _percent(value: Any) -> float | None:
+    return None if value is None else 100.0 * float(value)
+
+
+def write_daynight_summary(
+    report: Mapping[str, Any] | str | os.PathLike, output_dir: str | os.PathLike | None = None, title: str = "DyNA"
+) -> dict[str, Path]:
+    """Write a day/night report as Markdown tables (``report.md``) and a plot (``report.png``), Dice in percent.
+
+    The tables: one row per day (its images, the Dice of the day's predictions, the night's iterations, loss and
+    confident fraction, the held-out Dice of the global student after the night); when the report has groups (e.g.
+    target domains), the held-out Dice per group before the first day and after each night, and the day Dice per
+    group. Days and nights are numbered from 1 (night ``k`` follows day ``k``).
+
+    Args:
+        report: the report returned by :meth:`DayNightRunner.run`, or the path of its ``report.json``.
+        output_dir: where to write; default: the folder of ``report`` when it is a path.
+        title: heading of the Markdown file and of the plot.
+
+    Returns:
+        ``{"json": ..., "markdown": ..., "plot": ...}`` paths (``"json"`` only when ``report`` was a path or the
+        folder holds a ``report.json``).
+
+    Raises:
+        ValueError: if no ``output_dir`` is given for a report passed as a mapping.
+    """
+    if isinstance(report, (str, os.PathLike)):
+        path = Path(report)
+        output_dir = path.parent if output_dir is None else output_dir
+        report = json.loads(path.read_text())
+    if output_dir is None:
+        raise ValueError("output_dir is required when the report is given as a mapping.")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    days = list(report[K.DAYS.value])
+    config = report.get(K.CONFIG.value, {})
+
+    per_day = {}
+    for r in days:
+        per_day[f"day {r[K.DAY.value] + 1}"] = {
+            "stream images": f"{r[K.START.value]}-{r[K.END.value] - 1}",
+            "day Dice": _percent(r.get(K.DAY_DICE.value)),
+            "night iterations": r.get(K.NIGHT_ITERATIONS.value),
+            "night loss": r.get(K.NIGHT_LOSS.value),
+            "confident fraction": r.get(StatKeys.MASK_FRACTION.value),
+            "held-out Dice after the night": _percent(r.get(K.HELDOUT_DICE.value)),
+        }
+    columns = list(next(iter(per_day.values()))) if per_day else []
+    lines = [
+        f"# {title}: day/night report",
+        "",
+        f"Stream of {report[K.N_IMAGES.value]} images in {report[K.N_DAYS.value]} days "
+        f"({config.get('images_per_day')} images per day), {report[K.N_NIGHTS.value]} nights "
+        f"({config.get('night_epochs')} epochs, batch {config.get('night_batch_size')}, night data "
+        f"'{config.get('night_data')}'). Dice in %, mean over the output channels of each case, averaged over cases. "
+        "The day Dice scores the predictions made during the day (VPTTA on the day model); the held-out Dice scores "
+        "the global student (no adaptation) on the held-out cases.",
+        "",
+        "## Per day",
+        "",
+        markdown_table(per_day, columns, "day", formatter=format_cell) if per_day else "(no day)",
+        "",
+        f"Mean day Dice over the stream: {format_cell(_percent(report.get(K.MEAN_DAY_DICE.value)))}. "
+        f"Held-out Dice of the initial model: {format_cell(_percent(report.get(K.INITIAL_HELDOUT_DICE.value)))}, "
+        f"after the last night: {format_cell(_percent(report.get(K.FINAL_HELDOUT_DICE.value)))}.",
+    ]
+    heldout_groups: dict[str, dict[str, float | None]] = {}
+    if report.get(K.INITIAL_HELDOUT_DICE_PER_GROUP.value) is not None:
+        heldout_groups["initial model"] = dict(report[K.INITIAL_HELDOUT_DICE_PER_GROUP.value])
+        heldout_groups["initial model"]["mean"] = report.get(K.INITIAL_HELDOUT_DICE.value)
+        for r in days:
+            if K.HELDOUT_DICE_PER_GROUP.value in r:
+                row = dict(r[K.HELDOUT_DICE_PER_GROUP.value])
+                row["mean"] = r.get(K.HELDOUT_DICE.value)
+                heldout_groups[f"after night {r[K.DAY.value] + 1}"] = row
+        groups = list(report[K.INITIAL_HELDOUT_DICE_PER_GROUP.value])
+        table = {k: {g: _percent(v) for g, v in row.items()} for k, row in heldout_groups.items()}
+        lines += [
+            "",
+            "## Held-out Dice per group",
+            "",
+            "Global student on the held-out cases of each group; 'mean' is the mean over groups.",
+            "",
+            markdown_table(table, [*groups, "mean"], "model", formatter=format_cell),
+        ]
+    if report.get(K.DAY_DICE_PER_GROUP.value):
+        stream_groups = list(report[K.DAY_DICE_PER_GROUP.value])
+        table = {}
+        for r in days:
+            row = {g: _percent(v) for g, v in r.get(K.DAY_DICE_PER_GROUP.value, {}).items()}
+            row["all"] = _percent(r.get(K.DAY_DICE.value))
+            table[f"day {r[K.DAY.value] + 1}"] = row
+        table["whole stream"] = {g: _percent(v) for g, v in report[K.DAY_DICE_PER_GROUP.value].items()}
+        table["whole stream"]["all"] = _percent(report.get(K.MEAN_DAY_DICE.value))
+        lines += [
+            "",
+            "## Day Dice per group",
+            "",
+            "Predictions made during the days, per group of the stream ('-': no case of that group that day).",
+            "",
+            markdown_table(table, [*stream_groups, "all"], "day", formatter=format_cell),
+        ]
+    lines += ["", f"![{title}]({PLOT_NAME})", ""]
+    paths = {"markdown": out / SUMMARY_NAME, "plot": out / PLOT_NAME}
+    atomic_write_text("\n".join(lines), paths["markdown"])
+    plot_day_night(
+        [(r[K.DAY.value] + 1, _percent(r.get(K.DAY_DICE.value))) for r in days],
+        [(0, _percent(report.get(K.INITIAL_HELDOUT_DICE.value)))]
+        + [(r[K.DAY.value] + 1, _percent(r.get(K.HELDOUT_DICE.value))) for r in days if K.HELDOUT_DICE.value in r],
+        {k: {g: _percent(v) for g, v in row.items()} for k, row in heldout_groups.items()},
+        paths["plot"],
+        title,
+    )
+    if (out / REPORT_NAME).is_file():
+        paths["json"] = out / REPORT_NAME
+    return paths
