@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from monai.utils import StrEnum
 
-__all__ = ["DataKeys", "CaseStatus", "StatKeys", "Setting", "NormRegime", "DayNightKeys"]
+__all__ = ["DataKeys", "CaseStatus", "StatKeys", "Setting", "NormRegime", "SafePer", "SafeCandidate", "DayNightKeys"]
 
 
 class DataKeys(StrEnum):
@@ -53,7 +53,11 @@ class StatKeys(StrEnum):
     NONFINITE_PART = "nonfinite_part"
     SAFEGUARD = "safeguard"
     SAFEGUARD_SIGNAL = "safeguard_signal"
+    SAFEGUARD_GAP = "safeguard_gap"
+    SAFEGUARD_FALLBACK = "safeguard_fallback"
     SAFE_PRIOR = "safe_prior"
+    SAFE_CHOICE = "safe_choice"
+    SAFE_SOURCE = "safe_source"
 
 
 class Setting(StrEnum):
@@ -82,6 +86,26 @@ class NormRegime(StrEnum):
     IMAGE = "image"
     MIX = "mix"
     WARMUP = "warmup"
+
+
+class SafePer(StrEnum):
+    """How often the ``safe`` choice (:class:`~monai_tta.adapters.safe_choice.SafeChoice`) is made.
+
+    - ``case``: every case picks its own candidate.
+    - ``domain``: one candidate per domain, from the entropies of the domain's cases so far.
+    """
+
+    CASE = "case"
+    DOMAIN = "domain"
+
+
+class SafeCandidate(StrEnum):
+    """Labels of the ``safe`` candidates (``last_stats["safe_choice"]``): the method's own prediction, the adapted
+    state with statistics weight ``p`` (``"stats_<p>"``, e.g. ``"stats_0.5"``), the source model."""
+
+    METHOD = "method"
+    STATS = "stats"
+    SOURCE = "source"
 
 
 class DayNightKeys(StrEnum):

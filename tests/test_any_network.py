@@ -71,11 +71,12 @@ CASES += [(VPTTA, "unet_batch", d) for d in (2, 3)]
 
 
 def build(cls):
+    # the method's own update: the safeguard's source-gap probe may send a random network back to the source state
     if cls is SAR:
-        return SAR(margin=1e9)  # every sample reliable, so the update always happens
+        return SAR(margin=1e9, safeguard=False)  # every sample reliable, so the update always happens
     if cls is VPTTA:
-        return VPTTA(prompt_size=3)
-    return cls()
+        return VPTTA(prompt_size=3, safeguard=False)
+    return cls(safeguard=False)
 
 
 @pytest.mark.parametrize("cls, name, d", CASES, ids=[f"{c.__name__}-{n}-{d}d" for c, n, d in CASES])

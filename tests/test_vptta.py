@@ -205,7 +205,7 @@ def test_warmup_lambda_values():
 
 def test_adapter_sets_warmup_prior_per_image_and_reset_restarts_it():
     net = net3()
-    adapter = VPTTA(prompt_size=S, neighbors=2, memory_size=2)
+    adapter = VPTTA(prompt_size=S, neighbors=2, memory_size=2, safeguard=False)
     priors = []
     for x in images(3):
         adapter(x, net)
@@ -324,7 +324,7 @@ def test_stream_matches_plain_reference():
     net = net3()
     xs = images(6)
     expected = reference_stream(copy.deepcopy(net), xs, size=2, k=2)
-    adapter = VPTTA(prompt_size=S, memory_size=2, neighbors=2)
+    adapter = VPTTA(prompt_size=S, memory_size=2, neighbors=2, safeguard=False)
     used = []
     for x, (logits_ref, prompt_ref) in zip(xs, expected):
         logits = adapter(x, net)
@@ -339,7 +339,7 @@ def test_stream_matches_plain_reference():
 def test_only_the_prompt_changes_under_no_grad_and_eval():
     net = net3()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    adapter = VPTTA(prompt_size=S, memory_size=2, neighbors=2)
+    adapter = VPTTA(prompt_size=S, memory_size=2, neighbors=2, safeguard=False)
     with torch.no_grad():
         for x in images(5):
             out = adapter(x, net)
@@ -394,12 +394,14 @@ def test_state_dict_round_trip_continues_identically():
     other.load_state_dict(other_net, saved)
     for x in xs[4:]:
         torch.testing.assert_close(adapter(x, net), other(x, other_net), atol=0, rtol=0)
-    assert other.state_for(other_net).seen == 6
+    assert other.state_for(other_net).seen == adapter.state_for(net).seen  # the safeguard's state came along too
+    for key in ("safeguard_gap", "safeguard_fallback", "safeguard_probes"):
+        assert other.state_for(other_net).extra.get(key) == adapter.state_for(net).extra.get(key)
 
 
 def test_several_steps_initialise_once():
     net = net3()
-    adapter = VPTTA(prompt_size=S, memory_size=2, neighbors=2, steps=3)
+    adapter = VPTTA(prompt_size=S, memory_size=2, neighbors=2, steps=3, safeguard=False)
     adapter(images(1)[0], net)
     state = adapter.state_for(net)
     assert next(iter(state.optimizer.state.values()))["step"].item() == 3

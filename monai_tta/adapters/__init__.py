@@ -7,6 +7,7 @@ from monai_tta.adapters.cases import Case, CaseParts, WholeCase
 from monai_tta.adapters.dyna import NightTrainer, confident_pseudo_label, ema_update_, random_flips
 from monai_tta.adapters.grata import GraTa, cosine_lr
 from monai_tta.adapters.safe import SafeNorm
+from monai_tta.adapters.safe_choice import SafeChoice
 from monai_tta.adapters.safeguard import CollapseSafeguard
 from monai_tta.adapters.sar import SAR, max_entropy
 from monai_tta.adapters.source_only import NormAdapt, SourceOnly
@@ -24,6 +25,7 @@ __all__ = [
     "SourceOnly",
     "NormAdapt",
     "SafeNorm",
+    "SafeChoice",
     "CollapseSafeguard",
     "Tent",
     "GraTa",

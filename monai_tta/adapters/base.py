@@ -34,6 +34,7 @@ from torch import nn
 
 from monai_tta.adapters.cases import Case, CaseParts, WholeCase
 from monai_tta.adapters.finite_guard import UpdateGuard
+from monai_tta.adapters.safe_choice import SafeChoice, mean_entropy, source_forward
 from monai_tta.adapters.safeguard import CollapseSafeguard
 from monai_tta.gradients import only_requires_grad
 from monai_tta.keys import Setting, StatKeys
@@ -137,8 +138,14 @@ class Adapter(Inferer):
             from the network (:func:`~monai_tta.padding.network_divisor`). The output is cropped back.
         safeguard: the collapse safeguard (:class:`~monai_tta.adapters.safeguard.CollapseSafeguard`, or a dict of
             its fields): after each case of the ``domain`` and ``continual`` settings, label-free signals of a
-            runaway model; when one fires the adapter returns to the source state. ``None``: on (default
-            thresholds) for the methods with an optimizer, off for the others; ``False``: off.
+            runaway model, and the source gap (an adapted model steadily less confident than the source model on
+            the same cases); when one fires the adapter returns to the source state (after the source gap: the
+            source model predicts until the gap clears or the domain changes). ``None``: on (default thresholds)
+            for the methods with an optimizer, off for the others; ``True``: on for any method; ``False``: off.
+        safe: the label-free choice of the reported prediction (:class:`~monai_tta.adapters.safe_choice.SafeChoice`,
+            a dict of its fields, ``"case"`` or ``"domain"``, or ``True`` for the defaults): among the method's own
+            prediction, the adapted state with source / mixed / image statistics and the source model, the most
+            confident one, per case or per domain. The update is unchanged. ``None``/``False``: off (default).
 
     Raises:
         ValueError: for an unknown setting, optimizer or parameter set, or ``steps < 0``.
@@ -154,6 +161,9 @@ class Adapter(Inferer):
     requires_batch_norm: bool = False
     #: whether the method can adapt a volume on patches (:class:`~monai_tta.inferers.SlidingWindowAdapter`).
     supports_patches: bool = True
+    #: whether the reported prediction is a plain forward of the network in the policy's statistics (no update, no
+    #: prompt): then ``safe`` knows which of its candidates are that same forward and skips them.
+    plain_prediction: bool = False
 
     def __init__(
         self,
@@ -169,8 +179,10 @@ class Adapter(Inferer):
         params: ParamSelection | None = None,
         divisor: int | Sequence[int] | None = None,
         safeguard: CollapseSafeguard | dict | bool | None = None,
+        safe: SafeChoice | dict | bool | str | None = None,
     ) -> None:
         super().__init__()
+        self.safe: SafeChoice | None = SafeChoice.from_any(safe)
         if safeguard is None or safeguard is True:
             safeguard = CollapseSafeguard() if (self.uses_optimizer or safeguard) else None
         elif isinstance(safeguard, dict):
@@ -201,6 +213,7 @@ class Adapter(Inferer):
         self._states: weakref.WeakKeyDictionary[nn.Module, AdapterState] = weakref.WeakKeyDictionary()
         self._domain: Any = None
         self._pending_reset = False
+        self._domain_changed = False
         self._lock = threading.RLock()
         self.last_stats: dict[str, Any] = {}
         self._case_factory: Callable[[nn.Module], Case] | None = None
@@ -230,6 +243,12 @@ class Adapter(Inferer):
 
     def predict(self, state: AdapterState, inputs: torch.Tensor, network: nn.Module) -> torch.Tensor:
         """The reported prediction (logits) after the update; runs under ``no_grad``."""
+        return network(inputs)
+
+    def candidate_forward(self, state: AdapterState, inputs: torch.Tensor, network: nn.Module) -> torch.Tensor:
+        """A forward of the adapted state in the statistics the layers are set to, without side effects (``safe``'s
+        candidates and the safeguard's probe in the fallback); runs under ``no_grad``. Default: ``network(inputs)``;
+        a method whose prediction goes through more than the network (VPTTA's prompt) overrides it."""
         return network(inputs)
 
     # ----------------------------------------------------------------- shared machinery
@@ -286,9 +305,13 @@ class Adapter(Inferer):
         )
 
     def set_domain(self, domain: Any) -> None:
-        """Tell the adapter the domain of the next case; in the ``"domain"`` setting a change triggers a reset."""
-        if self.setting == Setting.DOMAIN and self._domain is not None and domain != self._domain:
-            self._pending_reset = True
+        """Tell the adapter the domain of the next case; in the ``"domain"`` setting a change triggers a reset. In
+        every setting a change restarts the domain-level memory: ``safe``'s per-domain choice and the safeguard's
+        source gap (and ends its fallback)."""
+        if self._domain is not None and domain != self._domain:
+            self._domain_changed = True
+            if self.setting == Setting.DOMAIN:
+                self._pending_reset = True
         self._domain = domain
 
     @torch.no_grad()
@@ -305,12 +328,22 @@ class Adapter(Inferer):
             if self.seed is not None:
                 self.generator.manual_seed(self.seed)
             self._reset_states(network)
+            for state in self._states_of(network):
+                self._clear_domain_memory(state)
+
+    def _states_of(self, network: nn.Module | None) -> list[AdapterState]:
+        if network is None:
+            return list(self._states.values())
+        return [self._states[network]] if network in self._states else []
+
+    @staticmethod
+    def _clear_domain_memory(state: AdapterState) -> None:
+        """Forget what is kept per domain: ``safe``'s per-domain entropies and the safeguard's source gap."""
+        SafeChoice.clear(state)
+        CollapseSafeguard.clear_gap(state)
 
     def _reset_states(self, network: nn.Module | None) -> None:
-        states = [self._states[network]] if network is not None and network in self._states else []
-        if network is None:
-            states = list(self._states.values())
-        for state in states:
+        for state in self._states_of(network):
             for p, v in zip(state.params, state.snapshot):
                 p.copy_(v)
             state.optimizer = self._make_optimizer(state.params)
@@ -353,45 +386,97 @@ class Adapter(Inferer):
         episodic = self.setting == Setting.EPISODIC
         did_reset = episodic or self._pending_reset
         if did_reset:
-            self.reset(network)
+            if self.seed is not None:
+                self.generator.manual_seed(self.seed)  # episodic: the same image gets the same random views
+            with torch.no_grad():  # an episodic reset keeps the domain-level memory (safe per domain)
+                self._reset_states(network)
             self._pending_reset = False
-        if episodic and self.seed is not None:
-            self.generator.manual_seed(self.seed)  # the same image gets the same random views on every call
+        if self._domain_changed:
+            self._clear_domain_memory(state)
+            self._domain_changed = False
         x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         case = self._case_factory(network) if self._case_factory is not None else WholeCase(network, self.divisor)
+        if self.safe is not None and not case.whole:
+            raise ValueError(
+                f"{type(self).__name__}: safe chooses among whole-input predictions and cannot run on a volume "
+                "adapted on patches (SlidingWindowAdapter); turn safe off (safe=None) for sliding-window inference."
+            )
         x = case.prepare(x)
         state.seen += 1
         self.norm.apply(state.norms, state.seen)
+        guard = None if episodic else self.safeguard
+        probing = guard is not None and guard.source_gap is not None and case.whole
+        fallback = probing and CollapseSafeguard.in_fallback(state)
         stats: dict[str, Any] = {StatKeys.RESET: did_reset, StatKeys.N_PARAMS: sum(p.numel() for p in state.params)}
         logits = None
         self._case = case
         try:
             with case.statistics(state, network, x):
-                if self.steps > 0:
-                    guard = UpdateGuard(state)
+                if self.steps > 0 and not fallback:
+                    guard_update = UpdateGuard(state)
                     with torch.enable_grad(), only_requires_grad(network, state.params):
                         for _ in range(self.steps):
                             step_stats, reported = self.adapt(state, x, network)
                             logits = reported if logits is None else logits
                             stats.update(step_stats)
-                    bad = guard.check(state, stats)
+                    bad = guard_update.check(state, stats)
                     stats[StatKeys.NONFINITE] = bad is not None
                     if bad is not None:
-                        guard.restore(state)
+                        guard_update.restore(state)
                         stats[StatKeys.NONFINITE_PART] = bad
                     else:
                         state.step += 1
-                if logits is None or not case.whole:
+                if fallback:  # the source state after the source gap fired: the source model predicts
+                    logits = source_forward(state, network, x)
+                elif logits is None or not case.whole:
                     with torch.no_grad():
                         logits = case.predict(self, state, x, network)
         finally:
             self._case = None
-        if self.safeguard is not None and self.steps > 0 and not episodic:
-            signal = self.safeguard.check(state, logits, getattr(self, "activation", "sigmoid"))
-            self.safeguard.record(stats, signal)
-            if signal is not None:  # back to the source state for the next case
-                with torch.no_grad():
-                    self._reset_states(network)
+        source_logits = None
+        if guard is not None:
+            signal = None
+            if probing and guard.probe_due(state):
+                logits, source_logits, signal = self._probe_source_gap(guard, state, network, x, logits, fallback)
+                stats[StatKeys.SAFEGUARD_GAP] = CollapseSafeguard.gap(state)
+            if signal is None and self.steps > 0 and not fallback:
+                signal = guard.check(state, logits, getattr(self, "activation", "sigmoid"))
+                if signal is not None:  # back to the source state for the next case
+                    with torch.no_grad():
+                        self._reset_states(network)
+            guard.record(stats, signal)
+            if probing:
+                stats[StatKeys.SAFEGUARD_FALLBACK] = CollapseSafeguard.in_fallback(state)
+        if self.safe is not None:
+            logits, safe_stats = self.safe.choose(self, state, network, x, logits, source_logits)
+            stats.update(safe_stats)
         stats[StatKeys.STEP] = state.step
         self.last_stats = stats
         return case.finish(logits.detach())
+
+    def _probe_source_gap(
+        self,
+        guard: CollapseSafeguard,
+        state: AdapterState,
+        network: nn.Module,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        fallback: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+        """One probe of the safeguard's source gap: the prediction to report, the source model's prediction, and
+        ``"source_gap"`` when the gap fired on this case (the adapter is then in the source state)."""
+        with torch.no_grad():
+            if fallback:  # the method's statistics regime on the source weights, against the source model
+                source_logits, adapted = logits, self.candidate_forward(state, x, network)
+            else:
+                source_logits, adapted = source_forward(state, network, x), logits
+            activation = getattr(self, "activation", "sigmoid")
+            h = torch.stack([mean_entropy(adapted, activation), mean_entropy(source_logits, activation)]).tolist()
+        now = guard.check_gap(state, h[0], h[1])
+        if now and not fallback:
+            with torch.no_grad():
+                self._reset_states(network)  # keeps the gap and the fallback flag
+            return source_logits, source_logits, "source_gap"
+        if fallback and not now:  # the gap cleared: the method adapts again from the next case
+            return adapted, source_logits, None
+        return logits, source_logits, None

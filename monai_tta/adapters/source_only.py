@@ -17,6 +17,7 @@ class SourceOnly(Adapter):
 
     default_norm = NormRegime.SOURCE
     uses_optimizer = False
+    plain_prediction = True
 
     def __init__(self, norm: Any = None, **kwargs: Any) -> None:
         if kwargs.get("params") is not None:

@@ -204,6 +204,11 @@ class VPTTA(Adapter):
         state.extra[_NEEDS_INIT] = True
         return logits
 
+    def candidate_forward(self, state: AdapterState, inputs: torch.Tensor, network: nn.Module) -> torch.Tensor:
+        """The prompted image with the current prompt through the network, without touching the memory bank."""
+        prompted, _ = state.extra[_PROMPT](inputs)
+        return network(prompted)
+
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         logits = super().__call__(inputs, network, *args, **kwargs)
         self.last_stats[StatKeys.MEMORY_SIZE] = len(self.state_for(network).extra[_MEMORY])
@@ -223,6 +228,8 @@ class VPTTA(Adapter):
             "seen": int(state.seen),
             "step": int(state.step),
             "needs_init": bool(state.extra[_NEEDS_INIT]),
+            # the safeguard's and safe's numbers (plain values)
+            "plain": {str(k): v for k, v in state.extra.items() if isinstance(v, (bool, int, float, str))},
         }
 
     def load_state_dict(self, network: nn.Module, values: dict[str, Any]) -> None:
@@ -233,4 +240,5 @@ class VPTTA(Adapter):
             state.optimizer.load_state_dict(values["optimizer"])
         state.extra[_MEMORY].load_state_dict(values["memory"])
         state.seen, state.step = int(values["seen"]), int(values["step"])
+        state.extra.update(values.get("plain", {}))
         state.extra[_NEEDS_INIT] = bool(values.get("needs_init", True))

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from monai_tta.adapters import GraTa, NormAdapt, SafeNorm, SourceOnly, Tent
+from monai_tta.adapters import SAR, GraTa, NormAdapt, SafeNorm, SourceOnly, Tent
 from monai_tta.adapters.base import Adapter
 from monai_tta.keys import Setting
 
@@ -94,14 +94,53 @@ METHODS: dict[str, MethodSpec] = {
         lambda s, i, r: SafeNorm(setting=s, seed=r),
         "safe: per case, the lowest-entropy prediction of source / mix / image statistics (3 forwards)",
     ),
-    "tent_nosafeguard": MethodSpec(
-        lambda s, i, r: Tent(setting=s, seed=r, safeguard=False), "TENT without the collapse safeguard"
+    "safe_norm_domain": MethodSpec(
+        lambda s, i, r: SafeNorm(setting=s, seed=r, per="domain"),
+        "safe per domain: the statistics of lowest mean entropy over the domain's cases so far (3 forwards)",
     ),
-    "grata_nosafeguard": MethodSpec(
-        lambda s, i, r: GraTa(setting=s, seed=r, safeguard=False), "GraTa exact without the collapse safeguard"
-    ),
+    "sar": MethodSpec(lambda s, i, r: SAR(setting=s, seed=r), "SAR: reliable entropy, SAM step, model recovery (SGD)"),
 }
 """Registry of the benchmark's methods, name -> :class:`MethodSpec`."""
+
+_REGIMES = {"source": "source", "mix": {"regime": "mix", "prior": 0.5}}
+_VARIANTS = {
+    "nosafeguard": ({"safeguard": False}, "without the collapse safeguard"),
+    "safeguard": ({"safeguard": True}, "with the collapse safeguard (source gap included)"),
+    "safe": ({"safe": "case"}, "with safe per case (method / source, mix, image statistics / source model)"),
+    "safe_domain": ({"safe": "domain"}, "with safe per domain"),
+    **{
+        f"{name}_stats": ({"norm": regime}, f"with the {name} statistics regime ({regime})")
+        for name, regime in _REGIMES.items()
+    },
+}
+_BASES = {"source_only": SourceOnly, "norm_adapt": NormAdapt, "tent": Tent, "grata": GraTa, "sar": SAR}
+
+
+def _variant(cls: type[Adapter], options: Mapping[str, Any]) -> Callable[[str, int, int], Adapter]:
+    return lambda s, i, r: cls(setting=s, seed=r, **dict(options))
+
+
+def _vptta_variant(options: Mapping[str, Any]) -> Callable[[str, int, int], Adapter]:
+    def factory(setting: str, image_size: int, seed: int) -> Adapter:
+        from monai_tta.adapters.vptta import VPTTA
+
+        return VPTTA(image_size=image_size, setting=setting, seed=seed, **dict(options))
+
+    return factory
+
+
+# every method with and without the safeguard, with safe per case and per domain, and in each fixed statistics regime
+# (``<method>_<variant>``; the regimes only for the methods that keep their weights' statistics choice free)
+for _base, _cls in _BASES.items():
+    for _suffix, (_options, _text) in _VARIANTS.items():
+        gradient_free = _base in ("source_only", "norm_adapt")
+        if _suffix.endswith("_stats") and gradient_free:
+            continue  # their regime is their definition: source_only, norm_mix, norm_adapt
+        if _suffix == ("nosafeguard" if gradient_free else "safeguard"):
+            continue  # their default already
+        METHODS.setdefault(f"{_base}_{_suffix}", MethodSpec(_variant(_cls, _options), f"{_base} {_text}"))
+for _suffix in ("nosafeguard", "safe", "safe_domain"):
+    METHODS[f"vptta_{_suffix}"] = MethodSpec(_vptta_variant(_VARIANTS[_suffix][0]), f"vptta {_VARIANTS[_suffix][1]}")
 
 
 def available_methods() -> list[str]:

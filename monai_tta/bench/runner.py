@@ -24,7 +24,7 @@ from monai_tta.bench.methods import REFERENCE, STREAM, make_adapter
 from monai_tta.bench.outputs import write_outputs
 from monai_tta.bench.probes import AMP, measure_memory, time_methods, timed_call
 from monai_tta.bench.stats import check_targets, check_volume_targets, summarize_runs
-from monai_tta.keys import DataKeys
+from monai_tta.keys import DataKeys, StatKeys
 from monai_tta.metrics import asd_per_channel, dice_per_channel
 
 __all__ = ["run_cases", "timing_methods", "environment", "run_benchmark", "run_image_benchmark", "run_volume_benchmark"]
@@ -100,8 +100,10 @@ def run_cases(
                         row.update({f"asd_{c}": v for c, v in zip(channel_names, asd)})
                         row["asd_mean"] = float(np.mean(asd))
                 for key, value in adapter.last_stats.items():
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    if isinstance(value, (int, float)):  # flags (reset, safeguard, safe_source, ...) as 0 / 1
                         row[str(key)] = float(value)
+                    elif key == StatKeys.SAFE_CHOICE:
+                        row[str(key)] = str(value)
                 rows.append(row)
     return rows
 

@@ -50,7 +50,8 @@ def bootstrap_ci(
 
 def summarize(rows: Sequence[Mapping[str, Any]], group_key: str = "domain") -> dict[str, dict[str, float]]:
     """Mean of every numeric column per group, plus ``"overall"`` (mean over groups, GraTa's averaging) and the
-    case count ``n``.
+    case count ``n``. A column that some rows lack (e.g. an adapter statistic reported only when an update ran) is
+    the mean over the rows that have it.
 
     Args:
         rows: per-case records.
@@ -61,8 +62,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], group_key: str = "domain") -> d
         groups.setdefault(str(row[group_key]), []).append(row)
     summary: dict[str, dict[str, float]] = {}
     for name, items in groups.items():
-        cols = [k for k, v in items[0].items() if k != group_key and _is_number(v)]
-        summary[name] = {k: float(np.mean([float(r[k]) for r in items])) for k in cols}
+        cols = dict.fromkeys(k for r in items for k, v in r.items() if k != group_key and _is_number(v))
+        summary[name] = {k: float(np.mean([float(r[k]) for r in items if _is_number(r.get(k))])) for k in cols}
         summary[name]["n"] = len(items)
     if summary:
         cols = set.intersection(*[set(s) for s in summary.values()]) - {"n"}
