@@ -109,7 +109,10 @@ _VARIANTS = {
     "safe": ({"safe": "case"}, "with safe per case (method / source, mix, image statistics / source model)"),
     "safe_domain": ({"safe": "domain"}, "with safe per domain"),
     **{
-        f"{name}_stats": ({"norm": regime}, f"with the {name} statistics regime ({regime})")
+        f"{name}_stats": (
+            {"norm": regime, "safeguard": False},
+            f"in the fixed {name} statistics regime ({regime}), without the safeguard",
+        )
         for name, regime in _REGIMES.items()
     },
 }

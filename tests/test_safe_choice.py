@@ -1,0 +1,241 @@
+"""``safe`` (the label-free choice of the reported prediction) and the safeguard's source gap, on a tiny network whose
+forward is written out by hand here: conv -> BN (source, image or mixed statistics) -> ReLU -> conv."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_image, tiny_net
+
+from monai_tta.adapters import VPTTA, NormAdapt, SafeChoice, SafeNorm, Tent
+from monai_tta.keys import StatKeys
+
+
+def by_hand(ref: torch.nn.Module, x: torch.Tensor, prior: float, affine: list[torch.Tensor] | None = None):
+    """The tiny network's logits with BatchNorm statistics ``prior * source + (1 - prior) * image``."""
+    with torch.no_grad():
+        h = ref.conv(x)
+        mean = prior * ref.bn.running_mean + (1 - prior) * h.mean((0, 2, 3))
+        var = prior * ref.bn.running_var + (1 - prior) * h.var((0, 2, 3), unbiased=False)
+        w, b = affine if affine is not None else (ref.bn.weight, ref.bn.bias)
+        z = (h - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + ref.bn.eps)
+        return ref.head(torch.relu(z * w[None, :, None, None] + b[None, :, None, None]))
+
+
+def entropy_by_hand(logits: torch.Tensor) -> float:
+    """Mean sigmoid entropy in bits, in float64 numpy."""
+    z = logits.double().numpy()
+    p = 1.0 / (1.0 + np.exp(-z))
+
+    def plogp(q: np.ndarray) -> np.ndarray:
+        return np.where(q > 0, q * np.log(np.maximum(q, 1e-300)), 0.0)
+
+    return float(np.mean(-(plogp(p) + plogp(1 - p))) / math.log(2.0))
+
+
+def images(n: int, size: int = 8) -> list[torch.Tensor]:
+    """Images of very different contrasts: the source statistics of :func:`contrast_net` fit some of them."""
+    scales = (0.2, 5.0, 1.0, 0.2, 5.0, 3.0)
+    return [(tiny_image(seed=10 + i, size=size) - 0.5) * scales[i % len(scales)] for i in range(n)]
+
+
+def contrast_net() -> torch.nn.Module:
+    """A tiny network whose source variance sits between the images' (so that the most confident statistics change
+    from case to case)."""
+    net = tiny_net()
+    with torch.no_grad():
+        net.bn.running_var.fill_(0.2)
+        net.head.weight.mul_(3.0)
+    return net
+
+
+# --------------------------------------------------------------------------------------------------- the choice
+def test_per_case_choice_is_the_lowest_entropy_candidate_of_a_gradient_method():
+    net = contrast_net()
+    ref = copy.deepcopy(net)
+    plain_net = copy.deepcopy(net)
+    safe = Tent(setting="continual", lr=1e-2, safe=True, safeguard=False)
+    plain = Tent(setting="continual", lr=1e-2, safeguard=False)
+    chosen = []
+    for x in images(6):
+        before = [p.detach().clone() for p in plain.state_for(plain_net).params]
+        own = plain(x, plain_net)  # TENT reports its forward before the update, in the image's statistics
+        after = [p.detach().clone() for p in plain.state_for(plain_net).params]
+        assert torch.allclose(own, by_hand(ref, x, 0.0, before), atol=1e-6)
+        candidates = {
+            "method": own,
+            "stats_1": by_hand(ref, x, 1.0, after),
+            "stats_0.5": by_hand(ref, x, 0.5, after),
+            "stats_0": by_hand(ref, x, 0.0, after),
+            "source": by_hand(ref, x, 1.0),
+        }
+        entropies = {k: entropy_by_hand(z) for k, z in candidates.items()}
+        best = min(entropies, key=entropies.get)
+        out = safe(x, net)
+        chosen.append(best)
+        assert safe.last_stats[StatKeys.SAFE_CHOICE] == best
+        assert safe.last_stats[StatKeys.SAFE_SOURCE] == (best == "source")
+        assert torch.allclose(out, candidates[best], atol=1e-6)
+        # the adapted state evolves by the method's rule whatever is chosen: bit for bit the plain method's
+        assert all(torch.equal(p, q) for p, q in zip(safe.state_for(net).params, after))
+        assert all(layer.prior == 0.0 for layer in safe.state_for(net).norms)  # the method's regime, restored
+    assert len(set(chosen)) > 1  # the stream exercises the choice
+
+
+def test_gradient_free_candidates_skip_duplicates_and_safe_norm_is_source_inference_with_safe():
+    adapter = NormAdapt(safe=True)
+    state = adapter.state_for(tiny_net())
+    # the method's own forward is the image statistics; the source model is the source statistics (no weights)
+    assert adapter.safe.candidates(adapter, state) == [("stats_1", 1.0), ("stats_0.5", 0.5)]
+    safe_norm = SafeNorm()
+    state = safe_norm.state_for(tiny_net())
+    assert safe_norm.safe.candidates(safe_norm, state) == [("stats_0.5", 0.5), ("stats_0", 0.0)]
+    tent = Tent(safe={"priors": (0.5,), "source": True})
+    assert tent.safe.candidates(tent, tent.state_for(tiny_net())) == [("stats_0.5", 0.5), ("source", None)]
+    with pytest.raises(ValueError, match="priors"):
+        SafeChoice(priors=(2.0,))
+    with pytest.raises(ValueError, match="domain"):
+        SafeChoice(per="week")
+    with pytest.raises(TypeError, match="safe must be"):
+        Tent(safe=3)
+    with pytest.raises(ValueError, match="do not pass norm"):
+        SafeNorm(norm="image")
+
+
+def test_per_domain_choice_uses_the_mean_entropy_of_the_domain_so_far():
+    net = contrast_net()
+    ref = copy.deepcopy(net)
+    adapter = NormAdapt(setting="continual", safe="domain")
+    xs = images(6)
+    domains = ["a", "a", "a", "b", "b", "b"]
+    per_case, per_domain = [], []
+    sums: dict[str, float] = {}
+    n = 0
+    for x, domain in zip(xs, domains):
+        if n and domain != domains[n - 1]:
+            sums = {}
+        candidates = {"method": by_hand(ref, x, 0.0), "stats_1": by_hand(ref, x, 1.0), "stats_0.5": by_hand(ref, x, 0.5)}
+        for k, z in candidates.items():
+            sums[k] = sums.get(k, 0.0) + entropy_by_hand(z)
+        best = min(sums, key=sums.get)  # the lowest mean over the domain's cases so far, this one included
+        per_case.append(min(candidates, key=lambda k: entropy_by_hand(candidates[k])))
+        per_domain.append(best)
+        adapter.set_domain(domain)
+        out = adapter(x, net)
+        assert adapter.last_stats[StatKeys.SAFE_CHOICE] == best
+        assert adapter.last_stats[StatKeys.SAFE_PRIOR] == {"method": 0.0, "stats_1": 1.0, "stats_0.5": 0.5}[best]
+        assert torch.allclose(out, candidates[best], atol=1e-6)
+        n += 1
+    assert per_case != per_domain and len(set(per_domain)) > 1  # the domain's history decides, and restarts
+
+
+def test_reset_returns_safe_and_the_safeguard_to_the_start_bit_for_bit():
+    net = contrast_net()
+    adapter = Tent(setting="continual", lr=1e-2, safe="domain")
+    xs = images(4)
+
+    def run() -> tuple[list[torch.Tensor], list[dict]]:
+        outs, stats = [], []
+        for i, x in enumerate(xs):
+            adapter.set_domain("a" if i < 2 else "b")
+            outs.append(adapter(x, net))
+            stats.append(dict(adapter.last_stats))
+        return outs, stats
+
+    first = run()
+    adapter.reset()
+    adapter._domain = None  # a fresh start: no domain seen
+    assert not any(k.startswith(("safe_domain", "safeguard_gap", "safeguard_fallback")) for k in adapter.state_for(net).extra)
+    second = run()
+    assert all(torch.equal(a, b) for a, b in zip(first[0], second[0]))
+    assert first[1] == second[1]
+
+
+def test_safe_candidates_leave_vptta_memory_and_prompt_alone():
+    from test_vptta import S, images as vimages, net3
+
+    xs = vimages(3)
+    nets = net3(), net3()
+    plain = VPTTA(prompt_size=S, memory_size=2, neighbors=2, safeguard=False)
+    safe = VPTTA(prompt_size=S, memory_size=2, neighbors=2, safeguard=False, safe=True)
+    for x in xs:
+        plain(x, nets[0])
+        safe(x, nets[1])
+        assert len(plain.memory_for(nets[0])) == len(safe.memory_for(nets[1]))
+        torch.testing.assert_close(plain.prompt_for(nets[0]).prompt, safe.prompt_for(nets[1]).prompt, atol=0, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------- source gap
+def confident_source_net() -> torch.nn.Module:
+    """Source statistics with a tiny variance: the source model's logits are large (confident); any image's own
+    statistics shrink them (less confident): an adapted prediction worse than the source's, by the entropy."""
+    net = tiny_net()
+    with torch.no_grad():
+        net.bn.running_var.fill_(1e-3)
+        net.bn.running_mean.fill_(0.0)
+        net.head.weight.mul_(3.0)
+    return net
+
+
+def vague_source_net() -> torch.nn.Module:
+    """Source statistics with a huge variance: the source model's logits are near the head's bias (uncertain); the
+    image's own statistics are the more confident ones (a benign stream)."""
+    net = tiny_net()
+    with torch.no_grad():
+        net.bn.running_var.fill_(1e4)
+        net.bn.bias.zero_()
+        net.head.bias.zero_()
+    return net
+
+
+def test_source_gap_fires_on_an_adapted_model_worse_than_the_source_and_falls_back():
+    net = confident_source_net()
+    ref = copy.deepcopy(net)
+    adapter = Tent(setting="continual", lr=1e-2)
+    source_params = [p.detach().clone() for p in adapter.state_for(net).params]
+    xs = images(3)
+    out = adapter(xs[0], net)
+    stats = adapter.last_stats
+    d = entropy_by_hand(by_hand(ref, xs[0], 0.0)) - entropy_by_hand(by_hand(ref, xs[0], 1.0))
+    assert d > 0
+    assert stats[StatKeys.SAFEGUARD] is True and stats[StatKeys.SAFEGUARD_SIGNAL] == "source_gap"
+    assert stats[StatKeys.SAFEGUARD_FALLBACK] is True
+    assert stats[StatKeys.SAFEGUARD_GAP] == pytest.approx(d, abs=1e-6)
+    assert torch.allclose(out, by_hand(ref, xs[0], 1.0), atol=1e-6)  # the case that fired reports the source's
+    state = adapter.state_for(net)
+    assert all(torch.equal(p, q) for p, q in zip(state.params, source_params)) and state.step == 0
+    gap = d
+    for x in xs[1:]:  # in the fallback: no update, the source model predicts, the probe goes on
+        out = adapter(x, net)
+        d = entropy_by_hand(by_hand(ref, x, 0.0)) - entropy_by_hand(by_hand(ref, x, 1.0))
+        gap = 0.5 * gap + 0.5 * d
+        assert adapter.last_stats[StatKeys.SAFEGUARD_GAP] == pytest.approx(gap, abs=1e-6)
+        assert adapter.last_stats[StatKeys.SAFEGUARD_FALLBACK] is True and adapter.last_stats["safeguard"] is False
+        assert StatKeys.LOSS not in adapter.last_stats  # no update ran
+        assert torch.allclose(out, by_hand(ref, x, 1.0), atol=1e-6)
+        assert all(torch.equal(p, q) for p, q in zip(state.params, source_params))
+    adapter.set_domain("a")
+    adapter(xs[0], net)
+    adapter.set_domain("b")  # a new domain ends the fallback: the method adapts again, and is probed afresh
+    adapter(xs[0], net)
+    assert adapter.last_stats[StatKeys.SAFEGUARD_SIGNAL] == "source_gap"  # the same evidence, fired again
+
+
+def test_source_gap_stays_quiet_on_a_benign_stream_and_can_be_turned_off():
+    net = vague_source_net()
+    ref = copy.deepcopy(net)
+    adapter = Tent(setting="continual", lr=1e-3)
+    plain = Tent(setting="continual", lr=1e-3, safeguard={"source_gap": None})
+    other = copy.deepcopy(net)
+    for x in images(4):
+        assert entropy_by_hand(by_hand(ref, x, 0.0)) < entropy_by_hand(by_hand(ref, x, 1.0))
+        out = adapter(x, net)
+        assert adapter.last_stats[StatKeys.SAFEGUARD] is False
+        assert adapter.last_stats[StatKeys.SAFEGUARD_FALLBACK] is False
+        torch.testing.assert_close(out, plain(x, other), atol=0, rtol=0)  # the probe changes nothing
+    assert StatKeys.SAFEGUARD_GAP not in plain.last_stats
+    assert adapter.state_for(net).step == 4
