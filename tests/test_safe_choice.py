@@ -118,7 +118,11 @@ def test_per_domain_choice_uses_the_mean_entropy_of_the_domain_so_far():
     for x, domain in zip(xs, domains):
         if n and domain != domains[n - 1]:
             sums = {}
-        candidates = {"method": by_hand(ref, x, 0.0), "stats_1": by_hand(ref, x, 1.0), "stats_0.5": by_hand(ref, x, 0.5)}
+        candidates = {
+            "method": by_hand(ref, x, 0.0),
+            "stats_1": by_hand(ref, x, 1.0),
+            "stats_0.5": by_hand(ref, x, 0.5),
+        }
         for k, z in candidates.items():
             sums[k] = sums.get(k, 0.0) + entropy_by_hand(z)
         best = min(sums, key=sums.get)  # the lowest mean over the domain's cases so far, this one included
@@ -149,7 +153,9 @@ def test_reset_returns_safe_and_the_safeguard_to_the_start_bit_for_bit():
     first = run()
     adapter.reset()
     adapter._domain = None  # a fresh start: no domain seen
-    assert not any(k.startswith(("safe_domain", "safeguard_gap", "safeguard_fallback")) for k in adapter.state_for(net).extra)
+    assert not any(
+        k.startswith(("safe_domain", "safeguard_gap", "safeguard_fallback")) for k in adapter.state_for(net).extra
+    )
     second = run()
     assert all(torch.equal(a, b) for a, b in zip(first[0], second[0]))
     assert first[1] == second[1]

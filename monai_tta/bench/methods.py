@@ -108,6 +108,10 @@ _VARIANTS = {
     "safeguard": ({"safeguard": True}, "with the collapse safeguard (source gap included)"),
     "safe": ({"safe": "case"}, "with safe per case (method / source, mix, image statistics / source model)"),
     "safe_domain": ({"safe": "domain"}, "with safe per domain"),
+    "probe": (
+        {"safeguard": {"source_gap": 1.0}},
+        "with the source-gap probe on every case but a margin it cannot reach (the probe's cost, never a fallback)",
+    ),
     **{
         f"{name}_stats": (
             {"norm": regime, "safeguard": False},
@@ -139,8 +143,8 @@ for _base, _cls in _BASES.items():
         gradient_free = _base in ("source_only", "norm_adapt")
         if _suffix.endswith("_stats") and gradient_free:
             continue  # their regime is their definition: source_only, norm_mix, norm_adapt
-        if _suffix == ("nosafeguard" if gradient_free else "safeguard"):
-            continue  # their default already
+        if _suffix == ("nosafeguard" if gradient_free else "safeguard") or (_suffix == "probe" and gradient_free):
+            continue  # their default already, or nothing to measure
         METHODS.setdefault(f"{_base}_{_suffix}", MethodSpec(_variant(_cls, _options), f"{_base} {_text}"))
 for _suffix in ("nosafeguard", "safe", "safe_domain"):
     METHODS[f"vptta_{_suffix}"] = MethodSpec(_vptta_variant(_VARIANTS[_suffix][0]), f"vptta {_VARIANTS[_suffix][1]}")

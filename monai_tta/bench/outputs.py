@@ -26,7 +26,18 @@ from monai_tta.reports import (
     write_case_csv,
 )
 
-__all__ = ["write_outputs", "json_default", "cost_table", "dice_table", "targets_table", "per_channel_dice"]
+__all__ = [
+    "write_outputs",
+    "json_default",
+    "cost_table",
+    "dice_table",
+    "targets_table",
+    "per_channel_dice",
+    "reliability_table",
+]
+
+#: the target of issue 11: no domain more than this many Dice points below source-only.
+MAX_LOSS_VS_SOURCE = 1.0
 
 
 def write_outputs(
@@ -74,7 +85,7 @@ def write_outputs(
     if volumes:
         markdown = _volume_markdown(summary, timing, targets, meta, domains, images, rows)
     else:
-        markdown = _markdown(summary, timing, targets, meta, domains, images)
+        markdown = _markdown(summary, timing, targets, meta, domains, images, rows)
     atomic_write_text(markdown, out / "results.md")
     return written + [out / "results.json", out / "results.md"]
 
@@ -146,6 +157,7 @@ def _markdown(
     meta: Mapping[str, Any],
     domains: Sequence[str],
     images: Sequence[Path],
+    rows: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     env, cfg = meta["environment"], meta["config"]
     lines = [
@@ -183,9 +195,71 @@ def _markdown(
     lines += [f"- `{m}`: {METHODS[m].description}" for m in timing if m in METHODS]
     lines += ["", "## Targets", "", targets_table(targets)]
     lines += _dice_sections(summary, meta, domains, "pixels")
+    for setting in SETTINGS:
+        if REFERENCE in summary.get(setting, {}) and len(summary[setting]) > 1:
+            lines += ["", f"## Against source-only, {setting}", "", _RELIABILITY_TEXT, ""]
+            lines.append(reliability_table(summary[setting], [r for r in rows if r["setting"] == setting], domains))
     if images:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images]
     return "\n".join(lines) + "\n"
+
+
+_RELIABILITY_TEXT = (
+    "Dice minus source-only's, per domain (points; over all the cases of the setting, for the stream all its "
+    f"rounds); *worst*: the lowest of them, and in the stream also over its last round alone; *met*: worst >= "
+    f"-{MAX_LOSS_VS_SOURCE:g} (issue 11: no domain more than {MAX_LOSS_VS_SOURCE:g} point below source-only). "
+    "Safeguard: how many times it fired (any signal; in brackets the source gap), and the share of cases predicted "
+    "in its fallback (the source state). Safe: the share of cases whose reported prediction is the source model's "
+    "(or, for a method without weights, made with the source statistics), and the mean source weight of the "
+    "statistics of the reported prediction (1: source, 0: the image's)."
+)
+
+
+def reliability_table(
+    methods: Mapping[str, Mapping[str, Any]], rows: Sequence[Mapping[str, Any]], domains: Sequence[str]
+) -> str:
+    """Per method of one setting: Dice minus source-only's per domain, the worst domain against the target, and
+    what the safeguard and ``safe`` did (from the per-case rows' adapter statistics)."""
+    ref = methods[REFERENCE]
+    columns = [*domains, "worst", "met", "fired", "fallback %", "safe: source %", "safe: source weight"]
+    table: dict[str, dict[str, Any]] = {}
+    for method, block in methods.items():
+        if method == REFERENCE:
+            continue
+        entry: dict[str, Any] = {}
+        diffs = [block[d]["dice"] - ref[d]["dice"] for d in domains if "dice" in block.get(d, {}) and d in ref]
+        entry.update({d: format_number(block[d]["dice"] - ref[d]["dice"], 1) for d in domains if d in block})
+        worst = min(diffs) if diffs else math.nan
+        last = str(max((int(k) for k in block.get("rounds", {})), default=0))
+        if last != "0" and last != "1":
+            final = block["rounds"][last]
+            ref_final = ref["rounds"][last]
+            worst_last = min(final[d]["dice"] - ref_final[d]["dice"] for d in domains if d in final)
+            entry["worst"] = f"{format_number(worst, 1)} (round {last}: {format_number(worst_last, 1)})"
+            worst = min(worst, worst_last)
+        else:
+            entry["worst"] = format_number(worst, 1)
+        entry["met"] = "-" if not math.isfinite(worst) else ("met" if worst >= -MAX_LOSS_VS_SOURCE else "MISSED")
+        mine = [r for r in rows if r["method"] == method]
+        fired = [r for r in mine if _flag(r.get("safeguard"))]
+        if any("safeguard" in r for r in mine):
+            gap = sum(r.get("safeguard_signal") == "source_gap" for r in fired)
+            entry["fired"] = f"{len(fired)} ({gap})"
+        if any("safeguard_fallback" in r for r in mine):
+            entry["fallback %"] = format_number(100.0 * np.mean([_flag(r.get("safeguard_fallback")) for r in mine]), 0)
+        if any("safe_source" in r for r in mine):
+            entry["safe: source %"] = format_number(100.0 * np.mean([_flag(r.get("safe_source")) for r in mine]), 0)
+            entry["safe: source weight"] = format_number(np.mean([float(r.get("safe_prior", 0.0)) for r in mine]), 2)
+        table[method] = entry
+    return markdown_table(table, columns, row_title="method", formatter=str)
+
+
+def _flag(value: Any) -> bool:
+    """A flag of a per-case row (a bool, or 0 / 1 as written to and read from CSV)."""
+    try:
+        return bool(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def per_channel_dice(

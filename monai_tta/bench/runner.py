@@ -102,7 +102,7 @@ def run_cases(
                 for key, value in adapter.last_stats.items():
                     if isinstance(value, (int, float)):  # flags (reset, safeguard, safe_source, ...) as 0 / 1
                         row[str(key)] = float(value)
-                    elif key == StatKeys.SAFE_CHOICE:
+                    elif key in (StatKeys.SAFE_CHOICE, StatKeys.SAFEGUARD_SIGNAL):
                         row[str(key)] = str(value)
                 rows.append(row)
     return rows
