@@ -32,6 +32,7 @@ __all__ = [
     "norm_layers",
     "warmup_lambda",
     "per_sample_stats",
+    "statistics_prior",
     "recording_stats",
     "CaseStats",
     "pooled_statistics",
@@ -256,6 +257,21 @@ def per_sample_stats(layers: Sequence[AdaptiveBatchNorm]) -> Iterator[None]:
     finally:
         for layer, flag in zip(layers, flags):
             layer.per_sample = flag
+
+
+@contextmanager
+def statistics_prior(norms: Sequence[AdaptiveBatchNorm], prior: float) -> Iterator[None]:
+    """Within the context, the layers with source statistics normalise with ``prior * source + (1 - prior) * image``
+    (the others keep their inputs' own statistics); their previous weights are restored on exit."""
+    saved = [layer.prior for layer in norms]
+    try:
+        for layer in norms:
+            if layer.has_source_stats:
+                layer.prior = prior
+        yield
+    finally:
+        for layer, value in zip(norms, saved):
+            layer.prior = value
 
 
 @contextmanager

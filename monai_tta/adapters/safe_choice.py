@@ -43,12 +43,12 @@ from monai.utils import look_up_option
 from torch import nn
 
 from monai_tta.keys import SafeCandidate, SafePer, StatKeys
+from monai_tta.norms import statistics_prior
 
 if TYPE_CHECKING:
     from monai_tta.adapters.base import Adapter, AdapterState
-    from monai_tta.norms import AdaptiveBatchNorm
 
-__all__ = ["SafeChoice", "mean_entropy", "source_model", "source_forward", "statistics_prior", "candidate_label"]
+__all__ = ["SafeChoice", "mean_entropy", "source_model", "source_forward", "candidate_label"]
 
 _ACTIVATIONS = ("sigmoid", "softmax")
 # per-domain running sums in ``AdapterState.extra`` (plain numbers: adapter checkpoints keep them)
@@ -64,21 +64,6 @@ def mean_entropy(logits: torch.Tensor, activation: str = "sigmoid") -> torch.Ten
     p = torch.sigmoid(z)
     h = -(p * torch.log(p.clamp_min(1e-12)) + (1 - p) * torch.log((1 - p).clamp_min(1e-12)))
     return h.mean() / math.log(2.0)
-
-
-@contextmanager
-def statistics_prior(norms: Sequence[AdaptiveBatchNorm], prior: float) -> Iterator[None]:
-    """Within the context, the layers with source statistics normalise with ``prior * source + (1 - prior) * image``
-    (the others keep their inputs' own statistics); their previous weights are restored on exit."""
-    saved = [layer.prior for layer in norms]
-    try:
-        for layer in norms:
-            if layer.has_source_stats:
-                layer.prior = prior
-        yield
-    finally:
-        for layer, value in zip(norms, saved):
-            layer.prior = value
 
 
 @contextmanager

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from monai_tta.adapters.safe_choice import mean_entropy
 from monai_tta.keys import StatKeys
 
 if TYPE_CHECKING:
@@ -159,15 +160,8 @@ class CollapseSafeguard:
     def _signals(logits: torch.Tensor, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
         z = logits.detach().float()
         if activation == "softmax" and z.shape[1] > 1:
-            p = torch.softmax(z, dim=1)
-            ent = -(p * torch.log(p.clamp_min(1e-12))).sum(1).mean() / math.log(z.shape[1])
-            area = (p.argmax(1) > 0).float().mean()
-        else:
-            p = torch.sigmoid(z)
-            ent = -(p * torch.log(p.clamp_min(1e-12)) + (1 - p) * torch.log((1 - p).clamp_min(1e-12))).mean()
-            ent = ent / math.log(2.0)
-            area = (p > 0.5).float().mean()
-        return ent, area
+            return mean_entropy(z, "softmax"), (z.argmax(1) > 0).float().mean()
+        return mean_entropy(z, "sigmoid"), (torch.sigmoid(z) > 0.5).float().mean()
 
     def check(self, state: AdapterState, logits: torch.Tensor, activation: str = "sigmoid") -> str | None:
         """Update the signals with the prediction of one case; the name of the signal that fired, or ``None``."""
