@@ -448,7 +448,8 @@ class Adapter(Inferer):
             if probing:
                 stats[StatKeys.SAFEGUARD_FALLBACK] = CollapseSafeguard.in_fallback(state)
         if self.safe is not None:
-            logits, safe_stats = self.safe.choose(self, state, network, x, logits, source_logits)
+            in_fallback = probing and CollapseSafeguard.in_fallback(state)  # the prediction is the source model's
+            logits, safe_stats = self.safe.choose(self, state, network, x, logits, source_logits, in_fallback)
             stats.update(safe_stats)
         stats[StatKeys.STEP] = state.step
         self.last_stats = stats

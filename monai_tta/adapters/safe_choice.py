@@ -177,6 +177,7 @@ class SafeChoice:
         inputs: torch.Tensor,
         logits: torch.Tensor,
         source_logits: torch.Tensor | None = None,
+        own_is_source: bool = False,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The prediction to report for one case, and the statistics of the choice.
 
@@ -188,14 +189,18 @@ class SafeChoice:
             inputs: the case, as the network sees it (padded).
             logits: the method's own prediction.
             source_logits: the source model's prediction when it was already computed (the safeguard's probe).
+            own_is_source: the method's prediction is the source model's (the safeguard's fallback): it is recorded
+                as such, and it is the ``source`` candidate too (no second forward; the tie goes to the method's).
         """
         activation = self.activation or getattr(adapter, "activation", "sigmoid")
         plain = adapter.plain_prediction and not state.params
-        own_prior = adapter.norm.source_weight(max(state.seen, 1)) if plain else None
+        own_prior = 1.0 if own_is_source else adapter.norm.source_weight(max(state.seen, 1)) if plain else None
         labels = [SafeCandidate.METHOD.value]
         outputs = [logits]
         priors: list[float | None] = [own_prior]
         with torch.no_grad():
+            if own_is_source:
+                source_logits = logits
             for label, prior in self.candidates(adapter, state):
                 if prior is None:
                     z = source_logits if source_logits is not None else source_forward(state, network, inputs)
@@ -220,10 +225,10 @@ class SafeChoice:
         if priors[best] is None:  # the method's own prediction: the weight of its regime, when it has one
             regime = adapter.norm.source_weight(max(state.seen, 1))
             priors[best] = regime
+        is_source = labels[best] == SafeCandidate.SOURCE or (best == 0 and own_is_source)
         stats = {
             StatKeys.SAFE_CHOICE: labels[best],
             StatKeys.SAFE_PRIOR: priors[best],
-            StatKeys.SAFE_SOURCE: labels[best] == SafeCandidate.SOURCE
-            or (plain and priors[best] == 1.0 and not state.params),
+            StatKeys.SAFE_SOURCE: is_source or (plain and priors[best] == 1.0),
         }
         return outputs[best], stats
