@@ -245,3 +245,16 @@ def test_source_gap_stays_quiet_on_a_benign_stream_and_can_be_turned_off():
         torch.testing.assert_close(out, plain(x, other), atol=0, rtol=0)  # the probe changes nothing
     assert StatKeys.SAFEGUARD_GAP not in plain.last_stats
     assert adapter.state_for(net).step == 4
+
+
+def test_safe_in_the_fallback_records_the_source_model_and_keeps_the_update_rule():
+    net = confident_source_net()
+    ref = copy.deepcopy(net)
+    adapter = Tent(setting="continual", lr=1e-2, safe=True)
+    xs = images(2)
+    for x in xs:
+        out = adapter(x, net)
+        assert adapter.last_stats[StatKeys.SAFEGUARD_FALLBACK] is True
+        assert adapter.last_stats[StatKeys.SAFE_CHOICE] == "method"  # the source model's, in the fallback
+        assert adapter.last_stats[StatKeys.SAFE_SOURCE] is True and adapter.last_stats[StatKeys.SAFE_PRIOR] == 1.0
+        assert torch.allclose(out, by_hand(ref, x, 1.0), atol=1e-6)
