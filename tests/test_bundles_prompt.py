@@ -92,15 +92,19 @@ def test_vptta_bundle_runs_the_published_protocol_and_reports(tiny, vptta_run):
 
 
 def test_vptta_bundle_matches_a_plain_vptta_loop(tiny, vptta_run):
-    """The bundle's losses and Dice equal an adapter built here with the published settings, run case by case."""
+    """The bundle's losses and Dice equal an adapter built here with the published settings and the bundle's ``safe``
+    choice, run case by case and told each case's domain (as the bundle's evaluator does)."""
     workflow, rows = vptta_run
     net = source_network(tiny, workflow)
-    adapter = VPTTA(image_size=32, lr=0.05, betas=(0.9, 0.99), memory_size=40, neighbors=16, temperature=0.2)
+    adapter = VPTTA(
+        image_size=32, lr=0.05, betas=(0.9, 0.99), memory_size=40, neighbors=16, temperature=0.2, safe="case"
+    )
     preprocessing = workflow.parser.get_parsed_content("labelled_preprocessing")
     datalist = load_datalist(Path(tiny["dataset_dir"]) / "datalist.json", sections=DOMAINS)
-    cases = [preprocessing(c) for d in DOMAINS for c in datalist[d]]
-    assert [str(c["case_id"]) for c in cases] == [r["case_id"] for r in rows]
-    for case, row in zip(cases, rows):
+    cases = [(d, preprocessing(c)) for d in DOMAINS for c in datalist[d]]
+    assert [str(c["case_id"]) for _, c in cases] == [r["case_id"] for r in rows]
+    for (domain, case), row in zip(cases, rows):
+        adapter.set_domain(domain)
         logits = adapter(case["image"][None], net)
         assert adapter.last_stats["loss"] == pytest.approx(row["loss"], rel=1e-5, abs=1e-7)
         dice = dice_per_channel(torch.sigmoid(logits[0]) >= 0.5, case["label"])
