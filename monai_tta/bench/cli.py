@@ -60,7 +60,11 @@ Options (defaults in brackets):
 - methods and settings: ``--methods`` [source_only norm_adapt tent grata grata_approx vptta]
   (also ``grata_batched``, ``grata_eager``, ``grata_separate``, ``grata_joint``: the exact GraTa with the 6 views in
   one forward, without CUDA graphs, with one forward per view and no graph (the reference's structure), with the
-  views and the strong view in one forward; same result); ``--settings`` [episodic domain continual stream];
+  views and the strong view in one forward; same result); reliability variants ``<method>_<variant>`` of
+  ``source_only``, ``norm_adapt``, ``tent``, ``grata``, ``sar`` (and ``vptta``): ``_nosafeguard``, ``_safeguard``,
+  ``_probe`` (the safeguard's source-gap probe alone), ``_safe``, ``_safe_domain``, ``_source_stats``, ``_mix_stats``
+  (fixed regimes), and ``norm_mix``, ``safe_norm``, ``safe_norm_domain``, ``sar``; ``--settings`` [episodic domain
+  continual stream];
   ``--rounds`` [3];
 - timing: ``--timing-size`` side of the timing image [256; 0 = ``--image-size``]; ``--timing-reps`` [7];
   ``--timing-methods`` [``--methods`` plus source-only and the exact GraTa variants: ``grata_batched``, and on a GPU
