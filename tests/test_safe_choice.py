@@ -162,7 +162,8 @@ def test_reset_returns_safe_and_the_safeguard_to_the_start_bit_for_bit():
 
 
 def test_safe_candidates_leave_vptta_memory_and_prompt_alone():
-    from test_vptta import S, images as vimages, net3
+    from test_vptta import S, net3
+    from test_vptta import images as vimages
 
     xs = vimages(3)
     nets = net3(), net3()
