@@ -316,8 +316,9 @@ class Adapter(Inferer):
 
     @torch.no_grad()
     def reset(self, network: nn.Module | None = None) -> None:
-        """Return ``network`` (or every network seen) to the source state: parameters, optimizer, method state, and
-        the random generator to its seed.
+        """Return ``network`` (or every network seen) to the source state: parameters, optimizer, method state, the
+        random generator to its seed, and what is kept per domain (``safe``'s per-domain entropies, the safeguard's
+        source gap and fallback). The ``episodic`` setting's reset before each case keeps the per-domain memory.
 
         Reseeding makes a case's result (``episodic``) or a domain's results (``domain``) depend only on that case or
         domain, not on how many random draws came before it: this is what makes a run sharded over ranks
