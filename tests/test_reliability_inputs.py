@@ -17,6 +17,7 @@ from tiny import tiny_bundle_overrides, tiny_image, tiny_net, write_nifti_sites
 from monai_tta.adapters import SAR, VPTTA, GraTa, NormAdapt, Tent
 from monai_tta.bundle_utils import run_bundle
 from monai_tta.data import load_datalist
+from monai_tta.engines import DayImageStore
 from monai_tta.reports import read_case_csv
 from monai_tta.validation import InvalidCaseError
 
@@ -29,6 +30,17 @@ BUNDLE_RUNS = {
     "tent_fundus_segmentation": "TENT",
     "source_only_fundus_segmentation": "SourceOnly",
     "vptta_fundus_segmentation": "VPTTA",
+    "dyna_fundus_segmentation": "DyNA",
+}
+#: DyNA on the tiny data: the last case of the domain held out, days of one good image, nights of one iteration
+#: that train on every pixel (confidence 0.5) with a large step, so that each night changes the next day's model
+DYNA_TINY = {
+    "heldout_per_domain": 1,
+    "images_per_day": 1,
+    "night_epochs": 1,
+    "night_batch_size": 1,
+    "night_lr": 0.05,
+    "confidence": 0.5,
 }
 ADAPTERS = {
     "GraTa": lambda: GraTa(setting="continual"),
@@ -132,8 +144,33 @@ def test_nonfinite_loss_is_undone_even_with_finite_parameters():
 
 # ----------------------------------------------------------------------------------------------- bundles
 def _run(bundle: str, overrides: dict) -> list[dict]:
-    run_bundle(BUNDLES / bundle, ["inference.json", "evaluate.json"], overrides, logging_file=False)
+    if BUNDLE_RUNS[bundle] == "DyNA":
+        run_bundle(
+            BUNDLES / bundle, ["inference.json", "daynight.json"], {**overrides, **DYNA_TINY}, logging_file=False
+        )
+    else:
+        run_bundle(BUNDLES / bundle, ["inference.json", "evaluate.json"], overrides, logging_file=False)
     return read_case_csv(Path(overrides["output_dir"]) / BUNDLE_RUNS[bundle] / "cases.csv")
+
+
+def _check_dyna(clean: Path, mixed: Path, kinds: tuple[str, ...]) -> None:
+    """The bad cases were never stored nor trained on: the same nights (loss, confident fraction, held-out Dice of
+    the global student after each), the same global student, and only the good images in the day store."""
+    reports = [json.loads((out / "DyNA" / "report.json").read_text()) for out in (clean, mixed)]
+    assert reports[1]["n_failed"] == len(kinds) and reports[0]["n_failed"] == 0
+    assert reports[1]["n_days"] == reports[0]["n_days"] == reports[1]["n_nights"]
+    assert all(d["night_loss"] > 0 and d["mask_fraction"] == 1.0 for d in reports[0]["days"])  # the nights trained
+    positional = {"start", "end", "n_failed"}  # where each day sits in the stream, and its failures
+    for a, b in zip(*(r["days"] for r in reports)):
+        assert {k: v for k, v in a.items() if k not in positional} == {
+            k: v for k, v in b.items() if k not in positional
+        }
+    students = [
+        torch.load(out / "DyNA" / "checkpoint.pt", weights_only=True)["global_student"] for out in (clean, mixed)
+    ]
+    assert _same(*students)
+    stored = [len(DayImageStore(out / "DyNA" / "day_store")) for out in (clean, mixed)]
+    assert stored[0] == stored[1] == reports[0]["n_images"]
 
 
 def _interleave(good: list[dict], bad: list[dict]) -> list[dict]:
@@ -181,6 +218,9 @@ def test_each_bundle_records_each_bad_png_case_as_failed_and_goes_on(png_data, b
     )
     _check_matrix(clean, rows, PNG_KINDS)
     method = BUNDLE_RUNS[bundle]
+    if method == "DyNA":
+        _check_dyna(tmp_path / "clean", tmp_path / "mixed", PNG_KINDS)
+        return
     summary = json.loads((tmp_path / "mixed" / method / "summary.json").read_text())[method]
     assert summary["camera"]["n"] == 3 and summary["camera"]["n_failed"] == len(PNG_KINDS)
 
@@ -222,6 +262,8 @@ def test_each_bundle_records_each_bad_nifti_case_as_failed_and_goes_on(nifti_dat
     clean = _run(bundle, {**overrides, "output_dir": str(tmp_path / "clean")})
     rows = _run(bundle, {**overrides, "output_dir": str(tmp_path / "mixed"), "datalist_file": str(mixed)})
     _check_matrix(clean, rows, NIFTI_KINDS)
+    if BUNDLE_RUNS[bundle] == "DyNA":
+        _check_dyna(tmp_path / "clean", tmp_path / "mixed", NIFTI_KINDS)
 
 
 def test_validate_cased_checks_the_image_as_stored():
