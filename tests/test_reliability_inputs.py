@@ -10,7 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bad_cases import EXPECTED, NIFTI_KINDS, PNG_KINDS, write_bad_nifti_cases, write_bad_png_cases
+from bad_cases import (
+    EXPECTED,
+    EXPECTED_VOLUME,
+    NIFTI_KINDS,
+    PNG_KINDS,
+    VOLUME_KINDS,
+    write_bad_nifti_cases,
+    write_bad_png_cases,
+    write_bad_volume_cases,
+)
+from test_bundle_3d import tiny_mr_overrides
 from test_bundle_grata import draw_square
 from tiny import tiny_bundle_overrides, tiny_image, tiny_net, write_nifti_sites
 
@@ -24,6 +34,7 @@ from monai_tta.validation import InvalidCaseError
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 GRATA = BUNDLES / "grata_fundus_segmentation"
+MR_GRATA = BUNDLES / "grata_prostate_mr_segmentation"
 #: bundle -> its method name
 BUNDLE_RUNS = {
     "grata_fundus_segmentation": "GraTa",
@@ -180,11 +191,11 @@ def _interleave(good: list[dict], bad: list[dict]) -> list[dict]:
     return parts
 
 
-def _check_matrix(clean: list[dict], rows: list[dict], kinds: tuple[str, ...]) -> None:
+def _check_matrix(clean: list[dict], rows: list[dict], kinds: tuple[str, ...], expected: dict = EXPECTED) -> None:
     failed = {r["case_id"]: r for r in rows if r["status"] == "failed"}
     assert set(failed) == set(kinds)
     for kind in kinds:
-        assert EXPECTED[kind] in failed[kind]["error"], (kind, failed[kind]["error"])
+        assert expected[kind] in failed[kind]["error"], (kind, failed[kind]["error"])
     ok = [r for r in rows if r["status"] == "ok"]
     assert [r["case_id"] for r in ok] == [r["case_id"] for r in clean]
     for a, b in zip(ok, clean):  # the failures left the adapter's state untouched: identical results after them
@@ -264,6 +275,37 @@ def test_each_bundle_records_each_bad_nifti_case_as_failed_and_goes_on(nifti_dat
     _check_matrix(clean, rows, NIFTI_KINDS)
     if BUNDLE_RUNS[bundle] == "DyNA":
         _check_dyna(tmp_path / "clean", tmp_path / "mixed", NIFTI_KINDS)
+
+
+@pytest.fixture(scope="module")
+def volume_data(tmp_path_factory):
+    """The tiny generated MR data (one target site of 2 volumes) with its source model, and a datalist where the
+    11 bad volume kinds sit between the good volumes."""
+    tmp = tmp_path_factory.mktemp("bad_volumes")
+    overrides = {**tiny_mr_overrides(tmp), "target_domains": ["thick_test"]}
+    prepare = {"prepare": ["$@prepare_data()", "$@ensure_source"]}  # data and source model, no adaptation
+    run_bundle(MR_GRATA, ["inference.json"], {**overrides, **prepare}, run_id="prepare", logging_file=False)
+    datalist = Path(overrides["dataset_dir"]) / "datalist.json"
+    content = json.loads(datalist.read_text())
+    good = load_datalist(datalist, sections=["thick_test"])["thick_test"]
+    bad = write_bad_volume_cases(tmp / "bad", good[0], good[0]["domain"])
+    content["thick_test"] = _interleave(good, bad)
+    mixed = tmp / "mixed_datalist.json"
+    mixed.write_text(json.dumps(content))
+    return {**overrides, "generate_data": False}, mixed
+
+
+def test_the_3d_bundle_records_each_bad_volume_as_failed_and_goes_on(volume_data, tmp_path):
+    overrides, mixed = volume_data
+    configs = ["inference.json", "evaluate.json"]
+    run_bundle(MR_GRATA, configs, {**overrides, "output_dir": str(tmp_path / "clean")}, logging_file=False)
+    mixed_run = {**overrides, "output_dir": str(tmp_path / "mixed"), "datalist_file": str(mixed)}
+    run_bundle(MR_GRATA, configs, mixed_run, logging_file=False)
+    clean, rows = (read_case_csv(tmp_path / run / "GraTa" / "cases.csv") for run in ("clean", "mixed"))
+    assert len(clean) == 2
+    _check_matrix(clean, rows, VOLUME_KINDS, EXPECTED_VOLUME)
+    summary = json.loads((tmp_path / "mixed" / "GraTa" / "summary.json").read_text())["GraTa"]
+    assert summary["thick"]["n"] == 2 and summary["thick"]["n_failed"] == len(VOLUME_KINDS)
 
 
 def test_validate_cased_checks_the_image_as_stored():
