@@ -414,8 +414,11 @@ def _rows(out) -> list[dict]:
 def test_bad_cases_are_failed_rows_never_stored_nor_trained_on_and_resume(tmp_path, reference_run):
     report, global_state, out = reference_run
     cases, reasons = mixed_stream()
+    lost = {"case_id": "lost", "domain": "all", "failure": "the image file lost.png does not exist; check the datalist"}
+    held = [*heldout(), lost]  # a held-out case that could not be loaded: listed, left out of the held-out Dice
     runner = make_runner(tmp_path / "mixed")
-    mixed = runner.run(cases, heldout())
+    mixed = runner.run(cases, held)
+    assert mixed["heldout_failed"] == [lost]
     # the failures: rows with their reasons, in stream order, counted per day and in the report
     rows = _rows(tmp_path / "mixed")
     assert [r["status"] for r in rows] == ["failed"] + ["ok"] * 4 + ["failed"] * 2 + ["ok"] * 6 + ["failed"]
@@ -447,12 +450,12 @@ def test_bad_cases_are_failed_rows_never_stored_nor_trained_on_and_resume(tmp_pa
         return callback
 
     with pytest.raises(RuntimeError):
-        make_runner(tmp_path / "resumed", crash(lambda e, i: e == "image" and i["index"] == 8)).run(cases, heldout())
+        make_runner(tmp_path / "resumed", crash(lambda e, i: e == "image" and i["index"] == 8)).run(cases, held)
     with pytest.raises(RuntimeError):
         make_runner(tmp_path / "resumed", crash(lambda e, i: e == "night_checkpoint" and i["day"] == 1)).run(
-            cases, heldout()
+            cases, held
         )
     resumed = make_runner(tmp_path / "resumed")
-    assert_same_report(resumed.run(cases, heldout()), mixed)
+    assert_same_report(resumed.run(cases, held), mixed)
     assert _rows(tmp_path / "resumed") == rows
     assert_same_state(resumed.global_student.state_dict(), global_state, atol=1e-6)

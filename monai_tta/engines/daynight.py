@@ -578,7 +578,7 @@ class DayNightRunner:
         self._save(ckpt)
         self._emit(K.NIGHT_EVENT, day=day)
 
-    def _report(self, ckpt: dict[str, Any], n_stream: int, heldout: _HeldOut = None) -> dict[str, Any]:
+    def _report(self, ckpt: dict[str, Any], n_stream: int, heldout_cases: _HeldOut = None) -> dict[str, Any]:
         records = ckpt["records"]
         labelled = [(r[K.DAY_DICE.value], r["n_labelled"]) for r in records if r[K.DAY_DICE.value] is not None]
         n_lab = sum(c for _, c in labelled)
@@ -608,7 +608,7 @@ class DayNightRunner:
             report[K.INITIAL_HELDOUT_DICE_PER_GROUP.value] = ckpt[K.INITIAL_HELDOUT_DICE_PER_GROUP.value]
         if nights and K.HELDOUT_DICE_PER_GROUP.value in nights[-1]:
             report[K.FINAL_HELDOUT_DICE_PER_GROUP.value] = nights[-1][K.HELDOUT_DICE_PER_GROUP.value]
-        groups = heldout.values() if isinstance(heldout, Mapping) else [heldout or []]
+        groups = heldout_cases.values() if isinstance(heldout_cases, Mapping) else [heldout_cases or []]
         bad = [c for cases in groups for c in cases if is_failure(c)]
         if bad:  # held-out cases that could not be loaded, left out of every held-out Dice
             report[K.HELDOUT_FAILED.value] = [{k: str(v) for k, v in c.items()} for c in bad]
