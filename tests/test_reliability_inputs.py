@@ -182,6 +182,8 @@ def _check_dyna(clean: Path, mixed: Path, kinds: tuple[str, ...]) -> None:
     assert _same(*students)
     stored = [len(DayImageStore(out / "DyNA" / "day_store")) for out in (clean, mixed)]
     assert stored[0] == stored[1] == reports[0]["n_images"]
+    summary = (mixed / "DyNA" / "report.md").read_text()
+    assert "| failed cases |" in summary and f"{len(kinds)} stream cases and 0 held-out cases could not" in summary
 
 
 def _interleave(good: list[dict], bad: list[dict]) -> list[dict]:
