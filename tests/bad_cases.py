@@ -68,22 +68,31 @@ EXPECTED = {
 }
 
 
+def _item(kind: str, image: str | Path, label: str | Path, domain: str) -> dict:
+    return {"image": str(image), "label": str(label), "domain": domain, "case_id": kind}
+
+
+def _write_broken_files(folder: Path, good: dict, suffix: str, item, corrupt_kind: str, keep: float) -> None:
+    """The kinds that cannot be read: a missing file, a file that is not an image, the first ``keep`` of a good one."""
+    item("missing_file", folder / f"missing{suffix}")
+    (folder / f"unreadable{suffix}").write_bytes(b"this is not an image\n" * 10)
+    item("unreadable_file", folder / f"unreadable{suffix}")
+    data = Path(good["image"]).read_bytes()
+    (folder / f"corrupt{suffix}").write_bytes(data[: int(len(data) * keep)])
+    item(corrupt_kind, folder / f"corrupt{suffix}")
+
+
 def write_bad_png_cases(folder: Path, good: dict, domain: str) -> list[dict]:
     """Datalist items of every PNG kind; ``good`` is a good item (its image and label are used as material)."""
     folder.mkdir(parents=True, exist_ok=True)
     image, label = np.asarray(Image.open(good["image"])), np.asarray(Image.open(good["label"]))
     h, w = image.shape[:2]
-    items = {}
+    items: dict[str, dict] = {}
 
     def item(kind: str, img: Path, lab: str | Path = good["label"]) -> None:
-        items[kind] = {"image": str(img), "label": str(lab), "domain": domain, "case_id": kind}
+        items[kind] = _item(kind, img, lab, domain)
 
-    item("missing_file", folder / "missing.png")
-    (folder / "unreadable.png").write_bytes(b"this is not an image\n" * 10)
-    item("unreadable_file", folder / "unreadable.png")
-    data = Path(good["image"]).read_bytes()
-    (folder / "corrupt.png").write_bytes(data[: len(data) // 2])
-    item("corrupt_png", folder / "corrupt.png")
+    _write_broken_files(folder, good, ".png", item, "corrupt_png", keep=1 / 2)
     Image.fromarray(image[..., 0]).save(folder / "grey.png")
     item("wrong_channels", folder / "grey.png")
     Image.fromarray(np.full_like(image, 128)).save(folder / "constant.png")
@@ -151,7 +160,7 @@ def write_bad_volume_cases(folder: Path, good: dict, domain: str) -> list[dict]:
     source = nib.load(good["image"])
     img, affine = source.get_fdata().astype(np.float32), source.affine
     label = np.asarray(nib.load(good["label"]).dataobj)
-    items = {}
+    items: dict[str, dict] = {}
 
     def save(name: str, arr: np.ndarray) -> Path:
         path = folder / f"{name}.nii.gz"
@@ -159,14 +168,9 @@ def write_bad_volume_cases(folder: Path, good: dict, domain: str) -> list[dict]:
         return path
 
     def item(kind: str, path: Path, lab: str | Path = good["label"]) -> None:
-        items[kind] = {"image": str(path), "label": str(lab), "domain": domain, "case_id": kind}
+        items[kind] = _item(kind, path, lab, domain)
 
-    item("missing_file", folder / "missing.nii.gz")
-    (folder / "unreadable.nii.gz").write_bytes(b"this is not a volume\n" * 10)
-    item("unreadable_file", folder / "unreadable.nii.gz")
-    data = Path(good["image"]).read_bytes()
-    (folder / "corrupt.nii.gz").write_bytes(data[: len(data) // 3])
-    item("corrupt_nifti", folder / "corrupt.nii.gz")
+    _write_broken_files(folder, good, ".nii.gz", item, "corrupt_nifti", keep=1 / 3)
     item("wrong_channels", save("two_channels", np.stack([img, img[::-1]], axis=-1)))
     item("wrong_dimensionality", save("slice", img[..., img.shape[-1] // 2]))
     item("constant_image", save("constant", np.full_like(img, 100.0)))

@@ -275,6 +275,16 @@ def test_store_never_reads_partial_writes(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- runs
+def crash(when):
+    """A runner callback that raises (a simulated crash) at the first event where ``when(event, info)`` holds."""
+
+    def callback(event, info):
+        if when(event, info):
+            raise RuntimeError(f"simulated crash at {event} {info}")
+
+    return callback
+
+
 def test_multi_day_run(reference_run):
     report, global_state, out = reference_run
     assert report["n_days"] == 3 and report["n_nights"] == 3 and report["n_images"] == N_STREAM
@@ -303,13 +313,6 @@ def test_multi_day_run(reference_run):
 
 def test_crash_mid_night_and_mid_day_then_resume(tmp_path, reference_run):
     report, global_state, _ = reference_run
-
-    def crash(when):
-        def callback(event, info):
-            if when(event, info):
-                raise RuntimeError(f"simulated crash at {event} {info}")
-
-        return callback
 
     # crash in the middle of the second night (after its 2nd intra-night checkpoint)
     with pytest.raises(RuntimeError):
@@ -442,13 +445,6 @@ def test_bad_cases_are_failed_rows_never_stored_nor_trained_on_and_resume(tmp_pa
 
     # interrupted in the middle of the second day (after its failures), then in the middle of its night: resumed,
     # the same rows and report
-    def crash(when):
-        def callback(event, info):
-            if when(event, info):
-                raise RuntimeError(f"simulated crash at {event} {info}")
-
-        return callback
-
     with pytest.raises(RuntimeError):
         make_runner(tmp_path / "resumed", crash(lambda e, i: e == "image" and i["index"] == 8)).run(cases, held)
     with pytest.raises(RuntimeError):
