@@ -297,16 +297,24 @@ def volume_data(tmp_path_factory):
     return {**overrides, "generate_data": False}, mixed
 
 
-def test_the_3d_bundle_records_each_bad_volume_as_failed_and_goes_on(volume_data, tmp_path):
+@pytest.mark.parametrize(
+    "bundle,method",
+    [
+        ("grata_prostate_mr_segmentation", "GraTa"),
+        ("tent_prostate_mr_segmentation", "TENT"),
+        ("source_only_prostate_mr_segmentation", "SourceOnly"),
+    ],
+)
+def test_each_3d_bundle_records_each_bad_volume_as_failed_and_goes_on(volume_data, bundle, method, tmp_path):
     overrides, mixed = volume_data
     configs = ["inference.json", "evaluate.json"]
-    run_bundle(MR_GRATA, configs, {**overrides, "output_dir": str(tmp_path / "clean")}, logging_file=False)
+    run_bundle(BUNDLES / bundle, configs, {**overrides, "output_dir": str(tmp_path / "clean")}, logging_file=False)
     mixed_run = {**overrides, "output_dir": str(tmp_path / "mixed"), "datalist_file": str(mixed)}
-    run_bundle(MR_GRATA, configs, mixed_run, logging_file=False)
-    clean, rows = (read_case_csv(tmp_path / run / "GraTa" / "cases.csv") for run in ("clean", "mixed"))
+    run_bundle(BUNDLES / bundle, configs, mixed_run, logging_file=False)
+    clean, rows = (read_case_csv(tmp_path / run / method / "cases.csv") for run in ("clean", "mixed"))
     assert len(clean) == 2
     _check_matrix(clean, rows, VOLUME_KINDS, EXPECTED_VOLUME)
-    summary = json.loads((tmp_path / "mixed" / "GraTa" / "summary.json").read_text())["GraTa"]
+    summary = json.loads((tmp_path / "mixed" / method / "summary.json").read_text())[method]
     assert summary["thick"]["n"] == 2 and summary["thick"]["n_failed"] == len(VOLUME_KINDS)
 
 
