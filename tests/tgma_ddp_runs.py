@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
-from test_tgma_ddp import make_ddp_runner, ddp_items
+from test_tgma_ddp import ddp_items, make_ddp_runner
 
 from monai_tta.distributed import destroy_distributed, get_rank, init_distributed
 

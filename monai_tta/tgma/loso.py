@@ -28,9 +28,10 @@ def leave_one_site_out(
 
     Each site's run is resumable and lives in ``<output_dir>/<site>/``; when the target inputs carry labels, the site's
     report is written there (:func:`~monai_tta.tgma.report.write_tgma_report`) and the summary over the sites in
-    ``<output_dir>/loso.md`` (:func:`~monai_tta.tgma.report.write_loso_summary`). Under ``torchrun`` every rank takes
-part in each site's adaptation (data-parallel, :class:`~monai_tta.tgma.TGMARunner`) and rank 0 alone writes the
-reports; every rank returns the results, and only rank 0's carry ``"reports"``.
+    ``<output_dir>/loso.md`` (:func:`~monai_tta.tgma.report.write_loso_summary`).
+    Under ``torchrun`` every rank takes part in each site's adaptation (data-parallel,
+    :class:`~monai_tta.tgma.TGMARunner`) and rank 0 alone writes the reports; every rank returns the results, and
+    only rank 0's carry ``"reports"``.
 
     Args:
         target_items: ``{held-out site: its target inputs}``.

@@ -183,9 +183,9 @@ class TGMARunner:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if state["config"] != config:
                 raise ValueError(
-                    f"{path} was written by a run with other options, inputs or source weights, or on another number of "
-                    f"ranks ({state['config']}, now {config}): use another output_dir or delete the folder to start "
-                    "again."
+                    f"{path} was written by a run with other options, inputs or source weights, or on another number "
+                    f"of ranks ({state['config']}, now {config}): use another output_dir or delete the folder to "
+                    "start again."
                 )
         return broadcast_object(state)
 
