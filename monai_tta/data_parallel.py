@@ -10,7 +10,10 @@ What ``N`` ranks change, and what they keep (the rule of :func:`rank_batch`):
 - The run keeps the single-process *global* schedule of batches (same epochs, same shuffles, same seeds), with a
   global batch of ``N x`` the per-rank batch; rank ``r`` takes the elements ``r, r + N, ...`` of each global batch
   (how ``DistributedSampler`` deals a shuffled order, without its padding: the last batch of an epoch may split
-  unevenly, and it is refused only when some rank would get nothing). The gradient is that of the loss over the whole
+  unevenly). Only a last batch with fewer inputs than ranks, which would leave a rank with nothing to run, is filled
+  up to ``N`` inputs by repeating its own inputs (:func:`fill_global_batches`; the zoo's ``DistributedSampler`` pads
+  every epoch by repeating inputs): the batch's Dice then weighs its inputs unequally, a deviation from one process
+  that only such a batch has. The gradient is that of the loss over the whole
   global batch: DDP averages the ranks' gradients, and a loss that is not a mean over samples (a batch Dice) sums its
   terms across ranks first (:func:`all_reduce_sum`, differentiable).
 - BatchNorm layers normalise each rank's part with its own statistics (DDP's default and the zoo's; PyTorch's
@@ -31,7 +34,7 @@ from torch import nn
 
 from monai_tta.distributed import get_rank, get_world_size, is_main_process
 
-__all__ = ["wrap_ddp", "rank_batch", "check_global_batches", "broadcast_object", "all_reduce_sum"]
+__all__ = ["wrap_ddp", "rank_batch", "fill_global_batches", "broadcast_object", "all_reduce_sum"]
 
 
 def wrap_ddp(module: nn.Module, device: torch.device | str | None = None) -> nn.Module:
@@ -61,25 +64,21 @@ def rank_batch(batch: Sequence[Any], rank: int | None = None, world_size: int | 
     return list(batch[rank::world_size])
 
 
-def check_global_batches(schedule: Sequence[Sequence[Any]], world_size: int, what: str = "the run") -> None:
-    """Refuse a schedule in which some global batch has fewer elements than ranks (a rank would have no input).
+def fill_global_batches(schedule: Sequence[Sequence[Any]], world_size: int) -> list[list[Any]]:
+    """The global batches, each one with fewer elements than ranks filled up to ``world_size`` by repeating its own
+    elements in order (so that every rank has an input to run; other batches are unchanged).
 
     Args:
-        schedule: the global batches.
+        schedule: the global batches (non-empty).
         world_size: number of ranks.
-        what: the run, for the message.
-
-    Raises:
-        ValueError: naming the short batch and how to avoid it.
     """
-    for k, batch in enumerate(schedule):
-        if len(batch) < world_size:
-            raise ValueError(
-                f"{what} on {world_size} ranks: global batch {k} has {len(batch)} input(s), so some rank would get "
-                f"none (a short last batch of an epoch); use fewer ranks (torchrun --nproc_per_node) or another "
-                f"per-rank batch size, so that the inputs left over at the end of an epoch are none or at least "
-                f"{world_size}."
-            )
+    filled = []
+    for batch in schedule:
+        batch = list(batch)
+        if 0 < len(batch) < world_size:
+            batch = [batch[j % len(batch)] for j in range(world_size)]
+        filled.append(batch)
+    return filled
 
 
 def broadcast_object(obj: Any) -> Any:

@@ -14,7 +14,7 @@ import torch
 from test_tgma import make_runner, target_items
 
 from monai_tta.adapters.dyna import derived_seed
-from monai_tta.data_parallel import all_reduce_sum, broadcast_object, check_global_batches, rank_batch, wrap_ddp
+from monai_tta.data_parallel import all_reduce_sum, broadcast_object, fill_global_batches, rank_batch, wrap_ddp
 from monai_tta.engines.daynight import night_schedule
 from monai_tta.tgma import TGMARunner, WeightedEnsemble, soft_dice_terms
 from monai_tta.tgma.lftm import soft_dice_from_terms
@@ -64,7 +64,7 @@ def ghost_batch_reference(items: list[dict], ranks: int) -> dict[str, torch.Tens
     def get_buffers() -> list[torch.Tensor]:
         return [getattr(m, name) for m in norms for name in names]
 
-    for k, batch in enumerate(schedule, start=1):
+    for k, batch in enumerate(fill_global_batches(schedule, ranks), start=1):
         start = get_buffers()
         intersection, total = 0, 0
         for r in range(ranks):
@@ -131,9 +131,8 @@ def test_two_ranks_equal_one_process_on_the_same_global_batches_after_a_resume(d
 def test_dealing_and_single_process_no_ops():
     assert rank_batch([5, 1, 4, 0, 2], 0, 2) == [5, 4, 2] and rank_batch([5, 1, 4, 0, 2], 1, 2) == [1, 0]
     assert rank_batch([3, 1], 0, 1) == [3, 1]
-    check_global_batches([[0, 1, 2], [3, 4]], 2)
-    with pytest.raises(ValueError, match="global batch 1 has 1 input"):
-        check_global_batches([[0, 1, 2], [3]], 2)
+    assert fill_global_batches([[0, 1, 2], [3, 4]], 2) == [[0, 1, 2], [3, 4]]  # only too short batches change
+    assert fill_global_batches([[0, 1, 2, 5], [3, 4]], 4) == [[0, 1, 2, 5], [3, 4, 3, 4]]
     net = torch.nn.Linear(2, 1)
     assert wrap_ddp(net) is net and broadcast_object({"a": 1}) == {"a": 1}
     x = torch.ones(2, requires_grad=True)

@@ -23,6 +23,7 @@ Under ``torchrun`` (several ranks in a process group, :mod:`monai_tta.data_paral
 training: the ensemble is wrapped in ``DistributedDataParallel``, each global batch of ``N x batch_size`` inputs (the
 single-process schedule with that batch, same epochs and seeds) is dealt over the ``N`` ranks, and the Dice terms are
 summed across them, so the gradient is that of the global batch; BatchNorm normalises each rank's part on its own.
+An epoch's last batch with fewer inputs than ranks is filled up by repeating its inputs.
 Rank 0 alone computes the transferability (and the refreshed pseudo-labels) and hands them to the other ranks, and it
 alone writes the files; every rank reads the run's files through rank 0, so a rerun of the same command (with the
 same number of ranks, part of the run's options) resumes as one process does. Every rank returns the same results.
@@ -45,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from monai_tta.adapters.base import build_optimizer
 from monai_tta.adapters.dyna import derived_seed
-from monai_tta.data_parallel import broadcast_object, check_global_batches, rank_batch, wrap_ddp
+from monai_tta.data_parallel import broadcast_object, fill_global_batches, rank_batch, wrap_ddp
 from monai_tta.distributed import get_world_size, is_main_process
 from monai_tta.engines.daynight import night_schedule
 from monai_tta.io import atomic_save
@@ -319,7 +320,6 @@ class TGMARunner:
         per_epoch = -(-n // (self.batch_size * ranks))
         seed = derived_seed(self.seed, "adapt")
         schedule = night_schedule(list(range(n)), self.batch_size * ranks, self.epochs, seed=seed)  # global batches
-        check_global_batches(schedule, ranks, f"TGMA's adaptation of {n} inputs with batch_size {self.batch_size}")
         optimizer = build_optimizer(list(self.ensemble.parameters()), "adam", self.lr)
         state = {"config": config, "iteration": 0, "pseudo": stage["pseudo"], "loss_sum": 0.0, "loss_per_epoch": []}
         saved = self._load(CHECKPOINT_NAME, config)
@@ -329,7 +329,7 @@ class TGMARunner:
             optimizer.load_state_dict(saved["optimizer"])
         done = int(state["iteration"])
         if done < len(schedule):
-            parts = [rank_batch(batch) for batch in schedule]  # this rank's part of each global batch
+            parts = [rank_batch(batch) for batch in fill_global_batches(schedule, ranks)]  # this rank's parts
             dataset = _PseudoLabelled(images, lambda: state["pseudo"], parts, done)
             loader = DataLoader(dataset, batch_size=None, shuffle=False)
             network = wrap_ddp(self.ensemble, self.device)
