@@ -4,6 +4,7 @@ running the same global batches, files written once by rank 0, resume after a cr
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -14,8 +15,10 @@ import torch
 from test_tgma import make_runner, target_items
 
 from monai_tta.adapters.dyna import derived_seed
+from monai_tta.bundle_utils import load_source_model
 from monai_tta.data_parallel import all_reduce_sum, broadcast_object, fill_global_batches, rank_batch, wrap_ddp
 from monai_tta.engines.daynight import night_schedule
+from monai_tta.networks import SmallUNet
 from monai_tta.tgma import TGMARunner, WeightedEnsemble, soft_dice_terms
 from monai_tta.tgma.lftm import soft_dice_from_terms
 
@@ -23,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RANKS, BATCH, EPOCHS, REFRESH = 2, 2, 2, 1
 #: an iteration after which rank 0 crashes in the interrupted run (the second of the first epoch's 2 batches)
 CRASH_AT = 1
+SITES = ["source", "thick", "bias"]
 
 
 def ddp_items() -> list[dict]:
@@ -33,6 +37,24 @@ def ddp_items() -> list[dict]:
 def make_ddp_runner(out, callback=None) -> TGMARunner:
     """The runner of the torchrun script and of the single-process reference (the same options)."""
     return make_runner(out, callback, epochs=EPOCHS, batch_size=BATCH, refresh=REFRESH, checkpoint_interval=1)
+
+
+def tiny_tgma_overrides(root: Path) -> dict:
+    """The TGMA bundle on 3 tiny generated sites (as ``test_bundle_tgma.py``), every output under ``root``."""
+    return {
+        "dataset_dir": str(root / "data"),
+        "models_dir": str(root / "models"),
+        "output_dir": str(root / "eval"),
+        "data_sites": SITES,
+        "num_train": 3,
+        "num_test": 1,
+        "voxel_scale": 2.0,
+        "pixdim": [4.0, 4.0, 6.0],
+        "slice_size": [16, 16],
+        "source_training#epochs": 1,
+        "tgma#epochs": 1,
+        "tgma#batch_size": 3,
+    }
 
 
 def ghost_batch_reference(items: list[dict], ranks: int) -> dict[str, torch.Tensor]:
@@ -95,14 +117,16 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
-    """A 2-rank run that crashes (rank 0, after the checkpoint of iteration ``CRASH_AT``), then the same command."""
+    """A 2-rank run that crashes (rank 0, after the checkpoint of iteration ``CRASH_AT``), then the same command, and
+    in that second launch the TGMA bundle from scratch (source training and leave one site out, data-parallel)."""
     tmp = tmp_path_factory.mktemp("tgma_ddp")
     script = "tests/tgma_ddp_runs.py"
-    crashed = _torchrun(script, str(tmp / "run"), str(tmp / "crashed"), str(CRASH_AT))
+    crashed = _torchrun(script, str(tmp / "run"), str(tmp / "crashed"), f"crash={CRASH_AT}")
     assert crashed.returncode != 0 and "simulated crash" in crashed.stderr, crashed.stderr[-4000:]
     assert not (tmp / "run" / "target_model.pt").exists() and not (tmp / "crashed").exists()
     assert torch.load(tmp / "run" / "checkpoint.pt", weights_only=True)["iteration"] == CRASH_AT
-    resumed = _torchrun(script, str(tmp / "run"), str(tmp / "results"))
+    (tmp / "bundle.json").write_text(json.dumps(tiny_tgma_overrides(tmp / "bundle")))
+    resumed = _torchrun(script, str(tmp / "run"), str(tmp / "results"), f"bundle={tmp / 'bundle.json'}")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     return tmp
 
@@ -126,6 +150,19 @@ def test_two_ranks_equal_one_process_on_the_same_global_batches_after_a_resume(d
     # the number of ranks is part of the run: one process refuses the 2-rank folder rather than mix schedules
     with pytest.raises(ValueError, match="another number of ranks"):
         make_ddp_runner(ddp_run / "run").run(ddp_items())
+
+
+def test_the_bundle_trains_its_sources_and_adapts_data_parallel(ddp_run):
+    """Source training (multi_gpu_source_training.json, merged by ensure_source_checkpoint) and every held-out site's
+    adaptation ran on the 2 ranks; rank 0 wrote the models and reports."""
+    root = ddp_run / "bundle"
+    net = SmallUNet(1, 3, features=(8, 16, 32, 64))
+    for site in SITES:
+        load_source_model(net, root / "models" / f"{site}.pt")  # the plain network's keys: DDP's wrapper unwrapped
+        target = torch.load(root / "eval" / site / "target_model.pt", weights_only=True)
+        assert target["config"]["ranks"] == RANKS and (root / "eval" / site / "report.json").is_file()
+    assert json.loads((root / "eval" / "loso.json").read_text()).keys() == {*SITES, "mean"}
+    assert not list(root.rglob(".*.tmp"))
 
 
 def test_dealing_and_single_process_no_ops():
