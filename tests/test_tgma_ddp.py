@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_tgma import make_runner, target_items
+from tiny import tiny_tgma_overrides
 
 from monai_tta.adapters.dyna import derived_seed
 from monai_tta.bundle_utils import load_source_model
@@ -37,24 +38,6 @@ def ddp_items() -> list[dict]:
 def make_ddp_runner(out, callback=None) -> TGMARunner:
     """The runner of the torchrun script and of the single-process reference (the same options)."""
     return make_runner(out, callback, epochs=EPOCHS, batch_size=BATCH, refresh=REFRESH, checkpoint_interval=1)
-
-
-def tiny_tgma_overrides(root: Path) -> dict:
-    """The TGMA bundle on 3 tiny generated sites (as ``test_bundle_tgma.py``), every output under ``root``."""
-    return {
-        "dataset_dir": str(root / "data"),
-        "models_dir": str(root / "models"),
-        "output_dir": str(root / "eval"),
-        "data_sites": SITES,
-        "num_train": 3,
-        "num_test": 1,
-        "voxel_scale": 2.0,
-        "pixdim": [4.0, 4.0, 6.0],
-        "slice_size": [16, 16],
-        "source_training#epochs": 1,
-        "tgma#epochs": 1,
-        "tgma#batch_size": 3,
-    }
 
 
 def ghost_batch_reference(items: list[dict], ranks: int) -> dict[str, torch.Tensor]:
@@ -125,7 +108,8 @@ def ddp_run(tmp_path_factory):
     assert crashed.returncode != 0 and "simulated crash" in crashed.stderr, crashed.stderr[-4000:]
     assert not (tmp / "run" / "target_model.pt").exists() and not (tmp / "crashed").exists()
     assert torch.load(tmp / "run" / "checkpoint.pt", weights_only=True)["iteration"] == CRASH_AT
-    (tmp / "bundle.json").write_text(json.dumps(tiny_tgma_overrides(tmp / "bundle")))
+    bundle = {**tiny_tgma_overrides(tmp / "bundle", SITES), "tgma#epochs": 1, "tgma#batch_size": 3}
+    (tmp / "bundle.json").write_text(json.dumps(bundle))
     resumed = _torchrun(script, str(tmp / "run"), str(tmp / "results"), f"bundle={tmp / 'bundle.json'}")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     return tmp
