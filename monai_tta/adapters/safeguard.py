@@ -12,7 +12,8 @@ After each case the adapter reports, :class:`CollapseSafeguard` looks at three s
 When one passes its threshold the adapter returns to the source state (parameters, optimizer, method state), and
 ``last_stats`` records ``safeguard`` (``True``) and ``safeguard_signal`` (which one). The references are taken again
 after every reset. The thresholds are our choice (no paper sets them): loose enough never to fire on the embedded
-streams of the benchmark when nothing runs away (``docs/benchmarks/safeguard.md`` says how often they fired).
+streams of the benchmark when nothing runs away (``docs/benchmarks/safeguard/results.md`` says how often each
+method's safeguard fired).
 The signals cost one reduction of the prediction and one of the parameters, and one device-to-host transfer.
 
 A fourth signal sees what the three above cannot: an adapted model that is steadily *worse than the source model*
