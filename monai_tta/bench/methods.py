@@ -108,6 +108,10 @@ _VARIANTS = {
     "safeguard": ({"safeguard": True}, "with the collapse safeguard (source gap included)"),
     "safe": ({"safe": "case"}, "with safe per case (method / source, mix, image statistics / source model)"),
     "safe_domain": ({"safe": "domain"}, "with safe per domain"),
+    "gap0": (
+        {"safeguard": {"source_gap": 0.0}},
+        "with the source gap's margin at 0 instead of -0.01 (falls back only when the source is more confident)",
+    ),
     "probe": (
         {"safeguard": {"source_gap": 1.0}},
         "with the source-gap probe on every case but a margin it cannot reach (the probe's cost, never a fallback)",
@@ -143,7 +147,9 @@ for _base, _cls in _BASES.items():
         gradient_free = _base in ("source_only", "norm_adapt")
         if _suffix.endswith("_stats") and gradient_free:
             continue  # their regime is their definition: source_only, norm_mix, norm_adapt
-        if _suffix == ("nosafeguard" if gradient_free else "safeguard") or (_suffix == "probe" and gradient_free):
+        if _suffix == ("nosafeguard" if gradient_free else "safeguard") or (
+            _suffix in ("probe", "gap0") and gradient_free
+        ):
             continue  # their default already, or nothing to measure
         METHODS.setdefault(f"{_base}_{_suffix}", MethodSpec(_variant(_cls, _options), f"{_base} {_text}"))
 for _suffix in ("nosafeguard", "safe", "safe_domain"):
