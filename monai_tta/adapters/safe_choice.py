@@ -12,7 +12,9 @@ with a few *candidates* made on the same case, and returns the most confident on
 The choice is made per case (``per="case"``: each case picks its own candidate) or per domain (``per="domain"``: the
 candidate of lowest mean entropy over the cases of the current domain so far, this one included; the running sums
 restart when the domain given to :meth:`~monai_tta.adapters.base.Adapter.set_domain` changes and at an explicit
-``reset()``). Ties go to the earlier candidate in the order above.
+``reset()``). The source's prediction (the source model, or the source statistics of a method without weights) is
+preferred by a margin (``source_margin``, 0.01 of the entropy's range: another candidate must be clearly more
+confident); other ties go to the earlier candidate in the order above.
 
 Why entropy (our choice; no paper gives a rule): on the embedded data the prediction made with statistics that fit
 the image is the more confident one (per-image statistics fix the large shifts, camera and contrast, and cost a few
@@ -107,6 +109,10 @@ class SafeChoice:
             far).
         activation: how the entropy is read from the logits, ``"sigmoid"`` or ``"softmax"``; ``None``: the
             adapter's ``activation`` attribute, else sigmoid.
+        source_margin: the source's prediction (the source model, or the source statistics of a method without
+            weights) is kept unless another candidate's entropy is lower by more than this (entropies are in
+            ``[0, 1]``): where they are within 1% of each other the sign of the difference is noise, and erring
+            towards the source can only cost adaptation gains, never fall below it (the safeguard's margin too).
 
     Raises:
         ValueError: for a prior outside ``[0, 1]``, an unknown ``per`` or activation.
@@ -116,6 +122,7 @@ class SafeChoice:
     source: bool = True
     per: str = SafePer.CASE
     activation: str | None = None
+    source_margin: float = 0.01
 
     def __post_init__(self) -> None:
         if any(not 0.0 <= float(p) <= 1.0 for p in self.priors):
@@ -124,6 +131,8 @@ class SafeChoice:
         self.per = look_up_option(self.per, SafePer)
         if self.activation is not None:
             self.activation = look_up_option(self.activation, _ACTIVATIONS)
+        if self.source_margin < 0:
+            raise ValueError(f"safe: source_margin must be >= 0, got {self.source_margin}.")
 
     @classmethod
     def from_any(cls, value: SafeChoice | dict | bool | str | None) -> SafeChoice | None:
@@ -221,6 +230,12 @@ class SafeChoice:
                 total = float(state.extra.get(_SUM_PREFIX + label, 0.0)) + h
                 state.extra[_SUM_PREFIX + label] = total
                 scores.append(total / n)
+        sources = [
+            i
+            for i, (label, prior) in enumerate(zip(labels, priors))
+            if label == SafeCandidate.SOURCE or (i == 0 and own_is_source) or (plain and prior == 1.0)
+        ]
+        scores = [h - self.source_margin if i in sources else h for i, h in enumerate(scores)]
         best = min(range(len(scores)), key=lambda i: (scores[i], i))
         if priors[best] is None:  # the method's own prediction: the weight of its regime, when it has one
             regime = adapter.norm.source_weight(max(state.seen, 1))
