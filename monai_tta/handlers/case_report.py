@@ -110,7 +110,8 @@ class CaseReport:
     def _started(self, engine: Engine) -> None:
         self.rows, self.indices = [], []
         if distributed.is_main_process():
-            for name in SUMMARY_FILES:
+            stale = SUMMARY_FILES + (("cases.csv",) if distributed.get_world_size() > 1 else ())
+            for name in stale:  # in a sharded run cases.csv is the merged result, written with the summary
                 (self.output_dir / name).unlink(missing_ok=True)
 
     def __call__(self, engine: Engine) -> None:
