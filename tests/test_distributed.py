@@ -16,7 +16,7 @@ import torch
 from tiny import tiny_bundle_overrides
 
 from monai_tta.bundle_utils import run_bundle
-from monai_tta.distributed import shard_indices, shard_stream, stream_segments
+from monai_tta.distributed import rank_device, shard_indices, shard_stream, stream_segments
 from monai_tta.reports import read_case_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +40,8 @@ def test_shares_cover_the_stream_once_in_order():
     assert [(c["stream_index"], c["stream_segment"]) for c in share] == [(3, 1), (4, 1), (9, 3), (10, 3)]
     with pytest.raises(ValueError, match="4 domain segments"):
         shard_indices(segments, "domain", 0, 5)
+    with pytest.raises(ValueError, match="dist_timeout_minutes"):
+        rank_device(0)
 
 
 _ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -178,8 +180,9 @@ def test_a_rank_killed_mid_stream_fails_the_run_and_the_rerun_resumes_each_rank(
     tmp, overrides = runs
     out, traces = tmp / "killed", tmp / "traces"
     (out / "GraTa").mkdir(parents=True)
-    for name in ("summary.json", "cases.csv"):  # stale results of an earlier run must not survive a failed run
-        (out / "GraTa" / name).write_text("{}")
+    stale = [out / "GraTa" / name for name in ("summary.json", "cases.csv", "cases.rank2.csv")]
+    for path in stale:  # results of an earlier run (one with 3 ranks) must not survive a failed run
+        path.write_text("{}")
     command = [*_TORCHRUN, str(ROOT / "tests" / "traced_bundle.py"), str(traces), "0.4"]
     command += _bundle_args(overrides, out, "domain")
     segments = stream_segments([{"domain": d} for d in DOMAINS for _ in range(3)])
@@ -199,7 +202,7 @@ def test_a_rank_killed_mid_stream_fails_the_run_and_the_rerun_resumes_each_rank(
     logged = (tmp / "killed.log").read_text()
     assert killed.returncode != 0, logged[-4000:]
     assert "Root Cause" in logged and "SIGKILL" in logged, logged[-4000:]  # torchrun names the rank and its signal
-    assert not (out / "GraTa" / "summary.json").exists() and not (out / "GraTa" / "cases.csv").exists()
+    assert not any(path.exists() for path in stale)
     done = [_position(p) for p in progress]
     first = [_trace(traces, r) for r in range(2)]
     assert 4 <= done[0] < 6 and first[0][: done[0]] == shares[0][: done[0]] and len(first[0]) - done[0] in (0, 1)
