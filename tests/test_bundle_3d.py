@@ -319,3 +319,29 @@ def test_concurrent_requests_to_the_sliding_window_adapter_each_get_the_sliding_
         t.join()
     assert not errors and len(results) == 9
     assert all(torch.equal(r, expected) for r in results)
+
+
+def test_two_torchrun_ranks_score_every_volume_as_one_process(tiny, tmp_path):
+    """The 3D bundle's multi_gpu configs under torchrun (2 gloo ranks, domain setting: whole sites, 4 and 2 volumes)."""
+    overrides = {**tiny, "target_domains": [*SITES, "bias_test"], "num_overlays": 0}
+    single = {**overrides, "output_dir": str(tmp_path / "single")}
+    run_bundle(MR, ["inference.json", "evaluate.json"], single, logging_file=False)
+    (tmp_path / "overrides.json").write_text(json.dumps(overrides))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
+    command += ["tests/sharded_runs.py", MR.name, str(tmp_path / "overrides.json"), str(tmp_path / "sharded"), "domain"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = tmp_path / "sharded" / "domain" / "GraTa"
+    assert [len(read_case_csv(out / f"cases.rank{r}.csv")) for r in range(2)] == [4, 2]
+
+    def rows(folder: Path) -> list[dict]:  # without reset: a rank's first volume starts from the source unannounced
+        return [{k: v for k, v in r.items() if k != "reset"} for r in read_case_csv(folder / "cases.csv")]
+
+    assert len(rows(out)) == 6 and rows(out) == rows(tmp_path / "single" / "GraTa")
+
+    def summary(folder: Path) -> dict:  # per site, every mean but the reset count's
+        values = json.loads((folder / "summary.json").read_text())["GraTa"]
+        return {site: {k: v for k, v in means.items() if k != "reset"} for site, means in values.items()}
+
+    assert summary(out) == summary(tmp_path / "single" / "GraTa")

@@ -79,7 +79,7 @@ def runs(tmp_path_factory):
         out = {"output_dir": str(tmp / "single" / setting), "setting": setting}
         run_bundle(GRATA, ["inference.json", "evaluate.json"], {**overrides, **out}, logging_file=False)
     (tmp / "overrides.json").write_text(json.dumps(overrides))
-    done = _torchrun("tests/sharded_runs.py", str(tmp / "overrides.json"), str(tmp / "sharded"), *settings)
+    done = _torchrun("tests/sharded_runs.py", GRATA.name, str(tmp / "overrides.json"), str(tmp / "sharded"), *settings)
     assert done.returncode == 0, done.stderr[-4000:]
     return tmp, overrides
 
