@@ -17,6 +17,7 @@ from monai.bundle import ConfigWorkflow
 from tiny import digest, write_nifti_sites
 
 from monai_tta.bundle_utils import run_bundle
+from monai_tta.handlers import CaseReport
 from monai_tta.reports import read_case_csv
 from monai_tta.zoo import BundleFamily
 from monai_tta.zoo.checks import bundle_on_path, check_infer_properties, check_net_in_out, check_schema, snapshot
@@ -345,3 +346,41 @@ def test_two_torchrun_ranks_score_every_volume_as_one_process(tiny, tmp_path):
         return {site: {k: v for k, v in means.items() if k != "reset"} for site, means in values.items()}
 
     assert summary(out) == summary(tmp_path / "single" / "GraTa")
+
+
+def test_a_crashed_run_resumes_mid_site_with_the_sliding_window_adapters_state(tiny, tmp_path, monkeypatch):
+    """RunCheckpoint on the 3D bundle (its data through CaseStream, the adapter inside SlidingWindowAdapter): a run
+    that crashes after the first volume of its second site resumes with that site's adapted state and ends as a run
+    that never crashed (rows and key metric)."""
+    overrides = {k: v for k, v in tiny.items() if k != "handlers#0#_disabled_"}
+    overrides["dataset"] = {"_target_": "monai_tta.data.GuardedDataset", "data": "@data"}
+    overrides["dataset#transform"] = "@labelled_preprocessing"
+    overrides["dataloader"] = {"_target_": "monai_tta.data.CaseStream", "dataset": "@dataset"}
+    overrides["run_checkpoint"] = {
+        "_target_": "monai_tta.handlers.RunCheckpoint",
+        "path": "$@output_dir + '/GraTa/progress.pt'",
+        "report": "@report",
+        "metrics": "@key_metric",
+        "adapter": "@adapter",
+    }
+    overrides["handlers"] = ["@report", "@overlays", "@run_checkpoint"]
+    configs = ["inference.json", "evaluate.json"]
+    whole = run_bundle(MR, configs, {**overrides, "output_dir": str(tmp_path / "whole")}, logging_file=False)
+    record = CaseReport.__call__
+
+    def crash_at_the_last(self, engine):  # before the checkpoint of the 4th volume: the 3rd's is the last one
+        record(self, engine)
+        if len(self.rows) == 4:
+            raise RuntimeError("simulated crash")
+
+    crashed = {**overrides, "output_dir": str(tmp_path / "crashed")}
+    monkeypatch.setattr(CaseReport, "__call__", crash_at_the_last)
+    with pytest.raises(RuntimeError):
+        run_bundle(MR, configs, crashed, logging_file=False)
+    monkeypatch.setattr(CaseReport, "__call__", record)
+    resumed = run_bundle(MR, configs, crashed, logging_file=False)
+    assert resumed.parser.get_parsed_content("run_checkpoint").resumed_at == 3
+    rows = [read_case_csv(tmp_path / run / "GraTa" / "cases.csv") for run in ("whole", "crashed")]
+    assert len(rows[0]) == 4 and rows[1] == rows[0]
+    metric = [run.parser.get_parsed_content("evaluator").state.metrics["mean_dice"] for run in (whole, resumed)]
+    assert metric[1] == metric[0]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from monai_tta.adapters.base import Adapter
 from monai_tta.adapters.checkpoint import adapter_state_dict, load_adapter_state_dict
 from monai_tta.handlers.case_report import CaseReport
 from monai_tta.io import atomic_save
@@ -57,6 +58,8 @@ class RunCheckpoint:
         metrics: the evaluator's MONAI metric handlers by name (``key_val_metric``, e.g. ``MeanDice``); their per-case
             values of this process are checkpointed and restored, so that the metric of a resumed run covers every
             case. ``None``: not restored (the metric then covers the cases run after the resumption only).
+        adapter: the adapter whose state is checkpointed; default: the evaluator's inferer (give it when the inferer
+            wraps the adapter, e.g. :class:`~monai_tta.inferers.SlidingWindowAdapter`).
         name: logger name.
 
     Raises:
@@ -70,10 +73,12 @@ class RunCheckpoint:
         path: str | Path,
         report: CaseReport,
         metrics: Mapping[str, Any] | None = None,
+        adapter: Adapter | None = None,
         name: str = "monai_tta.resume",
     ) -> None:
         self.path = Path(path)
         self.report = report
+        self.adapter = adapter
         self.metrics = dict(metrics or {})
         for key, handler in self.metrics.items():
             if not hasattr(getattr(handler, "metric_fn", None), "extend"):
@@ -93,6 +98,9 @@ class RunCheckpoint:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
 
+    def _adapter(self, engine: Engine) -> Adapter:
+        return self.adapter if self.adapter is not None else engine.inferer
+
     @staticmethod
     def _stream(engine: Engine) -> Any:
         stream = engine.data_loader
@@ -107,7 +115,7 @@ class RunCheckpoint:
         """What must not change between a run and its resumption: the cases, the method and its settings, and the
         source network (a digest of its weights at the start)."""
         cases = [case_name(d, default=str(i)) for i, d in enumerate(self._stream(engine).cases())]
-        adapter = engine.inferer
+        adapter = self._adapter(engine)
         settings = {k: repr(v) for k, v in sorted(vars(adapter).items()) if not k.startswith("_") and _plain(v)}
         digest = hashlib.sha256()
         for key, value in engine.network.state_dict().items():
@@ -150,7 +158,7 @@ class RunCheckpoint:
                 "or give this run another output folder."
             )
         torch.set_rng_state(ckpt["rng"])
-        load_adapter_state_dict(engine.inferer, engine.network, ckpt["adapter"])
+        load_adapter_state_dict(self._adapter(engine), engine.network, ckpt["adapter"])
         self.report.rows = list(ckpt["rows"])
         self.report.indices = [int(i) for i in ckpt.get("indices", range(len(self.report.rows)))]
         self._metric_values = dict(ckpt.get("metrics", {}))
@@ -170,7 +178,7 @@ class RunCheckpoint:
                 "rows": list(self.report.rows),
                 "indices": list(self.report.indices),
                 "metrics": self._local_metric_values(),
-                "adapter": adapter_state_dict(engine.inferer, engine.network),
+                "adapter": adapter_state_dict(self._adapter(engine), engine.network),
                 "rng": torch.get_rng_state(),
             },
             self.path,
