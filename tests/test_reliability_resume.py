@@ -87,6 +87,12 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_with_the_same_results(tiny, 
     assert summary == json.loads((tmp_path / "whole" / "GraTa" / "summary.json").read_text())
     assert digest(tiny["source_checkpoint"]) == ckpt_digest  # the source checkpoint is never written
 
+    again = run_bundle(GRATA, configs, killed, logging_file=False)  # once more: every case was done, none runs again
+    assert again.parser.get_parsed_content("run_checkpoint").resumed_at == 2 * PER_DOMAIN
+    assert again.parser.get_parsed_content("evaluator").state.metrics["mean_dice"] == metric
+    assert _rows(tmp_path / "killed", "GraTa") == expected
+    assert json.loads((tmp_path / "killed" / "GraTa" / "summary.json").read_text()) == summary
+
 
 class _Crash(RuntimeError):
     pass

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from monai_tta import distributed
 from monai_tta.adapters.base import Adapter
 from monai_tta.adapters.checkpoint import adapter_state_dict, load_adapter_state_dict
 from monai_tta.handlers.case_report import CaseReport
@@ -163,8 +164,10 @@ class RunCheckpoint:
         self.report.indices = [int(i) for i in ckpt.get("indices", range(len(self.report.rows)))]
         self._metric_values = dict(ckpt.get("metrics", {}))
         self._stream(engine).skip = self.resumed_at = int(ckpt["position"])
-        if self.resumed_at >= len(self._fp["cases"]):  # finished before: an empty epoch, then the summary again
+        if self.resumed_at >= len(self._fp["cases"]):  # finished before: only the summary (and key metric) again
             self.logger.info(f"{self.report.method}: all {self.resumed_at} cases were done before ({self.path}).")
+            if distributed.get_world_size() == 1 and not self._metric_values:
+                engine.terminate()  # nothing to recompute the metric from; sharded, the collectives need the epoch
             return
         self.logger.info(f"resuming {self.report.method} after case {self.resumed_at} ({self.path}).")
 
