@@ -183,7 +183,7 @@ def test_a_rank_killed_mid_stream_fails_the_run_and_the_rerun_resumes_each_rank(
     stale = [out / "GraTa" / name for name in ("summary.json", "cases.csv", "cases.rank2.csv")]
     for path in stale:  # results of an earlier run (one with 3 ranks) must not survive a failed run
         path.write_text("{}")
-    command = [*_TORCHRUN, str(ROOT / "tests" / "traced_bundle.py"), str(traces), "0.4"]
+    command = [*_TORCHRUN, str(ROOT / "tests" / "traced_bundle.py"), str(traces), "0.6"]
     command += _bundle_args(overrides, out, "domain")
     segments = stream_segments([{"domain": d} for d in DOMAINS for _ in range(3)])
     shares = [shard_indices(segments, "domain", r, 2) for r in range(2)]
