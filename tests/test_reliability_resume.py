@@ -85,6 +85,9 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_with_the_same_results(tiny, 
     assert metric == whole.parser.get_parsed_content("evaluator").state.metrics["mean_dice"]
     summary = json.loads((tmp_path / "killed" / "GraTa" / "summary.json").read_text())
     assert summary == json.loads((tmp_path / "whole" / "GraTa" / "summary.json").read_text())
+    runs = ("whole", "killed")
+    overlays = [sorted(p.name for p in (tmp_path / run / "GraTa" / "overlays").iterdir()) for run in runs]
+    assert overlays[1] == overlays[0] and len(overlays[0]) == 4  # the resumed cases are not taken for the first ones
     assert digest(tiny["source_checkpoint"]) == ckpt_digest  # the source checkpoint is never written
 
     again = run_bundle(GRATA, configs, killed, logging_file=False)  # once more: every case was done, none runs again
