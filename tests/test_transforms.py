@@ -104,3 +104,28 @@ def test_channels_to_label_map_inverts_the_fundus_and_onehot_encodings():
     assert isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.tolist() == [[[0, 3, 1, 2]]]
     with pytest.raises(ValueError, match="channel-first"):
         ChannelsToLabelMap()(torch.zeros(4))
+
+
+def test_string_items_aside_lets_spacingd_run_on_a_served_nifti_and_be_inverted(tmp_path):
+    """MONAI Label puts ``image_path`` (a string) next to the image; plain ``Spacingd`` fails on it for NIfTI files."""
+    import nibabel as nib
+    from monai.transforms import LoadImaged, Spacingd
+
+    from monai_tta.transforms import StringItemsAsided
+
+    path = tmp_path / "volume.nii.gz"
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(np.arange(8 * 6 * 4, dtype=np.float32).reshape(8, 6, 4), affine), str(path))
+    data = LoadImaged("image", ensure_channel_first=True, image_only=False)({"image": str(path)})
+    data["image_path"] = str(path)
+    spacing = Spacingd("image", pixdim=(2.0, 2.0, 2.0), mode="nearest")
+    with pytest.raises(AttributeError):
+        spacing(dict(data))
+    wrapped = StringItemsAsided(spacing)
+    out = wrapped(dict(data))
+    assert out["image_path"] == str(path) and tuple(out["image"].shape) == (1, 4, 4, 4)
+    assert torch.equal(out["image"], spacing({"image": data["image"]})["image"])
+    back = wrapped.inverse(out)
+    assert back["image_path"] == str(path) and tuple(back["image"].shape) == (1, 8, 6, 4)
+    with pytest.raises(ValueError, match="MapTransform"):
+        StringItemsAsided(lambda d: d)

@@ -11,6 +11,7 @@ from monai_tta.transforms.label import (
     FundusMaskToChannelsd,
     LabelEncoding,
 )
+from monai_tta.transforms.serving import StringItemsAsided
 from monai_tta.transforms.spatial import FLIP_ROT_VIEWS, VIEW_DIMS, apply_view, invert_view, views_preserve_shape
 from monai_tta.transforms.volume import (
     VOLUME_ACTIVATIONS,
@@ -30,6 +31,7 @@ __all__ = [
     "LabelEncoding",
     "ChannelsToLabelMap",
     "ChannelsToLabelMapd",
+    "StringItemsAsided",
     "FLIP_ROT_VIEWS",
     "VIEW_DIMS",
     "apply_view",

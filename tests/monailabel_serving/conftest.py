@@ -54,3 +54,47 @@ def served(tmp_path_factory):
             mask = np.asarray(Image.open(Path(data) / item["label"]))
             truth[image.stem] = np.where(mask == 0, 2, np.where(mask < 255, 1, 0)).astype(np.uint8)
     return {"app": app, "studies": studies, "truth": truth}
+
+
+#: the 3D bundles; their test copies are made tiny (half-resolution volumes, a 4-level UNet of 4..32 features).
+BUNDLES_3D = ["grata_prostate_mr_segmentation", "tent_prostate_mr_segmentation", "source_only_prostate_mr_segmentation"]
+TINY_3D = {"num_train": 3, "num_test": 2, "voxel_scale": 2.0, "pixdim": [4.0, 4.0, 6.0], "roi_size": [16, 16, 8]}
+TINY_3D_NETWORK = {"channels": [4, 8, 16, 32], "num_res_units": 1}
+#: the served volumes: two target sites of other orientations and spacings than the source (sagittal, oblique).
+SITES_3D = ["thick_test", "sagittal_test", "oblique_test"]
+
+
+@pytest.fixture(scope="session")
+def served3d(tmp_path_factory):
+    """An app folder with the 3D bundles under ``model/`` (their inference.json edited to the tiny geometry, one
+    source model shared, trained here), a studies folder of NIfTI volumes of three target sites, and the masks that
+    ``monai.bundle run`` of each bundle's ``inference.json`` wrote for those volumes."""
+    from monai_tta.bundle_utils import run_bundle
+
+    root = tmp_path_factory.mktemp("monailabel3d")
+    app = root / "app"
+    shutil.copytree(Path(__file__).parent / "app", app)
+    for name in BUNDLES_3D:
+        dst = app / "model" / name
+        shutil.copytree(ROOT / "bundles" / name, dst, ignore=shutil.ignore_patterns("eval", "data", "models"))
+        config = json.loads((dst / "configs" / "inference.json").read_text())
+        config.update({**TINY_3D, "target_domains": SITES_3D})
+        config["network_def"].update(TINY_3D_NETWORK)
+        (dst / "configs" / "inference.json").write_text(json.dumps(config, indent=4))
+    data = root / "data"
+    masks = {}
+    for i, name in enumerate(BUNDLES_3D):
+        bundle = app / "model" / name
+        if i:
+            (bundle / "models").mkdir()
+            shutil.copyfile(app / "model" / BUNDLES_3D[0] / "models" / "model.pt", bundle / "models" / "model.pt")
+        overrides = {"dataset_dir": str(data), "output_dir": str(root / "eval" / name), "source_training#epochs": 3}
+        run_bundle(bundle, ["inference.json"], {**overrides, "handlers#0#_disabled_": True}, logging_file=False)
+        masks[name] = root / "eval" / name / "masks"
+    datalist = json.loads((data / "datalist.json").read_text())
+    studies = root / "studies"
+    studies.mkdir()
+    for site in SITES_3D:
+        image = data / datalist[site][0]["image"]
+        shutil.copyfile(image, studies / image.name)
+    return {"app": app, "studies": studies, "masks": masks}

@@ -1,0 +1,102 @@
+"""The 3D bundles served by MONAI Label's own BundleInferTask (monailabel 0.8.5) and its real server: a NIfTI volume
+in, a uint8 NIfTI label map out in the volume's own grid and affine (0 background, 1 peripheral zone, 2 transition
+zone), equal to the mask ``monai.bundle run`` writes for the same volume, episodic, the source checkpoint untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import BUNDLES_3D
+from test_server import START_TIMEOUT_S, free_port, get
+
+pytest.importorskip("monailabel", reason="MONAI Label environment absent: build it with tools/monailabel_env.sh")
+
+LABELS = {"peripheral zone": 1, "transition zone": 2}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def bundle_mask(masks: Path, volume: Path) -> nib.Nifti1Image:
+    stem = volume.name[: -len(".nii.gz")]
+    (path,) = masks.glob(f"{stem}_*.nii.gz")
+    return nib.load(path)
+
+
+@pytest.mark.parametrize("name", BUNDLES_3D)
+def test_bundle_infer_task_serves_the_bundle_runs_masks(served3d, name):
+    from monailabel.tasks.infer.bundle import BundleInferTask
+
+    bundle = served3d["app"] / "model" / name
+    checkpoint = bundle / "models" / "model.pt"
+    before = sha256(checkpoint)
+    task = BundleInferTask(str(bundle), {})
+    assert task.is_valid() and task.labels == LABELS and task.dimension == 3
+    volumes = sorted(served3d["studies"].glob("*.nii.gz"))
+    answers = []
+    for volume in [*volumes, volumes[0]]:
+        label_file, result = task({"image": str(volume), "device": "cpu"})
+        assert result["label_names"] == LABELS
+        answers.append(nib.load(label_file))
+    for volume, answer in zip(volumes, answers):
+        source = nib.load(volume)
+        expected = bundle_mask(served3d["masks"][name], volume)
+        served = np.asarray(answer.dataobj)
+        assert served.dtype == np.uint8 and served.shape == source.shape  # the input's own grid
+        np.testing.assert_allclose(answer.affine, source.affine, atol=1e-4)
+        assert set(np.unique(served)) <= {0, 1, 2} and (served > 0).any()
+        np.testing.assert_array_equal(served, np.asarray(expected.dataobj).astype(np.uint8))
+    np.testing.assert_array_equal(np.asarray(answers[-1].dataobj), np.asarray(answers[0].dataobj))  # episodic
+    assert sha256(checkpoint) == before
+
+
+def test_server_infers_a_nifti_label_map(served3d, tmp_path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    monailabel = Path(sys.executable).with_name("monailabel")
+    command = [str(monailabel), "start_server", "--app", str(served3d["app"]), "--studies", str(served3d["studies"])]
+    command += ["--conf", "models", BUNDLES_3D[0], "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "MONAILABEL_PYEXE": sys.executable}
+    log = open(tmp_path / "server.log", "wb")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        info = None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                info = json.loads(get(f"{base}/info/", timeout=5))
+                break
+            except OSError:
+                time.sleep(2)
+        assert info is not None, (tmp_path / "server.log").read_text()[-3000:]
+        assert list(info["models"]) == [BUNDLES_3D[0]] and info["trainers"] == {}
+        assert info["models"][BUNDLES_3D[0]]["labels"] == LABELS and info["models"][BUNDLES_3D[0]]["dimension"] == 3
+        volume = sorted(served3d["studies"].glob("*.nii.gz"))[0]
+        study = volume.name[: -len(".nii.gz")]
+        body = get(f"{base}/infer/{BUNDLES_3D[0]}?image={study}&output=image", data=b"{}")
+        answer_file = tmp_path / ("answer.nii.gz" if body[:2] == b"\x1f\x8b" else "answer.nii")  # gzip or not
+        answer_file.write_bytes(body)
+        answer = nib.load(answer_file)
+        expected = bundle_mask(served3d["masks"][BUNDLES_3D[0]], volume)
+        np.testing.assert_array_equal(np.asarray(answer.dataobj).astype(np.uint8), np.asarray(expected.dataobj))
+        np.testing.assert_allclose(answer.affine, nib.load(volume).affine, atol=1e-4)
+    finally:
+        os.kill(server.pid, signal.SIGTERM)  # the server's own PID
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+        log.close()
+    assert server.poll() is not None
