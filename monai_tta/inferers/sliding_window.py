@@ -61,7 +61,7 @@ class SlidingWindowAdapter(Inferer):
         mode: blending of the prediction's windows, ``"gaussian"`` or ``"constant"``.
         num_patches: patches the update is computed on; ``None``: every tile of the non-overlapping grid
             (``"grid"`` only). Default 4 (our choice: a fixed cost per volume whatever its size, the measured
-            trade-off in ``docs/methods/3d.md``).
+            trade-off in ``docs/benchmarks/README.md``).
         patch_sampling: ``"grid"`` (evenly spaced tiles of the non-overlapping grid) or ``"random"`` (seeded).
         stats_from: where the per-volume BatchNorm statistics are pooled from: ``"patches"`` (the update's
             ``num_patches`` patches; default, our choice: no extra pass when they fit in one update batch) or
