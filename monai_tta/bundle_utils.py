@@ -137,9 +137,13 @@ def ensure_source_checkpoint(
 
     The source checkpoint is never overwritten once it exists, and it is never downloaded.
 
-    A run sharded over ranks (:mod:`monai_tta.distributed`) does not train: the training's validation metrics would
-    all-gather across ranks that are not training, and the ranks would wait on each other forever. Every rank then
-    fails with a message giving the one-process command that trains the model first.
+    A run over several ranks (``torchrun``) trains only when the bundle has a data-parallel override of the training,
+    ``configs/multi_gpu_<last config>`` (e.g. ``multi_gpu_source_training.json``, the zoo's ``multi_gpu_train.json``
+    form): then every rank calls this function at the same point of its run, they all train together with that
+    override merged last, and they wait for each other before reading the checkpoint rank 0 wrote. Without one, a
+    sharded run does not train (the training's validation metrics would all-gather across ranks that are not all
+    training, and the ranks would wait on each other forever): every rank fails with a message giving the one-process
+    command that trains the model first.
 
     Args:
         checkpoint: expected path of the source weights (``models/model.pt``).
@@ -159,7 +163,9 @@ def ensure_source_checkpoint(
     checkpoint = Path(checkpoint)
     if checkpoint.is_file():
         return checkpoint
-    if distributed.get_world_size() > 1:
+    multi_gpu = Path(bundle_root) / "configs" / f"multi_gpu_{Path(configs[-1]).name}"
+    data_parallel = distributed.get_world_size() > 1 and multi_gpu.is_file()
+    if distributed.get_world_size() > 1 and not data_parallel:
         files = ", ".join(f"'configs/{c}'" for c in configs)
         raise RuntimeError(
             f"rank {distributed.get_rank()}: the source checkpoint {checkpoint} does not exist, and a run sharded over "
@@ -167,7 +173,8 @@ def ensure_source_checkpoint(
             f'"[{files}]" --ckpt_dir {checkpoint.parent} --ckpt_filename {checkpoint.name}` (with this run\'s '
             f"overrides), or run the same command once without torchrun, then launch torchrun again."
         )
-    logger.info(f"source checkpoint {checkpoint} not found: training the source model with {list(configs)}.")
+    configs = [*configs, multi_gpu.name] if data_parallel else list(configs)
+    logger.info(f"source checkpoint {checkpoint} not found: training the source model with {configs}.")
     overrides = {k: v for k, v in dict(overrides or {}).items() if not k.startswith("_")}
     run_bundle(
         bundle_root,
@@ -176,6 +183,7 @@ def ensure_source_checkpoint(
         logging_file=False,
         record_as="source_training",
     )
+    distributed.barrier()  # rank 0 has written the checkpoint
     if not checkpoint.is_file():
         raise RuntimeError(f"source training finished but {checkpoint} was not written.")
     return checkpoint

@@ -168,8 +168,12 @@ def check_image(
 
 
 def stored_shape_key(key: str) -> str:
-    """The data key under which :class:`RecordShaped` keeps the stored spatial shape of ``key``."""
-    return f"{key}_stored_shape"
+    """The data key under which :class:`RecordShaped` keeps the stored spatial shape of ``key``.
+
+    A prefix, not a suffix: MONAI's ``Spacingd`` treats every key starting with ``"<key>_"`` as a metadata dictionary
+    of ``key`` and updates it.
+    """
+    return f"stored_shape_{key}"
 
 
 def check_label(label: Any, image: Any, case: str = "input", label_shape: Sequence[int] | None = None) -> None:

@@ -1,8 +1,9 @@
 """Bad input files for the reliability tests: each kind a user can hit, written next to good cases.
 
 ``write_bad_png_cases`` writes the kinds a PNG bundle can meet, ``write_bad_nifti_cases`` those that need a
-floating-point or volumetric format (NaN, Inf, a 3D volume, a corrupt NIfTI). Each returns datalist items whose
-``case_id`` is the kind, and ``EXPECTED`` gives a piece of the reason each must be recorded with.
+floating-point or volumetric format (NaN, Inf, a 3D volume, a corrupt NIfTI), ``write_bad_volume_cases`` every kind
+a 3D (volume) bundle can meet. Each returns datalist items whose ``case_id`` is the kind, and ``EXPECTED`` (2D) and
+``EXPECTED_VOLUME`` (3D) give a piece of the reason each must be recorded with.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-__all__ = ["PNG_KINDS", "NIFTI_KINDS", "EXPECTED", "write_bad_png_cases", "write_bad_nifti_cases"]
+__all__ = [
+    "PNG_KINDS",
+    "NIFTI_KINDS",
+    "VOLUME_KINDS",
+    "EXPECTED",
+    "EXPECTED_VOLUME",
+    "write_bad_png_cases",
+    "write_bad_nifti_cases",
+    "write_bad_volume_cases",
+]
 
 PNG_KINDS = (
     "missing_file",
@@ -27,6 +37,19 @@ PNG_KINDS = (
     "label_mismatch",
 )
 NIFTI_KINDS = ("corrupt_nifti", "wrong_dimensionality", "nan_voxels", "inf_voxels")
+VOLUME_KINDS = (
+    "missing_file",
+    "unreadable_file",
+    "corrupt_nifti",
+    "wrong_channels",
+    "wrong_dimensionality",
+    "constant_image",
+    "nan_voxels",
+    "inf_voxels",
+    "too_small",
+    "too_large",
+    "label_mismatch",
+)
 
 #: a piece of the recorded reason of each kind.
 EXPECTED = {
@@ -45,22 +68,31 @@ EXPECTED = {
 }
 
 
+def _item(kind: str, image: str | Path, label: str | Path, domain: str) -> dict:
+    return {"image": str(image), "label": str(label), "domain": domain, "case_id": kind}
+
+
+def _write_broken_files(folder: Path, good: dict, suffix: str, item, corrupt_kind: str, keep: float) -> None:
+    """The kinds that cannot be read: a missing file, a file that is not an image, the first ``keep`` of a good one."""
+    item("missing_file", folder / f"missing{suffix}")
+    (folder / f"unreadable{suffix}").write_bytes(b"this is not an image\n" * 10)
+    item("unreadable_file", folder / f"unreadable{suffix}")
+    data = Path(good["image"]).read_bytes()
+    (folder / f"corrupt{suffix}").write_bytes(data[: int(len(data) * keep)])
+    item(corrupt_kind, folder / f"corrupt{suffix}")
+
+
 def write_bad_png_cases(folder: Path, good: dict, domain: str) -> list[dict]:
     """Datalist items of every PNG kind; ``good`` is a good item (its image and label are used as material)."""
     folder.mkdir(parents=True, exist_ok=True)
     image, label = np.asarray(Image.open(good["image"])), np.asarray(Image.open(good["label"]))
     h, w = image.shape[:2]
-    items = {}
+    items: dict[str, dict] = {}
 
     def item(kind: str, img: Path, lab: str | Path = good["label"]) -> None:
-        items[kind] = {"image": str(img), "label": str(lab), "domain": domain, "case_id": kind}
+        items[kind] = _item(kind, img, lab, domain)
 
-    item("missing_file", folder / "missing.png")
-    (folder / "unreadable.png").write_bytes(b"this is not an image\n" * 10)
-    item("unreadable_file", folder / "unreadable.png")
-    data = Path(good["image"]).read_bytes()
-    (folder / "corrupt.png").write_bytes(data[: len(data) // 2])
-    item("corrupt_png", folder / "corrupt.png")
+    _write_broken_files(folder, good, ".png", item, "corrupt_png", keep=1 / 2)
     Image.fromarray(image[..., 0]).save(folder / "grey.png")
     item("wrong_channels", folder / "grey.png")
     Image.fromarray(np.full_like(image, 128)).save(folder / "constant.png")
@@ -102,3 +134,53 @@ def write_bad_nifti_cases(folder: Path, good: dict, domain: str) -> list[dict]:
     inf[5, 6] = np.inf
     item("inf_voxels", save("inf", inf))
     return [items[k] for k in NIFTI_KINDS]
+
+
+#: a piece of the recorded reason of each kind, for a 1-channel 3D bundle (``min_image_size`` 4, ``max_image_size``
+#: 2048).
+EXPECTED_VOLUME = {
+    "missing_file": "missing.nii.gz does not exist; check the datalist",
+    "unreadable_file": "unreadable.nii.gz, label",
+    "corrupt_nifti": "corrupt.nii.gz, label",  # the error's own line may be cut: two long paths come first
+    "wrong_channels": "the image has 2 channels but the network takes 1",
+    "wrong_dimensionality": "expected a 3D image shaped (C, *spatial) (4 axes), got shape (1, ",
+    "constant_image": "the image is constant",
+    "nan_voxels": "the image has 1 NaN and 0 infinite voxels",
+    "inf_voxels": "the image has 0 NaN and 1 infinite voxels",
+    "too_small": "far too small: spatial size (3, 3, 3), expected at least 4",
+    "too_large": "far too large",
+    "label_mismatch": "does not match the image's",
+}
+
+
+def write_bad_volume_cases(folder: Path, good: dict, domain: str) -> list[dict]:
+    """Datalist items of every volume kind; ``good`` is a good 3D NIfTI item (its volume, label and affine are used
+    as material)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    source = nib.load(good["image"])
+    img, affine = source.get_fdata().astype(np.float32), source.affine
+    label = np.asarray(nib.load(good["label"]).dataobj)
+    items: dict[str, dict] = {}
+
+    def save(name: str, arr: np.ndarray) -> Path:
+        path = folder / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(arr, affine), path)
+        return path
+
+    def item(kind: str, path: Path, lab: str | Path = good["label"]) -> None:
+        items[kind] = _item(kind, path, lab, domain)
+
+    _write_broken_files(folder, good, ".nii.gz", item, "corrupt_nifti", keep=1 / 3)
+    item("wrong_channels", save("two_channels", np.stack([img, img[::-1]], axis=-1)))
+    item("wrong_dimensionality", save("slice", img[..., img.shape[-1] // 2]))
+    item("constant_image", save("constant", np.full_like(img, 100.0)))
+    nan, inf = img.copy(), img.copy()
+    nan[3, 4, 2] = np.nan
+    inf[5, 6, 1] = np.inf
+    item("nan_voxels", save("nan", nan))
+    item("inf_voxels", save("inf", inf))
+    item("too_small", save("small", img[:3, :3, :3]))
+    reps = 2049 // img.shape[-1] + 1  # longer than the bundle's max_image_size (2048) along the slices
+    item("too_large", save("large", np.tile(img, (1, 1, reps))))
+    item("label_mismatch", save("mismatch", img), save("half_label", label[: label.shape[0] // 2]))
+    return [items[k] for k in VOLUME_KINDS]

@@ -19,7 +19,14 @@ from tiny import digest, write_nifti_sites
 from monai_tta.bundle_utils import run_bundle
 from monai_tta.reports import read_case_csv
 from monai_tta.zoo import BundleFamily
-from monai_tta.zoo.checks import bundle_on_path, check_infer_properties, check_net_in_out, check_schema, snapshot
+from monai_tta.zoo.checks import (
+    bundle_on_path,
+    check_infer_properties,
+    check_net_in_out,
+    check_schema,
+    check_torchscript,
+    snapshot,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -64,6 +71,25 @@ def test_zoo_checks_of_the_committed_bundles_write_nothing_into_them(name):
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     labels = {"0": "background", "1": "peripheral zone", "2": "transition zone"}  # the saved label map's values
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == labels
+
+
+def test_torchscript_check_runs_the_3d_network_on_a_volume(tmp_path):
+    """The zoo's ``ckpt_export`` check on a 3D bundle: a 5D input of the metadata's dimensionality (a 2D one fails)."""
+    import shutil
+
+    bundle = tmp_path / MR.name
+    shutil.copytree(MR, bundle, ignore=shutil.ignore_patterns("eval", "data", "models"))
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["network_def"].update({"channels": [4, 8, 16, 32], "num_res_units": 1})
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    net = UNet(3, 1, 2, channels=(4, 8, 16, 32), strides=(2, 2, 2), num_res_units=1, norm="batch")
+    (bundle / "models").mkdir()
+    torch.save(net.state_dict(), bundle / "models" / "model.pt")
+    with bundle_on_path(bundle):
+        check_torchscript(bundle)
 
 
 def test_parsing_and_checking_the_config_writes_nothing(tmp_path):

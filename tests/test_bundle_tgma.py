@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tiny import digest
+from tiny import digest, tiny_tgma_overrides
 
 from monai_tta.bundle_utils import run_bundle
 from monai_tta.reports import read_case_csv
@@ -16,19 +16,7 @@ SITES = ["source", "thick", "bias"]
 
 
 def test_leave_one_site_out_from_source_training_to_the_report(tmp_path):
-    overrides = {
-        "dataset_dir": str(tmp_path / "data"),
-        "models_dir": str(tmp_path / "models"),
-        "output_dir": str(tmp_path / "eval"),
-        "data_sites": SITES,
-        "num_train": 3,
-        "num_test": 1,
-        "voxel_scale": 2.0,
-        "pixdim": [4.0, 4.0, 6.0],
-        "slice_size": [16, 16],
-        "source_training#epochs": 1,
-        "tgma#epochs": 2,
-    }
+    overrides = tiny_tgma_overrides(tmp_path, SITES)
     run_bundle(TGMA, ["inference.json"], overrides, logging_file=False)
     models = {s: tmp_path / "models" / f"{s}.pt" for s in SITES}
     assert all(p.is_file() for p in models.values())

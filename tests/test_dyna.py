@@ -275,6 +275,16 @@ def test_store_never_reads_partial_writes(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- runs
+def crash(when):
+    """A runner callback that raises (a simulated crash) at the first event where ``when(event, info)`` holds."""
+
+    def callback(event, info):
+        if when(event, info):
+            raise RuntimeError(f"simulated crash at {event} {info}")
+
+    return callback
+
+
 def test_multi_day_run(reference_run):
     report, global_state, out = reference_run
     assert report["n_days"] == 3 and report["n_nights"] == 3 and report["n_images"] == N_STREAM
@@ -303,13 +313,6 @@ def test_multi_day_run(reference_run):
 
 def test_crash_mid_night_and_mid_day_then_resume(tmp_path, reference_run):
     report, global_state, _ = reference_run
-
-    def crash(when):
-        def callback(event, info):
-            if when(event, info):
-                raise RuntimeError(f"simulated crash at {event} {info}")
-
-        return callback
 
     # crash in the middle of the second night (after its 2nd intra-night checkpoint)
     with pytest.raises(RuntimeError):
@@ -379,3 +382,76 @@ def test_killed_process_resumes(tmp_path, reference_run):
     resumed = runner.run(stream(), heldout())
     assert_same_report(resumed, report)
     assert_same_state(runner.global_student.state_dict(), global_state, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- bad cases
+def mixed_stream() -> tuple[list[dict], dict[str, str]]:
+    """The test stream with bad cases around and inside its days (the adapter rejects three, one is the failure record
+    of a file that could not be read), and a piece of each one's recorded reason."""
+    good = stream()
+    nan = {"image": good[0]["image"].clone(), "label": good[0]["label"], "case_id": "nan_voxels"}
+    nan["image"][1, 2, 3] = float("nan")
+    bad = {
+        "nan_voxels": nan,
+        "grey": {"image": good[1]["image"][:1], "label": good[1]["label"], "case_id": "grey"},
+        "constant": {"image": torch.full((3, 16, 16), 0.5), "case_id": "constant"},
+        "unreadable": {"case_id": "unreadable", "domain": "all", "failure": "could not read the case's files (...)"},
+    }
+    reasons = {
+        "nan_voxels": "the image has 1 NaN and 0 infinite voxels",
+        "grey": "the image has 1 channels but the network takes 3",
+        "constant": "the image is constant",
+        "unreadable": "could not read the case's files (...)",
+    }
+    # day 1: nan, 4 good; day 2: grey, unreadable, 4 good; day 3: the last 2 good and a trailing bad case
+    cases = [bad["nan_voxels"], *good[:4], bad["grey"], bad["unreadable"], *good[4:], bad["constant"]]
+    return cases, reasons
+
+
+def _rows(out) -> list[dict]:
+    from monai_tta.reports import read_case_csv
+
+    return read_case_csv(out / "cases.csv")
+
+
+def test_bad_cases_are_failed_rows_never_stored_nor_trained_on_and_resume(tmp_path, reference_run):
+    report, global_state, out = reference_run
+    cases, reasons = mixed_stream()
+    lost = {"case_id": "lost", "domain": "all", "failure": "the image file lost.png does not exist; check the datalist"}
+    held = [*heldout(), lost]  # a held-out case that could not be loaded: listed, left out of the held-out Dice
+    runner = make_runner(tmp_path / "mixed")
+    mixed = runner.run(cases, held)
+    assert mixed["heldout_failed"] == [lost]
+    # the failures: rows with their reasons, in stream order, counted per day and in the report
+    rows = _rows(tmp_path / "mixed")
+    assert [r["status"] for r in rows] == ["failed"] + ["ok"] * 4 + ["failed"] * 2 + ["ok"] * 6 + ["failed"]
+    failed = {r["case_id"]: r["error"] for r in rows if r["status"] == "failed"}
+    assert failed.keys() == reasons.keys() and all(reasons[k] in failed[k] for k in reasons)
+    assert mixed["n_failed"] == 4 and [d["n_failed"] for d in mixed["days"]] == [1, 2, 1]
+    assert [(d["start"], d["end"], d["n_images"]) for d in mixed["days"]] == [(0, 5, 4), (5, 11, 4), (11, 14, 2)]
+    # the good cases: the same days, nights and global student, bit for bit, as the run without the bad cases
+    clean = _rows(out)
+    assert [(r["day"], r["day_dice"]) for r in rows if r["status"] == "ok"] == [
+        (r["day"], r["day_dice"]) for r in clean
+    ]
+    positional = {"start", "end", "n_failed"}
+    for a, b in zip(mixed["days"], report["days"], strict=True):
+        assert {k: v for k, v in a.items() if k not in positional} == {
+            k: v for k, v in b.items() if k not in positional
+        }
+    assert_same_state(runner.global_student.state_dict(), global_state)
+    store = DayImageStore(tmp_path / "mixed" / "day_store")
+    assert store.indices() == [1, 2, 3, 4, 7, 8, 9, 10, 11, 12]  # never a bad case
+
+    # interrupted in the middle of the second day (after its failures), then in the middle of its night: resumed,
+    # the same rows and report
+    with pytest.raises(RuntimeError):
+        make_runner(tmp_path / "resumed", crash(lambda e, i: e == "image" and i["index"] == 8)).run(cases, held)
+    with pytest.raises(RuntimeError):
+        make_runner(tmp_path / "resumed", crash(lambda e, i: e == "night_checkpoint" and i["day"] == 1)).run(
+            cases, held
+        )
+    resumed = make_runner(tmp_path / "resumed")
+    assert_same_report(resumed.run(cases, held), mixed)
+    assert _rows(tmp_path / "resumed") == rows
+    assert_same_state(resumed.global_student.state_dict(), global_state, atol=1e-6)

@@ -10,25 +10,48 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bad_cases import EXPECTED, NIFTI_KINDS, PNG_KINDS, write_bad_nifti_cases, write_bad_png_cases
+from bad_cases import (
+    EXPECTED,
+    EXPECTED_VOLUME,
+    NIFTI_KINDS,
+    PNG_KINDS,
+    VOLUME_KINDS,
+    write_bad_nifti_cases,
+    write_bad_png_cases,
+    write_bad_volume_cases,
+)
+from test_bundle_3d import tiny_mr_overrides
 from test_bundle_grata import draw_square
 from tiny import tiny_bundle_overrides, tiny_image, tiny_net, write_nifti_sites
 
 from monai_tta.adapters import SAR, VPTTA, GraTa, NormAdapt, Tent
 from monai_tta.bundle_utils import run_bundle
 from monai_tta.data import load_datalist
+from monai_tta.engines import DayImageStore
 from monai_tta.reports import read_case_csv
 from monai_tta.validation import InvalidCaseError
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 GRATA = BUNDLES / "grata_fundus_segmentation"
+MR_GRATA = BUNDLES / "grata_prostate_mr_segmentation"
 #: bundle -> its method name
 BUNDLE_RUNS = {
     "grata_fundus_segmentation": "GraTa",
     "tent_fundus_segmentation": "TENT",
     "source_only_fundus_segmentation": "SourceOnly",
     "vptta_fundus_segmentation": "VPTTA",
+    "dyna_fundus_segmentation": "DyNA",
+}
+#: DyNA on the tiny data: the last case of the domain held out, days of one good image, nights of one iteration
+#: that train on every pixel (confidence 0.5) with a large step, so that each night changes the next day's model
+DYNA_TINY = {
+    "heldout_per_domain": 1,
+    "images_per_day": 1,
+    "night_epochs": 1,
+    "night_batch_size": 1,
+    "night_lr": 0.05,
+    "confidence": 0.5,
 }
 ADAPTERS = {
     "GraTa": lambda: GraTa(setting="continual"),
@@ -132,8 +155,35 @@ def test_nonfinite_loss_is_undone_even_with_finite_parameters():
 
 # ----------------------------------------------------------------------------------------------- bundles
 def _run(bundle: str, overrides: dict) -> list[dict]:
-    run_bundle(BUNDLES / bundle, ["inference.json", "evaluate.json"], overrides, logging_file=False)
+    if BUNDLE_RUNS[bundle] == "DyNA":
+        run_bundle(
+            BUNDLES / bundle, ["inference.json", "daynight.json"], {**overrides, **DYNA_TINY}, logging_file=False
+        )
+    else:
+        run_bundle(BUNDLES / bundle, ["inference.json", "evaluate.json"], overrides, logging_file=False)
     return read_case_csv(Path(overrides["output_dir"]) / BUNDLE_RUNS[bundle] / "cases.csv")
+
+
+def _check_dyna(clean: Path, mixed: Path, kinds: tuple[str, ...]) -> None:
+    """The bad cases were never stored nor trained on: the same nights (loss, confident fraction, held-out Dice of
+    the global student after each), the same global student, and only the good images in the day store."""
+    reports = [json.loads((out / "DyNA" / "report.json").read_text()) for out in (clean, mixed)]
+    assert reports[1]["n_failed"] == len(kinds) and reports[0]["n_failed"] == 0
+    assert reports[1]["n_days"] == reports[0]["n_days"] == reports[1]["n_nights"]
+    assert all(d["night_loss"] > 0 and d["mask_fraction"] == 1.0 for d in reports[0]["days"])  # the nights trained
+    positional = {"start", "end", "n_failed"}  # where each day sits in the stream, and its failures
+    for a, b in zip(*(r["days"] for r in reports)):
+        assert {k: v for k, v in a.items() if k not in positional} == {
+            k: v for k, v in b.items() if k not in positional
+        }
+    students = [
+        torch.load(out / "DyNA" / "checkpoint.pt", weights_only=True)["global_student"] for out in (clean, mixed)
+    ]
+    assert _same(*students)
+    stored = [len(DayImageStore(out / "DyNA" / "day_store")) for out in (clean, mixed)]
+    assert stored[0] == stored[1] == reports[0]["n_images"]
+    summary = (mixed / "DyNA" / "report.md").read_text()
+    assert "| failed cases |" in summary and f"{len(kinds)} stream cases and 0 held-out cases could not" in summary
 
 
 def _interleave(good: list[dict], bad: list[dict]) -> list[dict]:
@@ -143,11 +193,11 @@ def _interleave(good: list[dict], bad: list[dict]) -> list[dict]:
     return parts
 
 
-def _check_matrix(clean: list[dict], rows: list[dict], kinds: tuple[str, ...]) -> None:
+def _check_matrix(clean: list[dict], rows: list[dict], kinds: tuple[str, ...], expected: dict = EXPECTED) -> None:
     failed = {r["case_id"]: r for r in rows if r["status"] == "failed"}
     assert set(failed) == set(kinds)
     for kind in kinds:
-        assert EXPECTED[kind] in failed[kind]["error"], (kind, failed[kind]["error"])
+        assert expected[kind] in failed[kind]["error"], (kind, failed[kind]["error"])
     ok = [r for r in rows if r["status"] == "ok"]
     assert [r["case_id"] for r in ok] == [r["case_id"] for r in clean]
     for a, b in zip(ok, clean):  # the failures left the adapter's state untouched: identical results after them
@@ -181,6 +231,9 @@ def test_each_bundle_records_each_bad_png_case_as_failed_and_goes_on(png_data, b
     )
     _check_matrix(clean, rows, PNG_KINDS)
     method = BUNDLE_RUNS[bundle]
+    if method == "DyNA":
+        _check_dyna(tmp_path / "clean", tmp_path / "mixed", PNG_KINDS)
+        return
     summary = json.loads((tmp_path / "mixed" / method / "summary.json").read_text())[method]
     assert summary["camera"]["n"] == 3 and summary["camera"]["n_failed"] == len(PNG_KINDS)
 
@@ -222,6 +275,47 @@ def test_each_bundle_records_each_bad_nifti_case_as_failed_and_goes_on(nifti_dat
     clean = _run(bundle, {**overrides, "output_dir": str(tmp_path / "clean")})
     rows = _run(bundle, {**overrides, "output_dir": str(tmp_path / "mixed"), "datalist_file": str(mixed)})
     _check_matrix(clean, rows, NIFTI_KINDS)
+    if BUNDLE_RUNS[bundle] == "DyNA":
+        _check_dyna(tmp_path / "clean", tmp_path / "mixed", NIFTI_KINDS)
+
+
+@pytest.fixture(scope="module")
+def volume_data(tmp_path_factory):
+    """The tiny generated MR data (one target site of 2 volumes) with its source model, and a datalist where the
+    11 bad volume kinds sit between the good volumes."""
+    tmp = tmp_path_factory.mktemp("bad_volumes")
+    overrides = {**tiny_mr_overrides(tmp), "target_domains": ["thick_test"]}
+    prepare = {"prepare": ["$@prepare_data()", "$@ensure_source"]}  # data and source model, no adaptation
+    run_bundle(MR_GRATA, ["inference.json"], {**overrides, **prepare}, run_id="prepare", logging_file=False)
+    datalist = Path(overrides["dataset_dir"]) / "datalist.json"
+    content = json.loads(datalist.read_text())
+    good = load_datalist(datalist, sections=["thick_test"])["thick_test"]
+    bad = write_bad_volume_cases(tmp / "bad", good[0], good[0]["domain"])
+    content["thick_test"] = _interleave(good, bad)
+    mixed = tmp / "mixed_datalist.json"
+    mixed.write_text(json.dumps(content))
+    return {**overrides, "generate_data": False}, mixed
+
+
+@pytest.mark.parametrize(
+    "bundle,method",
+    [
+        ("grata_prostate_mr_segmentation", "GraTa"),
+        ("tent_prostate_mr_segmentation", "TENT"),
+        ("source_only_prostate_mr_segmentation", "SourceOnly"),
+    ],
+)
+def test_each_3d_bundle_records_each_bad_volume_as_failed_and_goes_on(volume_data, bundle, method, tmp_path):
+    overrides, mixed = volume_data
+    configs = ["inference.json", "evaluate.json"]
+    run_bundle(BUNDLES / bundle, configs, {**overrides, "output_dir": str(tmp_path / "clean")}, logging_file=False)
+    mixed_run = {**overrides, "output_dir": str(tmp_path / "mixed"), "datalist_file": str(mixed)}
+    run_bundle(BUNDLES / bundle, configs, mixed_run, logging_file=False)
+    clean, rows = (read_case_csv(tmp_path / run / method / "cases.csv") for run in ("clean", "mixed"))
+    assert len(clean) == 2
+    _check_matrix(clean, rows, VOLUME_KINDS, EXPECTED_VOLUME)
+    summary = json.loads((tmp_path / "mixed" / method / "summary.json").read_text())[method]
+    assert summary["thick"]["n"] == 2 and summary["thick"]["n_failed"] == len(VOLUME_KINDS)
 
 
 def test_validate_cased_checks_the_image_as_stored():

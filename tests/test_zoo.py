@@ -72,6 +72,7 @@ def test_checking_a_committed_bundle_writes_nothing_into_it(name):
             chain += ["resunet34.json"] if config.name in ("train_resunet34.json", "fundus_benchmark.json") else []
             chain += ["evaluate.json", "multi_gpu_inference.json"] if config.name == "multi_gpu_evaluate.json" else []
             chain += ["source_training.json"] if config.name == "train_resunet34.json" else []
+            chain += ["daynight.json"] if config.name == "multi_gpu_daynight.json" else []
             parser = ConfigParser()
             parser.read_config([str(bundle / "configs" / c) for c in dict.fromkeys([*chain, config.name])])
             parser.parse()

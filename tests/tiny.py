@@ -18,6 +18,7 @@ __all__ = [
     "scramble_batch_norms",
     "tiny_image",
     "tiny_bundle_overrides",
+    "tiny_tgma_overrides",
     "write_nifti_sites",
     "digest",
 ]
@@ -73,6 +74,24 @@ def tiny_bundle_overrides(tmp: Path, domains: tuple[str, ...] = ("camera", "dim"
         "target_domains": list(domains),
         "source_training#epochs": 1,
         "handlers#0#_disabled_": True,
+    }
+
+
+def tiny_tgma_overrides(root: Path, sites: list[str]) -> dict:
+    """TGMA bundle overrides for a tiny run: ``sites`` generated with 3 training and 1 test volume each at 16x16 in
+    plane, 1 source epoch, 2 adaptation epochs, every output under ``root``."""
+    return {
+        "dataset_dir": str(root / "data"),
+        "models_dir": str(root / "models"),
+        "output_dir": str(root / "eval"),
+        "data_sites": list(sites),
+        "num_train": 3,
+        "num_test": 1,
+        "voxel_scale": 2.0,
+        "pixdim": [4.0, 4.0, 6.0],
+        "slice_size": [16, 16],
+        "source_training#epochs": 1,
+        "tgma#epochs": 2,
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .datalist import PATH_KEYS, DeferredData, case_id_from_path, domain_stream, load_datalist
 from .fundus import FUNDUS_DOMAINS, fundus_csv_names, fundus_datalist, load_fundus_csv_domain
-from .guarded import FAILURE_KEY, CaseStream, GuardedDataset, failure_reason
+from .guarded import FAILURE_KEY, CaseStream, GuardedDataset, failure_reason, is_failure
 from .mr_sites import (
     MR_GENERATOR_VERSION,
     MR_LABEL_MODES,
@@ -34,6 +34,7 @@ __all__ = [
     "CaseStream",
     "GuardedDataset",
     "failure_reason",
+    "is_failure",
     "SLICE_KEY",
     "volume_slices",
     "DATALIST_NAME",

@@ -5,7 +5,9 @@
 :class:`CaseStream` iterates such a dataset one case at a time, hands the good cases to the engine and keeps the
 failures for the report (:class:`~monai_tta.handlers.CaseReport` drains them in stream order). It can also start after
 the first ``skip`` cases without loading them, which is how an interrupted run resumes
-(:class:`~monai_tta.handlers.RunCheckpoint`).
+(:class:`~monai_tta.handlers.RunCheckpoint`). A :class:`GuardedDataset` over a list is also indexable
+(``dataset[i]``), for a runner that reads its cases by position (DyNA's
+:class:`~monai_tta.engines.DayNightRunner`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from monai_tta.data.datalist import PATH_KEYS
 from monai_tta.keys import DataKeys
 from monai_tta.validation import InvalidCaseError, case_name
 
-__all__ = ["FAILURE_KEY", "GuardedDataset", "CaseStream", "failure_reason"]
+__all__ = ["FAILURE_KEY", "GuardedDataset", "CaseStream", "failure_reason", "is_failure"]
 
 #: key of a failure record (its value is the reason).
 FAILURE_KEY = "failure"
@@ -72,6 +74,10 @@ class GuardedDataset(IterableDataset):
     """A MONAI ``IterableDataset`` whose items never raise: a case whose transform fails becomes a failure record
     ``{"case_id", "domain", "failure": reason}``.
 
+    When ``data`` is a sequence the dataset has a length and ``dataset[i]`` loads the ``i``-th case (or gives its
+    failure record); over an iterable without a length (e.g. :class:`~monai_tta.data.DeferredData`) both raise
+    ``TypeError``.
+
     Args:
         data: the data dictionaries (a list, or any iterable such as :class:`~monai_tta.data.DeferredData`).
         transform: the preprocessing (loading, validation, resizing...).
@@ -93,8 +99,15 @@ class GuardedDataset(IterableDataset):
         for index, item in enumerate(self.data):
             yield self.apply(item, index)
 
+    def __len__(self) -> int:
+        return len(self.data)
 
-def _is_failure(item: Any) -> bool:
+    def __getitem__(self, index: int) -> Any:
+        return self.apply(self.data[index], index)
+
+
+def is_failure(item: Any) -> bool:
+    """Whether ``item`` is the failure record of a case (see :class:`GuardedDataset`)."""
     return isinstance(item, Mapping) and FAILURE_KEY in item
 
 
@@ -132,7 +145,7 @@ class CaseStream:
             if index < self.skip:
                 continue
             out = self.dataset.apply(item, index)
-            if _is_failure(out):
+            if is_failure(out):
                 failure = {str(k): str(v) for k, v in out.items()}
                 logger.warning(f"case {failure[DataKeys.CASE_ID]!r} skipped: {failure[FAILURE_KEY]}")
                 self._failures.append(failure)

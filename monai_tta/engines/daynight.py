@@ -6,6 +6,8 @@ Layout of a run's output folder::
                                          ``checkpoint_interval`` night iterations
     <output_dir>/day_store/manifest.json the list of stored day images (replaced atomically after each image)
     <output_dir>/day_store/items/*.pt    one file per day image: image, binarised prediction, day
+    <output_dir>/cases.csv               one row per stream case, in stream order: its day and day Dice, or
+                                         ``status=failed`` and the reason (replaced atomically after each day)
     <output_dir>/report.json             the final report (also returned by :meth:`DayNightRunner.run`)
     <output_dir>/report.md, report.png   tables and plot (``daynight_report.write_daynight_summary``, optional)
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
-import math
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -34,12 +36,16 @@ from torch.utils.data import DataLoader, Dataset
 from monai_tta.adapters.base import Adapter, build_optimizer
 from monai_tta.adapters.dyna import ITERATION_KEY, SEED_KEY, NightTrainer, derived_seed, ema_update_
 from monai_tta.adapters.vptta import VPTTA
+from monai_tta.data.guarded import FAILURE_KEY, is_failure
 from monai_tta.io import atomic_save, atomic_write_json
-from monai_tta.keys import DataKeys, StatKeys
+from monai_tta.keys import CaseStatus, DataKeys, StatKeys
 from monai_tta.keys import DayNightKeys as K
 from monai_tta.norms import norm_layers
+from monai_tta.reports.tables import write_case_csv
+from monai_tta.validation import InvalidCaseError, case_name
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+logger = logging.getLogger(__name__)
 
 #: checkpoint fields of a night in progress, as they are when no night is running.
 _NO_NIGHT_STATE = {
@@ -66,6 +72,7 @@ _HeldOut = Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]
 _PHASE_DAY, _PHASE_NIGHT, _PHASE_DONE = "day", "night", "done"
 CHECKPOINT_NAME = "checkpoint.pt"
 REPORT_NAME = "report.json"
+CASES_NAME = "cases.csv"
 STORE_NAME = "day_store"
 SUMMARY_NAME = "report.md"
 PLOT_NAME = "report.png"
@@ -199,6 +206,14 @@ class DayNightRunner:
     last day is followed by a night too. See :mod:`monai_tta.adapters.dyna` for the night's defaults (ours: DyNA has
     no public code).
 
+    A day is the next ``images_per_day`` good cases of the stream. A bad case, either a failure record of a
+    :class:`~monai_tta.data.GuardedDataset` (a file missing, unreadable, corrupt or failing
+    :class:`~monai_tta.validation.ValidateCased`) or an image the day adapter rejects with
+    :class:`~monai_tta.validation.InvalidCaseError` (raised before any of its state changes), gets a ``failed`` row
+    with its reason in ``cases.csv``, is not stored, does not count toward its day and never reaches a night: the
+    day adapter, the students and the teacher are bit for bit those of a run without it (ours: the paper has no bad
+    input). Trailing bad cases after the last good one end the stream without a day of their own.
+
     Checkpoints hold the global student, the night's student, teacher and optimizer, the day and night counters, the
     position in the stream and the day adapter's state (prompt, Adam state, memory bank, warm-up counter). Calling
     :meth:`run` again with the same output folder resumes: an interrupted night continues from its last intra-night
@@ -324,10 +339,15 @@ class DayNightRunner:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, cases: Sequence[Mapping[str, Any]]) -> float | None:
-        """Mean Dice of ``model`` (``eval()`` mode, its running statistics, no adaptation) over labelled ``cases``."""
+        """Mean Dice of ``model`` (``eval()`` mode, its running statistics, no adaptation) over labelled ``cases``.
+
+        Failure records (bad cases of a :class:`~monai_tta.data.GuardedDataset`) are left out; the report lists them.
+        """
         scores = []
         model.eval()
         for case in cases:
+            if is_failure(case):
+                continue
             logits = model(self._batch(case[self.image_key]))
             pred = torch.sigmoid(logits) >= 0.5
             scores.append(case_dice(pred, self._batch(case[self.label_key])))
@@ -369,6 +389,7 @@ class DayNightRunner:
             "optimizer": None,
             "day_adapter": None,
             "records": [],
+            K.CASES.value: [],
             K.INITIAL_HELDOUT_DICE.value: initial,
             K.INITIAL_HELDOUT_DICE_PER_GROUP.value: initial_groups,
         }
@@ -378,7 +399,8 @@ class DayNightRunner:
         """Run (or resume) the day/night schedule over ``stream`` and return the report (also in ``report.json``).
 
         Args:
-            stream: indexable sequence of cases (dicts with an unbatched image and optionally a label), in order.
+            stream: indexable sequence of cases (dicts with an unbatched image and optionally a label), in order, e.g.
+                a :class:`~monai_tta.data.GuardedDataset` over a list (whose bad cases are failure records).
             heldout: labelled cases on which the global student is evaluated before the first day and after each
                 night, as a sequence or as ``{group: cases}`` (then also per group, e.g. per target domain;
                 optional).
@@ -405,15 +427,14 @@ class DayNightRunner:
             self.day_adapter.load_state_dict(self.network, ckpt["day_adapter"])
         else:  # first day (again): the adapter starts from its initial state even if this object ran before
             self.day_adapter.reset(self.network)
-        n_days = math.ceil(n / self.images_per_day)
         while ckpt["phase"] != _PHASE_DONE:
-            if ckpt["phase"] == _PHASE_DAY and ckpt[K.DAY.value] >= n_days:
+            if ckpt["phase"] == _PHASE_DAY and ckpt["position"] >= n:
                 ckpt["phase"] = _PHASE_DONE
             elif ckpt["phase"] == _PHASE_DAY:
                 self._day(ckpt, stream)
             else:
                 self._night(ckpt, heldout)
-        report = self._report(ckpt, n)
+        report = self._report(ckpt, n, heldout)
         atomic_write_json(report, self.report_path)
         self._save(ckpt)
         self._emit(K.DONE_EVENT, report=report)
@@ -421,28 +442,53 @@ class DayNightRunner:
 
     def _day(self, ckpt: dict[str, Any], stream: Sequence[Mapping[str, Any]]) -> None:
         day = ckpt[K.DAY.value]
-        start = day * self.images_per_day
-        end = min(len(stream), start + self.images_per_day)
+        start = end = int(ckpt["position"])
         if self.reset_each_day:
             self.day_adapter.reset(self.network)
         scores = []
         group_scores: dict[str, list[float]] = {}
-        for i in range(start, end):
+        rows: list[dict[str, Any]] = []
+        n_good = 0
+        while end < len(stream) and n_good < self.images_per_day:
+            i, end = end, end + 1
             case = stream[i]
-            image = _plain(case[self.image_key]).float()
-            logits = self.day_adapter(self._batch(image), self.network)
+            row = {
+                DataKeys.CASE_ID.value: case_name(case, default=str(i)),
+                DataKeys.DOMAIN.value: str(case.get(DataKeys.DOMAIN, "all")),
+                K.DAY.value: day,
+            }
+            rows.append(row)
+            try:
+                if is_failure(case):
+                    raise InvalidCaseError(row[DataKeys.CASE_ID], case[FAILURE_KEY])
+                image = _plain(case[self.image_key]).float()
+                logits = self.day_adapter(self._batch(image), self.network)  # checks the image before adapting
+            except InvalidCaseError as e:
+                logger.warning(f"case {row[DataKeys.CASE_ID]!r} skipped: {e.reason}")
+                row.update({CaseStatus.KEY.value: CaseStatus.FAILED.value, CaseStatus.ERROR.value: e.reason})
+                continue
+            row[CaseStatus.KEY.value] = CaseStatus.OK.value
+            n_good += 1
             pred = torch.sigmoid(_plain(logits)) >= 0.5
             self.store.put(i, image, pred[0].to(torch.uint8), day=day)
             if self.label_key in case and case[self.label_key] is not None:
                 scores.append(case_dice(pred, self._batch(case[self.label_key])))
+                row[K.DAY_DICE.value] = scores[-1]
                 if self.group_key is not None and case.get(self.group_key) is not None:
                     group_scores.setdefault(str(case[self.group_key]), []).append(scores[-1])
             self._emit(K.IMAGE_EVENT, day=day, index=i)
+        cases = [*ckpt.get(K.CASES.value, []), *rows]
+        if n_good == 0:  # only bad cases up to the end of the stream: no day, no night
+            ckpt.update(position=end, **{K.CASES.value: cases})
+            self._save(ckpt)
+            write_case_csv(self.output_dir / CASES_NAME, cases)
+            return
         record = {
             K.DAY.value: day,
             K.START.value: start,
             K.END.value: end,
-            K.N_IMAGES.value: end - start,
+            K.N_IMAGES.value: n_good,
+            K.N_FAILED.value: len(rows) - n_good,
             K.DAY_DICE.value: float(sum(scores) / len(scores)) if scores else None,
             "n_labelled": len(scores),
         }
@@ -455,8 +501,10 @@ class DayNightRunner:
             **_NO_NIGHT_STATE,
             day_adapter=self.day_adapter.state_dict(self.network),
             records=[*ckpt["records"], record],
+            **{K.CASES.value: cases},
         )
         self._save(ckpt)
+        write_case_csv(self.output_dir / CASES_NAME, cases)
         self._emit(K.DAY_EVENT, day=day, position=end)
 
     def _night(self, ckpt: dict[str, Any], heldout: _HeldOut) -> None:
@@ -530,7 +578,7 @@ class DayNightRunner:
         self._save(ckpt)
         self._emit(K.NIGHT_EVENT, day=day)
 
-    def _report(self, ckpt: dict[str, Any], n_stream: int) -> dict[str, Any]:
+    def _report(self, ckpt: dict[str, Any], n_stream: int, heldout_cases: _HeldOut = None) -> dict[str, Any]:
         records = ckpt["records"]
         labelled = [(r[K.DAY_DICE.value], r["n_labelled"]) for r in records if r[K.DAY_DICE.value] is not None]
         n_lab = sum(c for _, c in labelled)
@@ -538,6 +586,9 @@ class DayNightRunner:
         heldout = [r.get(K.HELDOUT_DICE.value) for r in nights]
         report = {
             K.N_IMAGES.value: n_stream,
+            K.N_FAILED.value: sum(
+                r.get(CaseStatus.KEY.value) == CaseStatus.FAILED.value for r in ckpt.get(K.CASES.value, [])
+            ),
             K.N_DAYS.value: len(records),
             K.N_NIGHTS.value: len(nights),
             K.MEAN_DAY_DICE.value: sum(d * c for d, c in labelled) / n_lab if n_lab else None,
@@ -557,6 +608,10 @@ class DayNightRunner:
             report[K.INITIAL_HELDOUT_DICE_PER_GROUP.value] = ckpt[K.INITIAL_HELDOUT_DICE_PER_GROUP.value]
         if nights and K.HELDOUT_DICE_PER_GROUP.value in nights[-1]:
             report[K.FINAL_HELDOUT_DICE_PER_GROUP.value] = nights[-1][K.HELDOUT_DICE_PER_GROUP.value]
+        groups = heldout_cases.values() if isinstance(heldout_cases, Mapping) else [heldout_cases or []]
+        bad = [c for cases in groups for c in cases if is_failure(c)]
+        if bad:  # held-out cases that could not be loaded, left out of every held-out Dice
+            report[K.HELDOUT_FAILED.value] = [{k: str(v) for k, v in c.items()} for c in bad]
         report[K.DAYS.value] = records
         report[K.CONFIG.value] = ckpt[K.CONFIG.value]
         return report

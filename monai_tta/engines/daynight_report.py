@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from monai_tta.engines.daynight import PLOT_NAME, REPORT_NAME, SUMMARY_NAME
+from monai_tta.engines.daynight import CASES_NAME, PLOT_NAME, REPORT_NAME, SUMMARY_NAME
 from monai_tta.io import atomic_write_text
 from monai_tta.keys import DayNightKeys as K
 from monai_tta.keys import StatKeys
@@ -54,10 +54,12 @@ def write_daynight_summary(
     days = list(report[K.DAYS.value])
     config = report.get(K.CONFIG.value, {})
 
+    n_failed = int(report.get(K.N_FAILED.value) or 0)
     per_day = {}
     for r in days:
         per_day[f"day {r[K.DAY.value] + 1}"] = {
             "stream images": f"{r[K.START.value]}-{r[K.END.value] - 1}",
+            **({"failed cases": r.get(K.N_FAILED.value, 0)} if n_failed else {}),
             "day Dice": _percent(r.get(K.DAY_DICE.value)),
             "night iterations": r.get(K.NIGHT_ITERATIONS.value),
             "night loss": r.get(K.NIGHT_LOSS.value),
@@ -83,6 +85,13 @@ def write_daynight_summary(
         f"Held-out Dice of the initial model: {format_cell(_percent(report.get(K.INITIAL_HELDOUT_DICE.value)))}, "
         f"after the last night: {format_cell(_percent(report.get(K.FINAL_HELDOUT_DICE.value)))}.",
     ]
+    if n_failed or report.get(K.HELDOUT_FAILED.value):
+        lines += [
+            "",
+            f"{n_failed} stream cases and {len(report.get(K.HELDOUT_FAILED.value) or [])} held-out cases could not "
+            "be used (unreadable, or failing the input checks): never stored nor trained on; their reasons are in "
+            f"`{CASES_NAME}` and `{REPORT_NAME}`.",
+        ]
     heldout_groups: dict[str, dict[str, float | None]] = {}
     if report.get(K.INITIAL_HELDOUT_DICE_PER_GROUP.value) is not None:
         heldout_groups["initial model"] = dict(report[K.INITIAL_HELDOUT_DICE_PER_GROUP.value])

@@ -7,9 +7,10 @@
   map; the target model at inference is that weighted ensemble of the adapted copies of the selected sources.
 - The weights ``W`` stay fixed at their normalised DTM scores (the paper's notation also minimises over ``W``; we do
   not train them).
-- ``L_dice`` is MONAI's ``DiceLoss`` on the foreground channels (sigmoid: all channels; softmax: all but the
-  background), computed over the whole batch (``batch=True``) with smoothing 1 in numerator and denominator, so that
-  slices without foreground do not dominate.
+- ``L_dice`` is the soft Dice loss on the foreground channels (sigmoid: all channels; softmax: all but the
+  background), computed over the whole batch (as MONAI's ``DiceLoss(batch=True)``) with smoothing 1 in numerator and
+  denominator, so that slices without foreground do not dominate. Under DDP the batch is the *global* batch: the
+  Dice terms are summed across the ranks before the ratio (:func:`monai_tta.data_parallel.all_reduce_sum`).
 - Every parameter of the selected copies is trained (Adam, lr 1e-3 as in the paper), BatchNorm layers in training
   mode (batch statistics, running statistics updated) as in ordinary supervised training; no augmentation.
 - The training loop is MONAI's ``SupervisedTrainer``: the batches carry the image and the pseudo-label as ``label``.
@@ -22,12 +23,12 @@ from typing import Any
 
 import torch
 from monai.engines import SupervisedTrainer
-from monai.losses import DiceLoss
 from monai.utils import look_up_option
 from torch import nn
 
+from monai_tta.data_parallel import all_reduce_sum
 from monai_tta.losses import activate
-from monai_tta.tgma.lftm import ACTIVATIONS, foreground
+from monai_tta.tgma.lftm import ACTIVATIONS, foreground, soft_dice_from_terms, soft_dice_terms
 
 __all__ = ["WeightedEnsemble", "EnsembleDiceLoss", "tgma_trainer"]
 
@@ -65,21 +66,32 @@ class WeightedEnsemble(nn.Module):
 class EnsembleDiceLoss(nn.Module):
     """Dice loss between ensemble probabilities ``(B, C, *spatial)`` and binary foreground targets ``(B, C_fg, ...)``.
 
+    ``1 - mean_c (2 sum(p y) + smooth) / (sum(p) + sum(y) + smooth)``, the sums over the batch and the spatial axes
+    (MONAI's ``DiceLoss(batch=True)``).
+
     Args:
         activation: the ensemble's activation (the softmax background channel is dropped before the loss).
         smooth: smoothing of numerator and denominator.
+        across_ranks: sum the terms over the ranks of the process group first (DDP: the loss of the global batch,
+            the same on every rank).
+
+    Raises:
+        ValueError: (when called) if the foreground and the target differ in shape.
     """
 
-    def __init__(self, activation: str = "sigmoid", smooth: float = 1.0) -> None:
+    def __init__(self, activation: str = "sigmoid", smooth: float = 1.0, across_ranks: bool = False) -> None:
         super().__init__()
         self.activation = look_up_option(activation, ACTIVATIONS)
-        self.dice = DiceLoss(include_background=True, batch=True, smooth_nr=smooth, smooth_dr=smooth)
+        self.smooth, self.across_ranks = smooth, across_ranks
 
     def forward(self, prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         fg = foreground(prob, self.activation)
         if fg.shape != target.shape:
             raise ValueError(f"foreground {tuple(fg.shape)} and pseudo-label {tuple(target.shape)} differ in shape.")
-        return self.dice(fg, target.to(fg.dtype))
+        intersection, total = (t.sum(0) for t in soft_dice_terms(fg, target.to(fg.dtype)))
+        if self.across_ranks:
+            intersection, total = all_reduce_sum(torch.stack([intersection, total])).unbind(0)
+        return 1 - soft_dice_from_terms(intersection, total, self.smooth)
 
 
 def tgma_trainer(
@@ -89,6 +101,7 @@ def tgma_trainer(
     device: torch.device | str = "cpu",
     max_epochs: int = 1,
     smooth: float = 1.0,
+    network: nn.Module | None = None,
     **kwargs: Any,
 ) -> SupervisedTrainer:
     """A MONAI ``SupervisedTrainer`` of the ensemble against the pseudo-labels (the batches' ``label``).
@@ -100,6 +113,9 @@ def tgma_trainer(
         device: device of the run.
         max_epochs: passes over the loader.
         smooth: Dice smoothing.
+        network: the module the trainer calls, when it is not ``ensemble`` itself: the ensemble wrapped in
+            ``DistributedDataParallel`` (:func:`monai_tta.data_parallel.wrap_ddp`); the loss then sums its terms
+            across the ranks.
         kwargs: other ``SupervisedTrainer`` arguments (``decollate`` defaults to ``False``).
     """
     kwargs.setdefault("decollate", False)
@@ -107,8 +123,8 @@ def tgma_trainer(
         device=device,
         max_epochs=max_epochs,
         train_data_loader=train_data_loader,
-        network=ensemble,
+        network=ensemble if network is None else network,
         optimizer=optimizer,
-        loss_function=EnsembleDiceLoss(ensemble.activation, smooth),
+        loss_function=EnsembleDiceLoss(ensemble.activation, smooth, across_ranks=network not in (None, ensemble)),
         **kwargs,
     )

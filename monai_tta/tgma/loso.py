@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from monai_tta.distributed import is_main_process
 from monai_tta.keys import DataKeys
 from monai_tta.tgma.report import write_loso_summary, write_tgma_report
 from monai_tta.tgma.runner import TGMARunner
@@ -28,6 +29,9 @@ def leave_one_site_out(
     Each site's run is resumable and lives in ``<output_dir>/<site>/``; when the target inputs carry labels, the site's
     report is written there (:func:`~monai_tta.tgma.report.write_tgma_report`) and the summary over the sites in
     ``<output_dir>/loso.md`` (:func:`~monai_tta.tgma.report.write_loso_summary`).
+    Under ``torchrun`` every rank takes part in each site's adaptation (data-parallel,
+    :class:`~monai_tta.tgma.TGMARunner`) and rank 0 alone writes the reports; every rank returns the results, and
+    only rank 0's carry ``"reports"``.
 
     Args:
         target_items: ``{held-out site: its target inputs}``.
@@ -53,7 +57,7 @@ def leave_one_site_out(
                 f"held-out site {site!r} has {len(others)} other source model(s) ({list(others)}); TGMA needs 2."
             )
         results[site] = runner(sources=others, output_dir=out / site).run(items)
-        if items and all(item.get(DataKeys.LABEL) is not None for item in items):
+        if is_main_process() and items and all(item.get(DataKeys.LABEL) is not None for item in items):
             title = f"TGMA, held-out site {site}"
             reports[site] = write_tgma_report(results[site], items, out / site, activation, title)["json"]
     if reports:

@@ -18,6 +18,15 @@ Our choices where the paper is silent are listed in :mod:`monai_tta.tgma.lftm`, 
 corrected pseudo-labels are recomputed with the adapted main and auxiliary models in place of their sources; the
 selection and the weights stay), and the ITM level (``"case"``: one row per case, the soft-Dice sums pooled over the
 case's inputs, e.g. the slices of a volume; ``"slice"``: one row per input).
+
+Under ``torchrun`` (several ranks in a process group, :mod:`monai_tta.data_parallel`) the adaptation is data-parallel
+training: the ensemble is wrapped in ``DistributedDataParallel``, each global batch of ``N x batch_size`` inputs (the
+single-process schedule with that batch, same epochs and seeds) is dealt over the ``N`` ranks, and the Dice terms are
+summed across them, so the gradient is that of the global batch; BatchNorm normalises each rank's part on its own.
+An epoch's last batch with fewer inputs than ranks is filled up by repeating its inputs.
+Rank 0 alone computes the transferability (and the refreshed pseudo-labels) and hands them to the other ranks, and it
+alone writes the files; every rank reads the run's files through rank 0, so a rerun of the same command (with the
+same number of ranks, part of the run's options) resumes as one process does. Every rank returns the same results.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from monai_tta.adapters.base import build_optimizer
 from monai_tta.adapters.dyna import derived_seed
+from monai_tta.data_parallel import broadcast_object, fill_global_batches, rank_batch, wrap_ddp
+from monai_tta.distributed import get_world_size, is_main_process
 from monai_tta.engines.daynight import night_schedule
 from monai_tta.io import atomic_save
 from monai_tta.keys import DataKeys
@@ -158,6 +169,7 @@ class TGMARunner:
             for key, value in model.state_dict().items():
                 digest.update(key.encode() + value.detach().cpu().contiguous().numpy().tobytes())
         options = {k: getattr(self, k) for k in keys}
+        options["ranks"] = get_world_size()  # the global batch is ranks x batch_size
         return {"sources": list(self.names), "n_inputs": int(images.shape[0]), **options, "digest": digest.hexdigest()}
 
     def _emit(self, event: str, **info: Any) -> None:
@@ -165,16 +177,18 @@ class TGMARunner:
             self.callback(event, info)
 
     def _load(self, name: str, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The file ``name`` of the run (``None`` if absent), read by rank 0 and handed to every rank."""
         path = self.output_dir / name
-        if not path.is_file():
-            return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["config"] != config:
-            raise ValueError(
-                f"{path} was written by a run with other options, inputs or source weights ({state['config']}, now "
-                f"{config}): use another output_dir or delete the folder to start again."
-            )
-        return state
+        state = None
+        if is_main_process() and path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if state["config"] != config:
+                raise ValueError(
+                    f"{path} was written by a run with other options, inputs or source weights, or on another number "
+                    f"of ranks ({state['config']}, now {config}): use another output_dir or delete the folder to "
+                    "start again."
+                )
+        return broadcast_object(state)
 
     @staticmethod
     def _stack(items: Sequence[Mapping[str, Any]], key: str) -> torch.Tensor:
@@ -259,17 +273,20 @@ class TGMARunner:
         """
         if not items:
             raise ValueError("TGMA needs at least one target input.")
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        for tmp in self.output_dir.glob(".*.tmp"):  # left by a kill during a write
-            tmp.unlink()
+        if is_main_process():
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            for tmp in self.output_dir.glob(".*.tmp"):  # left by a kill during a write
+                tmp.unlink()
         images = self._stack(items, DataKeys.IMAGE)
         case_ids = self._case_ids(items)
         config = self.config(images, case_ids)
         stage = self._load(TRANSFERABILITY_NAME, config)
         if stage is None:
-            stage = {"config": config, **self.transferability(images, case_ids, self.sources)}
-            atomic_save(stage, self.output_dir / TRANSFERABILITY_NAME)
-            self._emit("transferability")
+            if is_main_process():
+                stage = {"config": config, **self.transferability(images, case_ids, self.sources)}
+                atomic_save(stage, self.output_dir / TRANSFERABILITY_NAME)
+                self._emit("transferability")
+            stage = broadcast_object(stage)
         selection = ModelSelection(**{k: tuple(v) for k, v in stage["selection"].items()})
         members = [copy.deepcopy(self.sources[k]) for k in selection.indices]
         self.ensemble = WeightedEnsemble(members, selection.weights, self.activation).to(self.device)
@@ -299,9 +316,10 @@ class TGMARunner:
         selection: ModelSelection,
         config: dict[str, Any],
     ) -> dict[str, Any]:
-        n = images.shape[0]
-        per_epoch = -(-n // self.batch_size)
-        schedule = night_schedule(list(range(n)), self.batch_size, self.epochs, seed=derived_seed(self.seed, "adapt"))
+        n, ranks = images.shape[0], get_world_size()
+        per_epoch = -(-n // (self.batch_size * ranks))
+        seed = derived_seed(self.seed, "adapt")
+        schedule = night_schedule(list(range(n)), self.batch_size * ranks, self.epochs, seed=seed)  # global batches
         optimizer = build_optimizer(list(self.ensemble.parameters()), "adam", self.lr)
         state = {"config": config, "iteration": 0, "pseudo": stage["pseudo"], "loss_sum": 0.0, "loss_per_epoch": []}
         saved = self._load(CHECKPOINT_NAME, config)
@@ -311,9 +329,11 @@ class TGMARunner:
             optimizer.load_state_dict(saved["optimizer"])
         done = int(state["iteration"])
         if done < len(schedule):
-            dataset = _PseudoLabelled(images, lambda: state["pseudo"], schedule, done)
+            parts = [rank_batch(batch) for batch in fill_global_batches(schedule, ranks)]  # this rank's parts
+            dataset = _PseudoLabelled(images, lambda: state["pseudo"], parts, done)
             loader = DataLoader(dataset, batch_size=None, shuffle=False)
-            trainer = tgma_trainer(self.ensemble, loader, optimizer, self.device)
+            network = wrap_ddp(self.ensemble, self.device)
+            trainer = tgma_trainer(self.ensemble, loader, optimizer, self.device, network=network)
 
             def _after_iteration(engine: Any) -> None:
                 k = done + engine.state.iteration
@@ -325,10 +345,13 @@ class TGMARunner:
                     state["loss_sum"] = 0.0
                     epoch = k // per_epoch
                     if self.refresh and epoch % self.refresh == 0 and k < len(schedule):
-                        state["pseudo"] = self._refreshed_pseudo(images, case_ids, selection)
+                        pseudo = self._refreshed_pseudo(images, case_ids, selection) if is_main_process() else None
+                        state["pseudo"] = broadcast_object(pseudo)
                         self.ensemble.train()
-                if k < len(schedule) and (
-                    epoch_end or (self.checkpoint_interval and k % self.checkpoint_interval == 0)
+                if (
+                    is_main_process()
+                    and k < len(schedule)
+                    and (epoch_end or (self.checkpoint_interval and k % self.checkpoint_interval == 0))
                 ):
                     state["ensemble"] = copy.deepcopy(self.ensemble.state_dict())
                     state["optimizer"] = copy.deepcopy(optimizer.state_dict())
@@ -337,16 +360,18 @@ class TGMARunner:
 
             trainer.add_event_handler(Events.ITERATION_COMPLETED, _after_iteration)
             trainer.run()
-        final = {
-            "config": config,
-            "ensemble": copy.deepcopy(self.ensemble.state_dict()),
-            "selection": selection.as_dict(),
-            "names": [self.names[k] for k in selection.indices],
-            "loss_per_epoch": list(state["loss_per_epoch"]),
-        }
-        atomic_save(final, self.output_dir / TARGET_MODEL_NAME)
-        self._emit("target_model")
-        return final
+        final = None
+        if is_main_process():  # rank 0's model: under DDP the BatchNorm running statistics are rank 0's
+            final = {
+                "config": config,
+                "ensemble": copy.deepcopy(self.ensemble.state_dict()),
+                "selection": selection.as_dict(),
+                "names": [self.names[k] for k in selection.indices],
+                "loss_per_epoch": list(state["loss_per_epoch"]),
+            }
+            atomic_save(final, self.output_dir / TARGET_MODEL_NAME)
+            self._emit("target_model")
+        return broadcast_object(final)
 
     def _refreshed_pseudo(
         self, images: torch.Tensor, case_ids: Sequence[str], selection: ModelSelection

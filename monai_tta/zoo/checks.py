@@ -168,8 +168,9 @@ def check_torchscript(bundle: str | Path) -> None:
         state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
         net.load_state_dict(state.get("model", state) if isinstance(state, Mapping) else state)
         net.eval()
-        channels = parser.get_parsed_content("_meta_::network_data_format::inputs::image::num_channels")
-        x = torch.rand(1, int(channels), 32, 32, generator=torch.Generator().manual_seed(0))
+        image = parser.get_parsed_content("_meta_::network_data_format::inputs::image")
+        spatial = [32] * len(image["spatial_shape"])  # 32: a multiple of every "k*n" our metadata declares
+        x = torch.rand(1, int(image["num_channels"]), *spatial, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             expected = net(x)
             for path in [exported] + [p for p in [bundle / "models" / "model.ts"] if p.is_file()]:
