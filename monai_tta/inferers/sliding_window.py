@@ -221,8 +221,8 @@ class VolumeCase(Case):
     @contextmanager
     def _captured(self, state: AdapterState, network: nn.Module, x: torch.Tensor) -> Iterator[None]:
         """The statistics of the batch of all the patches, taken from the first forward of the case when that forward
-        is this batch (the update's first, when the patches fit in one update batch), else from a no-grad forward of
-        it run just before that first forward (e.g. NormAdapt, whose first forward is the prediction's)."""
+        is this batch (the update's first: used when the patches fit in one update batch), else from a no-grad forward
+        of it run just before that first forward (NormAdapt, whose first forward is the prediction's)."""
         parts = self._parts
         every = tuple(parts.slices)
         handle = None
