@@ -100,7 +100,7 @@ def run_cases(
                         row.update({f"asd_{c}": v for c, v in zip(channel_names, asd)})
                         row["asd_mean"] = float(np.mean(asd))
                 for key, value in adapter.last_stats.items():
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    if isinstance(value, (int, float)):  # flags (reset, safeguard fired, ...) as 0 / 1
                         row[str(key)] = float(value)
                 rows.append(row)
     return rows
