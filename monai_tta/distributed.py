@@ -53,7 +53,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: process-group timeout: long enough for rank 0 to train the source model on first use while the others wait.
+#: process-group timeout: how long a collective waits for the other ranks before it fails. A rank that finished its
+#: share waits this long at the end (in the key metric's all-gather) for the slowest rank, so it bounds how uneven the
+#: shares' running times may be; a rank that dies is caught much sooner (torchrun stops the others within seconds).
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=60)
 
 
@@ -96,9 +98,22 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-def rank_device() -> torch.device:
-    """Join the process group (when launched) and return this rank's device: ``cuda:<LOCAL_RANK>`` or the CPU."""
-    init_distributed()
+def rank_device(timeout_minutes: float | None = None) -> torch.device:
+    """Join the process group (when launched) and return this rank's device: ``cuda:<LOCAL_RANK>`` or the CPU.
+
+    Args:
+        timeout_minutes: the process group's timeout (:func:`init_distributed`); default: :data:`DEFAULT_TIMEOUT`.
+
+    Raises:
+        ValueError: if ``timeout_minutes`` is not positive.
+    """
+    if timeout_minutes is not None and not timeout_minutes > 0:
+        raise ValueError(
+            f"the process group's timeout must be a positive number of minutes, got {timeout_minutes} "
+            "(dist_timeout_minutes in multi_gpu_inference.json)."
+        )
+    timeout = DEFAULT_TIMEOUT if timeout_minutes is None else datetime.timedelta(minutes=timeout_minutes)
+    init_distributed(timeout=timeout)
     if torch.cuda.is_available():
         return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     return torch.device("cpu")

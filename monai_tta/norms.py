@@ -6,8 +6,9 @@ A :class:`NormPolicy` then sets, before each case, how the layers mix the curren
 running statistics.
 
 For a volume adapted on patches (:class:`~monai_tta.inferers.SlidingWindowAdapter`), the "current input's statistics"
-are those of the whole volume: :func:`pooled_statistics` runs statistics passes over its windows and
-:func:`case_statistics` makes the layers normalise every patch with them (see :class:`AdaptiveBatchNorm`).
+are those of the whole volume: :func:`pooled_statistics` runs statistics passes over its windows, or
+:func:`captured_statistics` takes them from one forward of a batch of its patches, and :func:`case_statistics` makes the
+layers normalise every patch with them (see :class:`AdaptiveBatchNorm`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "CaseStats",
     "pooled_statistics",
     "case_statistics",
+    "captured_statistics",
 ]
 
 #: fixed statistics of one case for one layer: biased ``mean`` and ``var`` of shape ``(C,)`` and the number of
@@ -62,8 +64,12 @@ class AdaptiveBatchNorm(nn.Module):
         case_stats: fixed statistics of the current case (:data:`CaseStats`) used instead of ``mean(x)`` and ``var(x)``
             (a volume adapted on patches normalises every patch with the volume's statistics); constants, so no
             gradient flows through them. ``unbiased`` rescales their variance by ``n / (n - 1)``.
-        collect: while not ``None``, the per-channel sums ``[sum x, sum x^2, n]`` (float64) of every forward's input
-            are added to this list (a statistics pass, see :func:`pooled_statistics`).
+        collect: while not ``None``, the per-channel ``[n, mean, M2]`` (count, mean and sum of squared deviations,
+            float64) of every forward's input are pooled into this list (a statistics pass, see
+            :func:`pooled_statistics`).
+        capture: while ``True`` and ``case_stats`` is ``None``, the next forward sets ``case_stats`` to the statistics
+            of its input batch (those BatchNorm in training mode computes, detached) and normalises with them; later
+            forwards keep them (see :func:`captured_statistics`).
 
     Args:
         bn: the BatchNorm layer to wrap; its ``weight``, ``bias`` and buffers are shared, not copied.
@@ -86,6 +92,7 @@ class AdaptiveBatchNorm(nn.Module):
         self.recorded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.case_stats: CaseStats | None = None
         self.collect: list | None = None
+        self.capture = False
 
     @property
     def has_source_stats(self) -> bool:
@@ -103,6 +110,10 @@ class AdaptiveBatchNorm(nn.Module):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         if self.collect is not None:
             self._accumulate(x)
+        if self.capture and self.case_stats is None:
+            self._capture(x)
+        if self.case_stats is not None and not self.record:
+            return self._normalise_fixed(x)
         if self.prior <= 0.0 and plain:
             if self.per_sample:
                 return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
@@ -127,16 +138,41 @@ class AdaptiveBatchNorm(nn.Module):
         return out
 
     @torch.no_grad()
+    def _batch_stats(self, x: torch.Tensor) -> CaseStats:
+        """Biased per-channel mean and variance of ``x`` over its batch and spatial axes (BatchNorm's training-mode
+        statistics), detached, and the number of values per channel."""
+        var, mean = torch.var_mean(x.detach(), dim=(0, *range(2, x.dim())), unbiased=False)
+        return mean, var, x.numel() // x.shape[1]
+
     def _accumulate(self, x: torch.Tensor) -> None:
-        dims = (0, *range(2, x.dim()))
-        xd = x.detach().double()
-        sums = [xd.sum(dim=dims), (xd * xd).sum(dim=dims), x.numel() // x.shape[1]]
-        if self.collect:
-            self.collect[0] += sums[0]
-            self.collect[1] += sums[1]
-            self.collect[2] += sums[2]
-        else:
-            self.collect.extend(sums)
+        """Pool this forward's statistics into :attr:`collect` (Chan et al.'s parallel rule: exact, and stable when
+        the mean is large against the spread, unlike sums of squares)."""
+        mean, var, count = self._batch_stats(x)
+        mean, m2 = mean.double(), var.double() * count
+        if not self.collect:
+            self.collect.extend([count, mean, m2])
+            return
+        n, pooled_mean, pooled_m2 = self.collect
+        total = n + count
+        delta = mean - pooled_mean
+        pooled_mean = pooled_mean + delta * (count / total)
+        self.collect[:] = [total, pooled_mean, pooled_m2 + m2 + delta**2 * (n * count / total)]
+
+    def _capture(self, x: torch.Tensor) -> None:
+        mean, var, count = self._batch_stats(x)
+        self.case_stats = (mean, var, count)
+
+    def _normalise_fixed(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise with the fixed case statistics (constants: the gradient reaches the input and the affine
+        parameters, not the statistics), mixed with the source ones by ``prior``, in one fused ``batch_norm``."""
+        mean, var, count = self.case_stats
+        mean, var = mean.to(x), var.to(x)
+        if self.unbiased and count > 1:
+            var = var * (count / (count - 1))
+        if self.prior > 0.0:
+            mean = self.prior * self.running_mean + (1.0 - self.prior) * mean
+            var = self.prior * self.running_var + (1.0 - self.prior) * var
+        return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
 
     def _fixed_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, var, count = self.case_stats
@@ -312,10 +348,10 @@ def pooled_statistics(
 ) -> list[CaseStats | None]:
     """Per-layer statistics of one case seen in parts (e.g. the windows of a volume), pooled over all the parts.
 
-    ``run()`` forwards every part of the case through the network (without gradient). Each layer adds up
-    ``sum x``, ``sum x^2`` and the count of its inputs per channel over all the parts, and its case statistics are
-    ``mean = sum x / n`` and ``var = sum x^2 / n - mean^2`` (biased, float64): the statistics a BatchNorm in training
-    mode would compute on the batch of all the parts. In the first pass each part is normalised with its own
+    ``run()`` forwards every part of the case through the network (without gradient). Each layer pools the count,
+    mean and sum of squared deviations of its inputs per channel over all the parts (float64), and its case statistics
+    are their mean and biased variance: the statistics a BatchNorm in training mode would compute on the batch of all
+    the parts. In the first pass each part is normalised with its own
     statistics; each further pass normalises with the previous pass's pooled statistics and pools again. After ``k``
     passes the layers with fewer than ``k`` BatchNorm layers upstream have exactly the pooled statistics of the
     network normalised throughout with pooled statistics; ``passes`` = the number of BatchNorm layers makes all of
@@ -346,12 +382,34 @@ def pooled_statistics(
                     continue
                 if not layer.collect:
                     raise ValueError("a normalisation layer saw no input during the statistics pass.")
-                total, squares, count = layer.collect
-                mean = total / count
-                new.append((mean.float(), (squares / count - mean * mean).clamp_min(0.0).float(), int(count)))
+                count, mean, m2 = layer.collect
+                new.append((mean.float(), (m2 / count).float(), int(count)))
             stats = new
         finally:
             for layer in layers:
                 layer.collect = None
                 layer.case_stats = None
     return stats
+
+
+@contextmanager
+def captured_statistics(layers: Sequence[AdaptiveBatchNorm]) -> Iterator[None]:
+    """Within the context, the first forward of each layer that uses its input's statistics (``prior < 1``) takes
+    them from its input batch, as BatchNorm in training mode does (biased variance), but detached, and keeps them as
+    its fixed case statistics for every later forward in the context; on exit the layers use their inputs' statistics
+    again.
+
+    When the first forward is one batch of all the parts of a case (e.g. the patches of a volume), every layer gets
+    exactly the statistics BatchNorm in training mode computes on that batch, deep layers included (the statistics
+    of a network normalised throughout with the pooled statistics), in one pass; and that forward, if it carries a
+    gradient, gives the gradient of the fixed statistics (the statistics are constants).
+    """
+    try:
+        for layer in layers:
+            layer.capture = layer.prior < 1.0
+            layer.case_stats = None
+        yield
+    finally:
+        for layer in layers:
+            layer.capture = False
+            layer.case_stats = None

@@ -113,7 +113,18 @@ def test_summaries_and_stratified_interval():
             rows.append({"setting": "domain", "method": "m", **row})
             # a 2-round stream repeating the same images: same means, and the same intervals (images are resampled)
             rows += [{"setting": "stream", "method": "m", "round": k, **row} for k in (1, 2)]
+            fired = float(domain == "b" and i == 1)  # the collapse safeguard fired on case b1 of the first round
+            rows += [
+                {"setting": "stream", "method": "g", "round": k, **row, "safeguard": fired * (k == 1)} for k in (1, 2)
+            ]
     summaries = bench.summarize_runs(rows, ["a", "b"])
+    guarded = summaries["stream"]["g"]
+    assert guarded["overall"]["safeguard_fired"] == 1 and guarded["b"]["safeguard_fired"] == 1
+    assert (
+        guarded["rounds"]["1"]["overall"]["safeguard_fired"] == 1
+        and guarded["rounds"]["2"]["a"]["safeguard_fired"] == 0
+    )
+    assert "safeguard_fired" not in summaries["stream"]["m"]["overall"]
     summary = summaries["domain"]["m"]
     stream = summaries["stream"]["m"]
     for key in ("dice", "dice_lo", "dice_hi", "asd"):
@@ -167,6 +178,10 @@ def test_make_adapter_and_arguments():
         bench.parse_args(["--methods", "nope"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--settings", "weekly"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--vol-window", "stride=2"])
+    window = bench.parse_args(["--vol-window", "stats_from=tiles", "update_batch_size=1", "roi_size=[8,8,8]"])
+    assert window.vol_window == {"stats_from": "tiles", "update_batch_size": 1, "roi_size": [8, 8, 8]}
     args = bench.parse_args([])
     assert args.methods[:5] == ["source_only", "norm_adapt", "tent", "grata", "grata_approx"]
     assert args.settings == list(bench.SETTINGS)
@@ -184,6 +199,7 @@ def test_volume_benchmark_smoke(tmp_path):
         "--vol-epochs", "1",
         "--vol-methods", "source_only", "tent",
         "--vol-timing-reps", "1",
+        "--vol-window", "update_batch_size=2",
         "--out", str(out),
     ]  # fmt: skip
     bundle_files = sorted(bench.volumes.VOLUME_BUNDLE.rglob("*"))
@@ -204,6 +220,8 @@ def test_volume_benchmark_smoke(tmp_path):
     results = json.loads((vol / "results.json").read_text())
     assert list(results["timing"]) == ["source_only", "tent"]
     assert results["summary"]["domain"]["tent"]["thick"]["dice"] == pytest.approx(float(rows[1]["dice_mean"]))
+    window = results["meta"]["window"]
+    assert window["update_batch_size"] == 2 and window["stats_from"] == "patches" and window["num_patches"] == 4
     targets = {t["target"]: t for t in results["targets"]}
     tent = targets["tent time per volume / source-only sliding window (CPU) <= 2.5"]
     timing = results["timing"]

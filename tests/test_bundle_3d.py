@@ -17,6 +17,7 @@ from monai.bundle import ConfigWorkflow
 from tiny import digest, write_nifti_sites
 
 from monai_tta.bundle_utils import run_bundle
+from monai_tta.handlers import CaseReport
 from monai_tta.reports import read_case_csv
 from monai_tta.zoo import BundleFamily
 from monai_tta.zoo.checks import (
@@ -345,3 +346,56 @@ def test_concurrent_requests_to_the_sliding_window_adapter_each_get_the_sliding_
         t.join()
     assert not errors and len(results) == 9
     assert all(torch.equal(r, expected) for r in results)
+
+
+def test_two_torchrun_ranks_score_every_volume_as_one_process(tiny, tmp_path):
+    """The 3D bundle's multi_gpu configs under torchrun (2 gloo ranks, domain setting: whole sites, 4 and 2 volumes)."""
+    overrides = {**tiny, "target_domains": [*SITES, "bias_test"], "num_overlays": 0}
+    single = {**overrides, "output_dir": str(tmp_path / "single")}
+    run_bundle(MR, ["inference.json", "evaluate.json"], single, logging_file=False)
+    (tmp_path / "overrides.json").write_text(json.dumps(overrides))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
+    command += ["tests/sharded_runs.py", MR.name, str(tmp_path / "overrides.json"), str(tmp_path / "sharded"), "domain"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = tmp_path / "sharded" / "domain" / "GraTa"
+    assert [len(read_case_csv(out / f"cases.rank{r}.csv")) for r in range(2)] == [4, 2]
+
+    def rows(folder: Path) -> list[dict]:  # without reset: a rank's first volume starts from the source unannounced
+        return [{k: v for k, v in r.items() if k != "reset"} for r in read_case_csv(folder / "cases.csv")]
+
+    assert len(rows(out)) == 6 and rows(out) == rows(tmp_path / "single" / "GraTa")
+
+    def summary(folder: Path) -> dict:  # per site, every mean but the reset count's
+        values = json.loads((folder / "summary.json").read_text())["GraTa"]
+        return {site: {k: v for k, v in means.items() if k != "reset"} for site, means in values.items()}
+
+    assert summary(out) == summary(tmp_path / "single" / "GraTa")
+
+
+def test_a_crashed_run_resumes_mid_site_with_the_sliding_window_adapters_state(tiny, tmp_path, monkeypatch):
+    """The 3D bundle's RunCheckpoint (its data through CaseStream, the adapter inside SlidingWindowAdapter): a run
+    that crashes after the first volume of its second site resumes with that site's adapted state and ends as a run
+    that never crashed (rows and key metric)."""
+    overrides = dict(tiny)  # the shipped evaluate.json checkpoints after every volume
+    configs = ["inference.json", "evaluate.json"]
+    whole = run_bundle(MR, configs, {**overrides, "output_dir": str(tmp_path / "whole")}, logging_file=False)
+    record = CaseReport.__call__
+
+    def crash_at_the_last(self, engine):  # before the checkpoint of the 4th volume: the 3rd's is the last one
+        record(self, engine)
+        if len(self.rows) == 4:
+            raise RuntimeError("simulated crash")
+
+    crashed = {**overrides, "output_dir": str(tmp_path / "crashed")}
+    monkeypatch.setattr(CaseReport, "__call__", crash_at_the_last)
+    with pytest.raises(RuntimeError):
+        run_bundle(MR, configs, crashed, logging_file=False)
+    monkeypatch.setattr(CaseReport, "__call__", record)
+    resumed = run_bundle(MR, configs, crashed, logging_file=False)
+    assert resumed.parser.get_parsed_content("run_checkpoint").resumed_at == 3
+    rows = [read_case_csv(tmp_path / run / "GraTa" / "cases.csv") for run in ("whole", "crashed")]
+    assert len(rows[0]) == 4 and rows[1] == rows[0]
+    metric = [run.parser.get_parsed_content("evaluator").state.metrics["mean_dice"] for run in (whole, resumed)]
+    assert metric[1] == metric[0]

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from tiny import tiny_bundle_overrides
 
 from monai_tta.bundle_utils import run_bundle
-from monai_tta.distributed import shard_indices, shard_stream, stream_segments
+from monai_tta.distributed import rank_device, shard_indices, shard_stream, stream_segments
 from monai_tta.reports import read_case_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,12 +40,27 @@ def test_shares_cover_the_stream_once_in_order():
     assert [(c["stream_index"], c["stream_segment"]) for c in share] == [(3, 1), (4, 1), (9, 3), (10, 3)]
     with pytest.raises(ValueError, match="4 domain segments"):
         shard_indices(segments, "domain", 0, 5)
+    with pytest.raises(ValueError, match="dist_timeout_minutes"):
+        rank_device(0)
+
+
+_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+_TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
 
 
 def _torchrun(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
-    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*_TORCHRUN, *args], cwd=cwd, env=_ENV, capture_output=True, text=True, timeout=300)
+
+
+def _bundle_args(overrides: dict, out: Path, setting: str) -> list[str]:
+    """``run`` and the arguments of the GraTa bundle's sharded evaluation on the tiny data (the source model exists)."""
+    configs = [f"configs/{c}" for c in ("inference.json", "evaluate.json", "multi_gpu_inference.json")]
+    configs.append("configs/multi_gpu_evaluate.json")
+    args = ["run", "--config_file", str(configs), "--meta_file", "configs/metadata.json"]
+    args += ["--logging_file", "configs/logging.conf", "--generate_data", "False"]
+    args += ["--dataset_dir", overrides["dataset_dir"], "--output_dir", str(out)]
+    args += ["--source_checkpoint", overrides["source_checkpoint"], "--image_size", "32", "--num_overlays", "0"]
+    return args + ["--target_domains", str(list(DOMAINS)), "--setting", setting]
 
 
 def _rows(folder: Path) -> list[dict]:
@@ -60,7 +79,7 @@ def runs(tmp_path_factory):
         out = {"output_dir": str(tmp / "single" / setting), "setting": setting}
         run_bundle(GRATA, ["inference.json", "evaluate.json"], {**overrides, **out}, logging_file=False)
     (tmp / "overrides.json").write_text(json.dumps(overrides))
-    done = _torchrun("tests/sharded_runs.py", str(tmp / "overrides.json"), str(tmp / "sharded"), *settings)
+    done = _torchrun("tests/sharded_runs.py", GRATA.name, str(tmp / "overrides.json"), str(tmp / "sharded"), *settings)
     assert done.returncode == 0, done.stderr[-4000:]
     return tmp, overrides
 
@@ -103,17 +122,104 @@ def test_a_dying_rank_fails_the_run_loudly_and_leaves_no_summary(runs):
                 if not Path(item[key]).is_absolute():
                     item[key] = str(Path(overrides["dataset_dir"]) / item[key])
     (broken / "datalist.json").write_text(json.dumps(content))
-    configs = [f"configs/{c}" for c in ("inference.json", "evaluate.json", "multi_gpu_inference.json")]
-    configs.append("configs/multi_gpu_evaluate.json")
-    args = ["-m", "monai.bundle", "run", "--config_file", str(configs), "--meta_file", "configs/metadata.json"]
-    args += ["--logging_file", "configs/logging.conf", "--generate_data", "False"]
-    args += ["--datalist_file", str(broken / "datalist.json"), "--output_dir", str(out)]
-    args += ["--source_checkpoint", overrides["source_checkpoint"], "--image_size", "32", "--num_overlays", "0"]
-    args += ["--target_domains", str(list(DOMAINS)), "--setting", "domain"]
-    done = _torchrun(*args, cwd=GRATA)
+    args = ["-m", "monai.bundle", *_bundle_args(overrides, out, "domain")]
+    done = _torchrun(*args, "--datalist_file", str(broken / "datalist.json"), cwd=GRATA)
     assert done.returncode != 0
     assert Path(lost).name in done.stderr + done.stdout
     assert not (out / "GraTa" / "summary.json").exists() and not (out / "GraTa" / "cases.csv").exists()
+
+
+def _run(command: list[str], log: Path, during=None, timeout: float = 300) -> subprocess.Popen:
+    """Run ``command`` in its own session (logging to ``log``), call ``during(process)`` while it runs, and wait; if it
+    outlives ``timeout`` (a rank blocked forever), kill its whole session and fail."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            command, cwd=GRATA, env=_ENV, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            if during is not None:
+                during(process)
+            process.wait(timeout=timeout)
+        except BaseException:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+    return process
+
+
+def _worker_pid(launcher: int, rank: int) -> int | None:
+    """The process id of the ``torchrun`` worker of ``rank``: a child of the launcher whose environment says so."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) != launcher:
+                continue
+            if f"RANK={rank}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                return int(proc.name)
+        except (OSError, IndexError, ValueError):  # the process ended meanwhile
+            continue
+    return None
+
+
+def _position(path: Path) -> int:
+    """How many cases of its share a rank has finished, by its checkpoint (0 before the first)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["position"])
+    except (OSError, RuntimeError, EOFError):  # not written yet
+        return 0
+
+
+def _trace(folder: Path, rank: int) -> list[int]:
+    path = folder / f"trace.rank{rank}.txt"
+    return [int(line) for line in path.read_text().split()] if path.is_file() else []
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="finds the worker's process id in /proc")
+def test_a_rank_killed_mid_stream_fails_the_run_and_the_rerun_resumes_each_rank(runs):
+    """SIGKILL rank 0 mid-segment (the domain setting, so its adapter state must be restored) while rank 1, done with
+    its share, waits for it; the rerun of the same command resumes each rank where its checkpoint says."""
+    tmp, overrides = runs
+    out, traces = tmp / "killed", tmp / "traces"
+    (out / "GraTa").mkdir(parents=True)
+    stale = [out / "GraTa" / name for name in ("summary.json", "cases.csv", "cases.rank2.csv")]
+    for path in stale:  # results of an earlier run (one with 3 ranks) must not survive a failed run
+        path.write_text("{}")
+    command = [*_TORCHRUN, str(ROOT / "tests" / "traced_bundle.py"), str(traces), "0.6"]
+    command += _bundle_args(overrides, out, "domain")
+    segments = stream_segments([{"domain": d} for d in DOMAINS for _ in range(3)])
+    shares = [shard_indices(segments, "domain", r, 2) for r in range(2)]
+    assert shares == [[0, 1, 2, 6, 7, 8], [3, 4, 5]]
+    progress = [out / "GraTa" / f"progress.rank{r}.pt" for r in range(2)]
+
+    def kill_rank_0_mid_stream(launcher: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 120
+        while launcher.poll() is None and time.monotonic() < deadline and _position(progress[0]) < 4:
+            time.sleep(0.02)  # rank 0 is done with its first segment and one case into its second
+        pid = _worker_pid(launcher.pid, 0)
+        assert launcher.poll() is None and pid is not None, "the run ended before rank 0 could be killed"
+        os.kill(pid, signal.SIGKILL)
+
+    killed = _run(command, tmp / "killed.log", kill_rank_0_mid_stream)
+    logged = (tmp / "killed.log").read_text()
+    assert killed.returncode != 0, logged[-4000:]
+    assert "Root Cause" in logged and "SIGKILL" in logged, logged[-4000:]  # torchrun names the rank and its signal
+    assert not any(path.exists() for path in stale)
+    done = [_position(p) for p in progress]
+    first = [_trace(traces, r) for r in range(2)]
+    assert 4 <= done[0] < 6 and first[0][: done[0]] == shares[0][: done[0]] and len(first[0]) - done[0] in (0, 1)
+
+    rerun = _run(command, tmp / "rerun.log")
+    assert rerun.returncode == 0, (tmp / "rerun.log").read_text()[-4000:]
+    for r in range(2):  # each rank scored only what its checkpoint had not: none of its finished cases again
+        assert _trace(traces, r)[len(first[r]) :] == shares[r][done[r] :]
+    folder = out / "GraTa"
+    expected = tmp / "sharded" / "domain" / "GraTa"
+    assert read_case_csv(folder / "cases.csv") == read_case_csv(expected / "cases.csv")
+    assert _rows(out) == _rows(tmp / "single" / "domain")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary == json.loads((expected / "summary.json").read_text())
+    key_metric = re.search(r"Key metric: mean_dice best value: (\S+)", (tmp / "rerun.log").read_text())
+    # the key metric covers all 9 cases: each rank restored the values of the cases it had done
+    assert 100 * float(key_metric.group(1)) == pytest.approx(summary["GraTa"]["overall"]["dice_mean"], abs=1e-4)
 
 
 def test_rank_0_refuses_rows_that_miss_or_repeat_a_case(tmp_path, monkeypatch):

@@ -455,3 +455,23 @@ def test_bad_cases_are_failed_rows_never_stored_nor_trained_on_and_resume(tmp_pa
     assert_same_report(resumed.run(cases, held), mixed)
     assert _rows(tmp_path / "resumed") == rows
     assert_same_state(resumed.global_student.state_dict(), global_state, atol=1e-6)
+
+
+def test_a_rank_folder_is_refused_by_a_rerun_with_another_number_of_ranks(tmp_path, monkeypatch):
+    """Under torchrun a rank's block depends on the number of ranks: its folder records both, and a rerun with another
+    count is refused even where the block's length is the same (checkpoint after the first day)."""
+    import monai_tta.engines.daynight as daynight
+
+    monkeypatch.setattr(daynight, "get_rank", lambda: 1)
+    monkeypatch.setattr(daynight, "get_world_size", lambda: 2)
+
+    def stop(event, info):
+        if event == "night_checkpoint":
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError):
+        make_runner(tmp_path, stop).run(stream(), heldout())
+    assert (tmp_path / "checkpoint.pt").is_file()
+    monkeypatch.setattr(daynight, "get_world_size", lambda: 3)
+    with pytest.raises(ValueError, match="'world_size': 2"):
+        make_runner(tmp_path).run(stream(), heldout())

@@ -56,7 +56,7 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_with_the_same_results(tiny, 
     overrides = {**tiny, "setting": "continual"}
     configs = ["inference.json", "evaluate.json"]
     ckpt_digest = digest(tiny["source_checkpoint"])
-    run_bundle(GRATA, configs, {**overrides, "output_dir": str(tmp_path / "whole")}, logging_file=False)
+    whole = run_bundle(GRATA, configs, {**overrides, "output_dir": str(tmp_path / "whole")}, logging_file=False)
     expected = _rows(tmp_path / "whole", "GraTa")
 
     killed = {**overrides, "output_dir": str(tmp_path / "killed")}
@@ -81,9 +81,20 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_with_the_same_results(tiny, 
         workflow.parser.get_parsed_content("run_checkpoint").resumed_at >= done - 1
     )  # at most the case between the CSV and the checkpoint is done again
     assert _rows(tmp_path / "killed", "GraTa") == expected
+    metric = workflow.parser.get_parsed_content("evaluator").state.metrics["mean_dice"]  # over every case: restored
+    assert metric == whole.parser.get_parsed_content("evaluator").state.metrics["mean_dice"]
     summary = json.loads((tmp_path / "killed" / "GraTa" / "summary.json").read_text())
     assert summary == json.loads((tmp_path / "whole" / "GraTa" / "summary.json").read_text())
+    runs = ("whole", "killed")
+    overlays = [sorted(p.name for p in (tmp_path / run / "GraTa" / "overlays").iterdir()) for run in runs]
+    assert overlays[1] == overlays[0] and len(overlays[0]) == 4  # the resumed cases are not taken for the first ones
     assert digest(tiny["source_checkpoint"]) == ckpt_digest  # the source checkpoint is never written
+
+    again = run_bundle(GRATA, configs, killed, logging_file=False)  # once more: every case was done, none runs again
+    assert again.parser.get_parsed_content("run_checkpoint").resumed_at == 2 * PER_DOMAIN
+    assert again.parser.get_parsed_content("evaluator").state.metrics["mean_dice"] == metric
+    assert _rows(tmp_path / "killed", "GraTa") == expected
+    assert json.loads((tmp_path / "killed" / "GraTa" / "summary.json").read_text()) == summary
 
 
 class _Crash(RuntimeError):

@@ -118,6 +118,91 @@ def test_more_statistics_passes_make_deeper_layers_exact():
     assert expected.shape == (4, 2, 8, 8, 8)
 
 
+def _fixed_two_bn(net, mean_var):
+    """TinyNet3d(second_bn=True) normalised with fixed statistics ``[(m1, v1), (m2, v2)]``."""
+    (m1, v1), (m2, v2) = mean_var
+
+    def forward(v):
+        h = torch.relu(F.batch_norm(net.conv(v), m1, v1, net.bn.weight, net.bn.bias, False, 0.0, net.bn.eps))
+        bn2 = net.mid[1]
+        h = torch.relu(F.batch_norm(net.mid[0](h), m2, v2, bn2.weight, bn2.bias, False, 0.0, bn2.eps))
+        return net.head(h)
+
+    return forward
+
+
+def test_patch_statistics_are_batchnorm_training_statistics_of_the_batch_of_patches():
+    """stats_from="patches": every layer (the deeper one too) gets the statistics BatchNorm in training mode computes on
+    the batch of the K patches, and the whole volume is predicted with them."""
+    net, x = tiny3d(second_bn=True), vol((1, 2, 24, 12, 8))
+    roi, patches = (8, 8, 8), sample_patches((24, 12, 8), (8, 8, 8), 3)
+    out = SlidingWindowAdapter(NormAdapt(), roi_size=roi, overlap=0.5, sw_batch_size=4, num_patches=3)(
+        x, copy.deepcopy(net)
+    )
+    batch = torch.cat([x[(ALL, ALL, *p)] for p in patches])
+    with torch.no_grad():
+        h1 = net.conv(batch)
+        m1, v1 = h1.mean(dim=(0, 2, 3, 4)), h1.var(dim=(0, 2, 3, 4), unbiased=False)
+        h1 = torch.relu(F.batch_norm(h1, m1, v1, net.bn.weight, net.bn.bias, False, 0.0, net.bn.eps))
+        h2 = net.mid[0](h1)
+        m2, v2 = h2.mean(dim=(0, 2, 3, 4)), h2.var(dim=(0, 2, 3, 4), unbiased=False)
+        expected = SlidingWindowInferer(roi, 4, 0.5, "gaussian")(x, _fixed_two_bn(net, [(m1, v1), (m2, v2)]))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    tiles = SlidingWindowAdapter(NormAdapt(), roi_size=roi, overlap=0.5, sw_batch_size=4, stats_from="tiles")
+    assert not torch.allclose(tiles(x, copy.deepcopy(net)), out, atol=1e-4)  # 6 tiles: other windows, other stats
+
+
+def count_forwards(net):
+    calls = []
+    net.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    return calls
+
+
+@pytest.mark.parametrize("cls", [Tent, GraTa, SAR])
+def test_statistics_from_the_update_forward_equal_a_separate_pass(cls):
+    """With the K patches in one update batch the statistics come from the update's first forward (no extra pass);
+    batches of one patch take them from a no-grad forward of the K patches first: same statistics, same update and
+    prediction."""
+    x, results = vol((1, 1, 24, 16, 8)), []
+    for update_batch in (3, 1):
+        net = unet3d()
+        calls = count_forwards(net)
+        adapter = SAR(margin=1e9) if cls is SAR else cls()
+        sw = SlidingWindowAdapter(adapter, roi_size=8, sw_batch_size=4, num_patches=3, update_batch_size=update_batch)
+        out = sw(x, net)
+        results.append((out, [p.detach().clone() for p in net.parameters()], calls))
+    (fused, fused_params, fused_calls), (apart, apart_params, apart_calls) = results
+    torch.testing.assert_close(fused, apart, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fused_params, apart_params):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert fused_calls[0] == 3 and apart_calls[:2] == [3, 1]  # the statistics batch, then the first update batch
+    assert sum(apart_calls) == sum(fused_calls) + 3  # the same forwards, plus the statistics batch of 3 patches
+
+
+def test_patch_statistics_do_not_depend_on_patch_order(monkeypatch):
+    x, results = vol((1, 1, 24, 16, 8)), []
+    for reverse in (False, True):
+        if reverse:
+            monkeypatch.setattr(sliding_window, "sample_patches", lambda *a: sample_patches(*a)[::-1])
+        net = unet3d()
+        out = SlidingWindowAdapter(Tent(), roi_size=8, sw_batch_size=8, num_patches=None)(x, net)
+        results.append((out, [p.detach().clone() for p in net.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+
+
+def test_pooled_statistics_are_stable_for_a_large_mean():
+    layer = convert_norms(nn.Sequential(nn.BatchNorm3d(2)))[0]
+    layer.prior = 0.0
+    parts = [1000.0 + 0.01 * torch.randn(2, 2, 4, 4, 4, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    ((mean, var, count),) = pooled_statistics([layer], lambda: [layer(p) for p in parts])
+    joint = torch.cat(parts).double()
+    assert count == 3 * 2 * 64
+    torch.testing.assert_close(mean.double(), joint.mean(dim=(0, 2, 3, 4)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(var.double(), joint.var(dim=(0, 2, 3, 4), unbiased=False), atol=2e-6, rtol=0.02)
+
+
 @pytest.mark.parametrize("cls", [Tent, GraTa])
 def test_prediction_does_not_depend_on_window_or_patch_order(cls, monkeypatch):
     x, results = vol((1, 1, 24, 16, 8)), []
@@ -133,14 +218,17 @@ def test_prediction_does_not_depend_on_window_or_patch_order(cls, monkeypatch):
             torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
 
 
-def test_patch_gradients_are_the_mean_over_patches():
-    net, x = tiny3d(), vol((1, 2, 16, 8, 8))
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_patch_gradients_are_the_mean_over_patches(batch_size):
+    net, x = tiny3d(), vol((1, 2, 24, 8, 8))
+    net.eval()  # fixed statistics: each patch's loss is independent of the others in its batch
     params = [net.bn.weight, net.bn.bias]
-    parts = CaseParts(sample_patches(x.shape[2:], (8, 8, 8)))
-    grads, loss, used = parts.grads(lambda i: net(x[i]).pow(2).mean(), params)
-    joint = torch.stack([net(x[i]).pow(2).mean() for i in parts]).mean()
+    parts = CaseParts(sample_patches(x.shape[2:], (8, 8, 8)), batch_size=batch_size)
+    assert [len(g) for g in parts] == {1: [1, 1, 1], 2: [2, 1], 3: [3]}[batch_size]  # groups: one forward each
+    grads, loss, used = parts.grads(lambda g: net(parts.take(x, g)).pow(2).mean(), params)
+    joint = torch.stack([net(x[i]).pow(2).mean() for i in parts.slices]).mean()
     expected = torch.autograd.grad(joint, params)
-    assert used == 2
+    assert used == 3
     torch.testing.assert_close(loss, joint.detach())
     for g, e in zip(grads, expected):
         torch.testing.assert_close(g, e)
@@ -183,6 +271,10 @@ def test_patchwise_update_keeps_one_patch_graph_alive(cls):
     tiles = peak_saved(lambda: SlidingWindowAdapter(cls(), roi_size=16, num_patches=None)(x, unet3d()))
     whole = peak_saved(lambda: cls()(x, unet3d()))
     assert 0 < tiles <= 1.05 * one  # 2 grid tiles: the peak stays that of one patch
+    pair = peak_saved(
+        lambda: SlidingWindowAdapter(cls(), roi_size=16, num_patches=None, update_batch_size=2)(x, unet3d())
+    )
+    assert 1.8 * one <= pair <= 2.1 * one  # the 2 tiles in one update batch: that batch's graph
     assert whole > 1.5 * one
 
 
@@ -233,6 +325,10 @@ def test_clear_errors():
         SlidingWindowAdapter(Tent(), roi_size=6)(vol((1, 1, 12, 12, 12)), unet3d())
     with pytest.raises(ValueError):
         SlidingWindowAdapter(Tent(), roi_size=8, patch_sampling="everywhere")
+    with pytest.raises(ValueError):
+        SlidingWindowAdapter(Tent(), roi_size=8, stats_from="slices")
+    with pytest.raises(ValueError, match="update_batch_size"):
+        SlidingWindowAdapter(Tent(), roi_size=8, update_batch_size=0)
 
 
 def test_replaces_the_inferer_of_a_zoo_style_config():

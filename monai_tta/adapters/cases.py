@@ -2,9 +2,9 @@
 
 A method's update is written once, as gradients of a loss over the *parts* of the case (:class:`CaseParts`): for a
 whole input there is one part, the input itself, and the update is exactly the published one; for a volume adapted on
-patches (:class:`~monai_tta.inferers.SlidingWindowAdapter`) the parts are patches, and the gradient of the case is the
-mean of the patch gradients, each patch's graph freed before the next one is built (so the peak memory stays that of
-one patch's forward and backward pass).
+patches (:class:`~monai_tta.inferers.SlidingWindowAdapter`) the parts are patches, forwarded in groups (batches of
+patches), and the gradient of the case is the mean of the patch gradients, each group's graph freed before the next one
+is built (so the peak memory stays that of one group's forward and backward pass).
 
 A :class:`Case` is the per-call plan the adapter follows: how the input is prepared (padded), which statistics the
 BatchNorm layers use while the case is adapted, which parts the update sees, and how the prediction is made.
@@ -26,23 +26,41 @@ from monai_tta.padding import network_divisor, pad_to_multiple
 if TYPE_CHECKING:
     from monai_tta.adapters.base import Adapter, AdapterState
 
-__all__ = ["CaseParts", "Case", "WholeCase"]
+__all__ = ["PartIndex", "PartGroup", "CaseParts", "Case", "WholeCase"]
 
 #: index of a part in a ``(B, C, *spatial)`` input.
 PartIndex = tuple[slice, ...]
+#: the parts one forward of an update takes, concatenated along the batch axis.
+PartGroup = tuple[PartIndex, ...]
+#: what a loss function of a group returns: its mean loss, ``(mean loss, number of parts it averages)``, or ``None``.
+LossOfGroup = torch.Tensor | tuple[torch.Tensor, int] | None
 
 
 class CaseParts:
-    """The parts of one case that an update computes its gradients on.
+    """The parts of one case that an update computes its gradients on, forwarded in groups.
+
+    A method's loss function receives a *group* (a tuple of part indices) and cuts its tensors with :meth:`take`,
+    which concatenates the group's parts along the batch axis: a group of ``c`` parts is one forward of batch ``c``
+    (on a CPU, PyTorch's convolutions are several times faster per part at batch 2 or more than at batch 1).
 
     Args:
         slices: one index per part into the ``(B, C, *spatial)`` input (spatial slices are prefixed with the batch and
             channel axes); ``None`` is the whole input as a single part.
+        batch_size: parts per group (the last group may hold fewer).
+
+    Raises:
+        ValueError: if ``batch_size < 1``.
     """
 
-    def __init__(self, slices: Sequence[PartIndex] | None = None) -> None:
+    def __init__(self, slices: Sequence[PartIndex] | None = None, batch_size: int = 1) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.whole = slices is None
         self.slices: list[PartIndex] = [(slice(None),)] if slices is None else [self._full(s) for s in slices]
+        self.groups: list[PartGroup] = [
+            tuple(self.slices[i : i + batch_size]) for i in range(0, len(self.slices), batch_size)
+        ]
+        self._taken: tuple[torch.Tensor, PartGroup, torch.Tensor] | None = None
 
     @staticmethod
     def _full(index: PartIndex) -> PartIndex:
@@ -53,48 +71,66 @@ class CaseParts:
     def __len__(self) -> int:
         return len(self.slices)
 
-    def __iter__(self) -> Iterator[PartIndex]:
-        return iter(self.slices)
+    def __iter__(self) -> Iterator[PartGroup]:
+        return iter(self.groups)
 
-    def take(self, x: torch.Tensor, index: PartIndex) -> torch.Tensor:
-        """Part ``index`` of ``x`` (``x`` itself for the whole case)."""
-        return x if self.whole else x[index]
+    def only(self, groups: Sequence[PartGroup]) -> CaseParts:
+        """These parts restricted to ``groups`` (e.g. the groups a filter kept), grouped as given."""
+        if self.whole:
+            return self
+        subset = CaseParts([index for group in groups for index in group])
+        subset.groups = [tuple(group) for group in groups]
+        return subset
+
+    def take(self, x: torch.Tensor, group: PartGroup) -> torch.Tensor:
+        """The parts of ``group`` cut from ``x`` and concatenated along the batch axis (``x`` itself for the whole
+        case). Taking the same group of the same tensor again returns the same tensor object."""
+        if self.whole:
+            return x
+        taken = self._taken
+        if taken is not None and taken[0] is x and taken[1] == group:
+            return taken[2]
+        batch = x[group[0]] if len(group) == 1 else torch.cat([x[index] for index in group])
+        self._taken = (x, tuple(group), batch)
+        return batch
 
     def grads(
-        self, loss_fn: Callable[[PartIndex], torch.Tensor | None], params: Sequence[torch.Tensor]
+        self, loss_fn: Callable[[PartGroup], LossOfGroup], params: Sequence[torch.Tensor]
     ) -> tuple[list[torch.Tensor] | None, torch.Tensor | None, int]:
-        """Gradients of the case loss: the mean over the parts of ``grad loss_fn(part)``.
+        """Gradients of the case loss: the mean over the parts of ``grad loss(part)``.
 
-        Each part's loss is differentiated (:func:`~monai_tta.gradients.param_grads`, which frees its graph) before the
-        next part's forward runs, so at most one part's graph is alive. A part whose ``loss_fn`` returns ``None`` is
-        skipped (e.g. SAR's unreliable samples). With a single part the gradient and loss are returned unchanged
-        (no host synchronisation, bit for bit the whole-input update).
+        ``loss_fn(group)`` returns the mean loss of the group's parts (then each part weighs 1), or ``(loss,
+        weight)`` where ``weight`` is the number of parts the loss averages over (e.g. SAR's reliable ones), or
+        ``None`` to skip the group. Each group's loss is differentiated (:func:`~monai_tta.gradients.param_grads`,
+        which frees its graph) before the next group's forward runs, so at most one group's graph is alive. The
+        gradient is the weighted mean of the group gradients, i.e. the mean over the parts used. With a single group
+        the gradient and loss are returned unchanged (no host synchronisation, bit for bit the whole-input update).
 
         Args:
-            loss_fn: the loss of one part, given its index (use :meth:`take` to cut tensors).
+            loss_fn: the loss of one group of parts, given the group (use :meth:`take` to cut tensors).
             params: the parameters to differentiate.
 
         Returns:
-            the mean gradients (``None`` if every part was skipped), the mean loss (detached, or ``None``) and the
+            the mean gradients (``None`` if every group was skipped), the mean loss (detached, or ``None``) and the
             number of parts used.
         """
-        total: list[torch.Tensor] | None = None
-        loss_sum: torch.Tensor | None = None
-        used = 0
-        for index in self.slices:
-            loss = loss_fn(index)
-            if loss is None:
+        results: list[tuple[list[torch.Tensor], torch.Tensor, int]] = []
+        for group in self.groups:
+            out = loss_fn(group)
+            if out is None:
                 continue
-            grads = param_grads(loss, params)
-            used += 1
-            if total is None:
-                total, loss_sum = grads, loss.detach()
-            else:
-                torch._foreach_add_(total, grads)
-                loss_sum = loss_sum + loss.detach()
-        if total is not None and used > 1:
-            torch._foreach_div_(total, float(used))
-            loss_sum = loss_sum / used
+            loss, weight = out if isinstance(out, tuple) else (out, len(group))
+            results.append((param_grads(loss, params), loss.detach(), int(weight)))
+        if not results:
+            return None, None, 0
+        if len(results) == 1:
+            return results[0]
+        used = sum(weight for _, _, weight in results)
+        total = [g * (results[0][2] / used) for g in results[0][0]]
+        loss_sum = results[0][1] * (results[0][2] / used)
+        for grads, loss, weight in results[1:]:
+            torch._foreach_add_(total, grads, alpha=weight / used)
+            loss_sum = loss_sum + loss * (weight / used)
         return total, loss_sum, used
 
 

@@ -39,6 +39,7 @@ from monai.utils import look_up_option
 from torch import nn
 
 from monai_tta.adapters.base import Adapter, AdapterState, set_lr
+from monai_tta.adapters.cases import PartGroup
 from monai_tta.gradients import global_cosine, perturb, restore, set_grads
 from monai_tta.graphs import CapturedCall
 from monai_tta.keys import Setting, StatKeys
@@ -250,8 +251,8 @@ class GraTa(Adapter):
         keep_logits = parts.whole or self.mode != "exact"
         aux_logits: list[torch.Tensor] = []
 
-        def aux_fn(index: tuple[slice, ...]) -> torch.Tensor:
-            logits = network(parts.take(inputs, index))
+        def aux_fn(group: PartGroup) -> torch.Tensor:
+            logits = network(parts.take(inputs, group))
             if keep_logits:
                 aux_logits.append(logits.detach())
             return entropy_loss(logits.float())
@@ -260,8 +261,8 @@ class GraTa(Adapter):
         theta = perturb(params, g_aux, scale=-1.0)
         own = iter(aux_logits)
 
-        def pse_fn(index: tuple[slice, ...]) -> torch.Tensor:
-            x, s = parts.take(inputs, index), parts.take(strong, index)
+        def pse_fn(group: PartGroup) -> torch.Tensor:
+            x, s = parts.take(inputs, group), parts.take(strong, group)
             if self.mode == "exact":
                 return self._pseudo_loss(state, x, network, s)
             # approximate: the pseudo-label is the entropy pass's own prediction (one view, at theta)

@@ -11,7 +11,7 @@ from monai.utils import look_up_option
 from torch import nn
 
 from monai_tta.adapters.base import Adapter, AdapterState
-from monai_tta.adapters.cases import CaseParts
+from monai_tta.adapters.cases import PartGroup
 from monai_tta.gradients import global_cosine, perturb, restore, set_grads
 from monai_tta.keys import Setting, StatKeys
 from monai_tta.losses import entropy_map
@@ -103,11 +103,11 @@ class SAR(Adapter):
         parts = self.case_parts(inputs)
         reported: list[torch.Tensor] = []
         entropies: list[torch.Tensor] = []
-        kept: list[tuple[tuple[slice, ...], torch.Tensor]] = []
+        kept: list[tuple[PartGroup, torch.Tensor]] = []
         limits: list[float] = []
 
-        def first_loss(index: tuple[slice, ...]) -> torch.Tensor | None:
-            logits = network(parts.take(inputs, index))
+        def first_loss(group: PartGroup) -> tuple[torch.Tensor, int] | None:
+            logits = network(parts.take(inputs, group))
             if parts.whole:
                 reported.append(logits.detach())
             if not limits:
@@ -119,8 +119,8 @@ class SAR(Adapter):
             keep = ent < limits[0]
             if not bool(keep.any()):
                 return None
-            kept.append((index, keep))
-            return ent[keep].mean()
+            kept.append((group, keep))
+            return ent[keep].mean(), int(keep.sum())  # weighs as many samples (patches) as it averages
 
         g, _, _ = parts.grads(first_loss, state.params)
         margin, threshold = limits
@@ -133,12 +133,12 @@ class SAR(Adapter):
         theta = perturb(state.params, g, scale=self.rho / (norm + 1e-12))
         masks = iter([keep for _, keep in kept])
 
-        def second_loss(index: tuple[slice, ...]) -> torch.Tensor | None:
-            ent2 = self._entropies(network(parts.take(inputs, index)[next(masks)]))
+        def second_loss(group: PartGroup) -> tuple[torch.Tensor, int] | None:
+            ent2 = self._entropies(network(parts.take(inputs, group)[next(masks)]))
             keep2 = ent2 < margin
-            return ent2[keep2].mean() if bool(keep2.any()) else None
+            return (ent2[keep2].mean(), int(keep2.sum())) if bool(keep2.any()) else None
 
-        second = parts if parts.whole else CaseParts([index for index, _ in kept])
+        second = parts.only([group for group, _ in kept])
         g2, loss2, used = second.grads(second_loss, state.params)
         restore(state.params, theta)
         if g2 is not None:

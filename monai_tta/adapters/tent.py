@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from monai_tta.adapters.base import Adapter, AdapterState
+from monai_tta.adapters.cases import PartGroup
 from monai_tta.gradients import set_grads
 from monai_tta.keys import Setting, StatKeys
 from monai_tta.losses import entropy_loss
@@ -43,8 +44,8 @@ class Tent(Adapter):
         parts = self.case_parts(inputs)
         forwards: list[torch.Tensor] = []
 
-        def loss_fn(index: tuple[slice, ...]) -> torch.Tensor:
-            logits = network(parts.take(inputs, index))
+        def loss_fn(group: PartGroup) -> torch.Tensor:
+            logits = network(parts.take(inputs, group))
             if parts.whole:
                 forwards.append(logits.detach())
             return entropy_loss(logits, self.activation)

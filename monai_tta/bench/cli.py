@@ -80,7 +80,9 @@ Options (defaults in brackets):
   [16]; ``--vol-epochs`` [the bundle's]; ``--vol-checkpoint`` [``<cache>/source_mr_...pt``];
   ``--vol-bundle`` [bundles/grata_prostate_mr_segmentation]; ``--vol-methods`` [source_only norm_adapt tent grata];
   ``--vol-settings`` [domain]; ``--vol-patches`` patches each update is computed on (``num_patches`` of the
-  sliding-window adapter) [the bundle's inferer, else the adapter's default]; ``--vol-timing-reps`` [7];
+  sliding-window adapter) [the bundle's inferer, else the adapter's default]; ``--vol-window KEY=VALUE ...``
+  other options of the sliding-window adapter (e.g. ``stats_from=tiles update_batch_size=1``; values read as JSON,
+  else as text) [the bundle's, else the adapter's defaults]; ``--vol-timing-reps`` [7];
   ``--vol-out`` [``<out>/3d``];
   ``--device``, ``--amp``, ``--compile``, ``--seed``, ``--rounds``, ``--timing-only``, ``--no-memory`` and
   ``--no-plots`` apply to both;
@@ -112,7 +114,7 @@ from monai_tta.bench.methods import DEFAULT_METHODS, METHODS, SETTINGS, availabl
 from monai_tta.bench.probes import AMP
 from monai_tta.bench.runner import run_benchmark
 from monai_tta.bench.soak import SOAK_METHODS, run_soak
-from monai_tta.bench.volumes import VOLUME_BUNDLE, VOLUME_METHODS
+from monai_tta.bench.volumes import VOLUME_BUNDLE, VOLUME_METHODS, window_overrides
 from monai_tta.reports import format_number
 
 __all__ = ["parse_args", "main"]
@@ -152,6 +154,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     v.add_argument("--vol-methods", nargs="+", default=list(VOLUME_METHODS), help="methods of the 3D runs")
     v.add_argument("--vol-settings", nargs="+", default=["domain"], help="settings of the 3D runs")
     v.add_argument("--vol-patches", type=int, default=None, help="patches of each update (default: the bundle's)")
+    v.add_argument(
+        "--vol-window",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="options of the sliding-window adapter over the bundle's (e.g. stats_from=tiles update_batch_size=1)",
+    )
     v.add_argument("--vol-out", default=None, help="output folder of the 3D results (default <out>/3d)")
     v.add_argument("--vol-timing-reps", type=int, default=7, help="timed calls per method on one volume")
     k = p.add_argument_group("soak run (--soak N: only the soak, written to <out>/soak.md and soak.json)")
@@ -189,6 +198,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--num-per-domain, --rounds and --timing-reps must be >= 1, --num-source >= 2")
     if args.vol_cases < 1 or args.vol_num_source < 2 or args.vol_timing_reps < 1 or (args.vol_patches or 1) < 1:
         p.error("--vol-cases, --vol-patches and --vol-timing-reps must be >= 1, --vol-num-source >= 2")
+    try:
+        args.vol_window = window_overrides(args.vol_window)
+    except ValueError as e:
+        p.error(str(e))
     args.dims = sorted(set(args.dims))
     return args
 

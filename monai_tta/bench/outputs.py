@@ -103,16 +103,22 @@ def cost_table(timing: Mapping[str, Mapping[str, Any]], run_ms: Mapping[str, flo
     """Markdown table of the cost per case of each method, with each figure's ratio to source-only.
 
     Args:
-        timing: per method, ``median_ms``, ``peak_extra_mb`` and ``peak_total_mb``.
+        timing: per method, ``median_ms``, ``peak_extra_mb`` and ``peak_total_mb`` (and ``median_cpu_ms``: a CPU
+            time column when every method has it).
         run_ms: per method, the median time per case of the Dice runs (a ``-`` column when not given).
     """
     ref, run_ms = timing.get(REFERENCE, {}), run_ms or {}
     columns = ["ms", "ms_x", "run_ms", "run_x", "extra", "extra_x", "total", "total_x"]
     headers = ["ms/case", "x source-only", "ms/case (runs)", "x", "peak extra MiB", "x", "peak total MiB", "x"]
+    cpu = bool(timing) and all("median_cpu_ms" in t for t in timing.values())
+    if cpu:
+        columns[2:2], headers[2:2] = ["cpu", "cpu_x"], ["CPU ms/case", "x"]
     table = {}
     for method, t in timing.items():
         r_ms = run_ms.get(method, math.nan)
         table[method] = {
+            "cpu": format_number(t.get("median_cpu_ms", math.nan), 1),
+            "cpu_x": format_number(ratio(t.get("median_cpu_ms", math.nan), ref.get("median_cpu_ms")), 2),
             "ms": format_number(t["median_ms"], 1),
             "ms_x": format_number(ratio(t["median_ms"], ref.get("median_ms")), 2),
             "run_ms": format_number(r_ms, 1),
@@ -183,8 +189,9 @@ def _markdown(
         "## Cost per case",
         "",
         f"Timing phase: every method called in turn on the same {meta.get('timing_size')}x{meta.get('timing_size')} "
-        f"image, {cfg['timing_reps']} rounds (order rotated), median wall time; *runs*: median over all cases of the "
-        f"setting runs ({cfg['image_size']}x{cfg['image_size']}). Peak memory of one call on the timing image "
+        f"image, {cfg['timing_reps']} rounds (order rotated), median wall time (and process CPU time); *runs*: "
+        f"median over all cases of the setting runs ({cfg['image_size']}x{cfg['image_size']}). Peak memory of one "
+        "call on the timing image "
         f"({meta.get('memory_kind')}, median of 3): *extra* = peak minus the memory in use just before the call, "
         "*total* = the peak (see `python -m monai_tta.bench --help` and the module docstring for how). Ratios are to "
         "source-only measured in the same run.",
@@ -315,6 +322,14 @@ def _dice_sections(summary: Mapping[str, Any], meta: Mapping[str, Any], domains:
             lines += ["", "Dice (%) per round of the stream:", ""]
             per_round = {m: {f"round {r}": b["rounds"][r]["overall"] for r in rounds} for m, b in methods.items()}
             lines.append(dice_table(per_round, [f"round {r}" for r in rounds]))
+            fired = {
+                m: {f"round {r}": b["rounds"][r]["overall"].get("safeguard_fired", 0) for r in rounds}
+                for m, b in methods.items()
+                if "safeguard_fired" in b.get("overall", {})
+            }
+            if fired:
+                lines += ["", "Collapse safeguard: cases where it fired (returned to the source state), per round:", ""]
+                lines.append(markdown_table(fired, [f"round {r}" for r in rounds], row_title="method", digits=0))
     return lines
 
 
@@ -349,7 +364,8 @@ def _volume_markdown(
         "## Cost per volume",
         "",
         f"Timing phase: every method called in turn on the same volume ({shape} voxels after preprocessing), "
-        f"{cfg['vol_timing_reps']} rounds (order rotated, after one warm-up call), median wall time; *runs*: median "
+        f"{cfg['vol_timing_reps']} rounds (order rotated, after one warm-up call), median wall time and median "
+        "process CPU time (all threads: the work of a call whatever the load of the machine); *runs*: median "
         "over all volumes of the Dice runs. Peak memory of one call on that volume "
         f"({meta.get('memory_kind')}, median of 3): *extra* = peak minus the memory in use just before the call, "
         "*total* = the peak. Ratios are to source-only sliding-window inference (`source_only`: the source model "

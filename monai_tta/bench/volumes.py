@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-from collections.abc import Mapping
+import inspect
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ __all__ = [
     "VOLUME_PASSES",
     "volume_parser",
     "window_options",
+    "window_overrides",
     "adapter_options",
     "prepare_volumes",
     "prepare_volume_network",
@@ -39,13 +42,15 @@ VOLUME_METHODS = ("source_only", "norm_adapt", "tent", "grata")
 #: what one call of each method computes on a volume through the sliding-window adapter (K: ``num_patches``).
 VOLUME_PASSES = {
     "source_only": "the sliding-window prediction with the source model and its running statistics (the reference)",
-    "norm_adapt": "a statistics pass over the non-overlapping tiles of the roi (per-volume BatchNorm statistics), "
-    "then the sliding-window prediction with them; no gradient",
-    "tent": "the statistics pass; entropy forward + backward on each of the K patches (gradients averaged), one Adam "
-    "step on the BatchNorm affine parameters; the sliding-window prediction",
-    "grata": "the statistics pass; per patch, in two sweeps: entropy forward + backward at theta, then at theta' the 6 "
-    "pseudo-label views (forwards) and the strong view (forward + backward); one step with the cosine learning rate; "
-    "the sliding-window prediction",
+    "norm_adapt": "the per-volume BatchNorm statistics (a no-grad forward of the K patches, or of the "
+    "non-overlapping tiles with stats_from=tiles), then the sliding-window prediction with them; no gradient",
+    "tent": "entropy forward + backward on the K patches (gradients averaged; batches of update_batch_size patches; "
+    "with stats_from=patches and K <= update_batch_size that forward also gives the per-volume statistics, else a "
+    "no-grad statistics pass runs first), one Adam step on the BatchNorm affine parameters; the sliding-window "
+    "prediction",
+    "grata": "the same statistics; on the K patches (batches of update_batch_size), in two sweeps: entropy forward + "
+    "backward at theta, then at theta' the 6 pseudo-label views (forwards) and the strong view (forward + backward); "
+    "one step with the cosine learning rate; the sliding-window prediction",
 }
 #: keys of the bundle's ``inferer`` that are not sliding-window options.
 _NOT_WINDOW = ("_target_", "_desc_", "_requires_", "_disabled_", "_mode_", "adapter")
@@ -82,6 +87,36 @@ def window_options(parser: Any) -> dict[str, Any]:
     return {k: parser.get_parsed_content(f"inferer::{k}") for k in raw if k not in _NOT_WINDOW}
 
 
+def window_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--vol-window`` ``KEY=VALUE`` pairs as options of :class:`~monai_tta.inferers.SlidingWindowAdapter` (or of
+    MONAI's ``SlidingWindowInferer``, which it passes on); each value is read as JSON, else kept as text.
+
+    Raises:
+        ValueError: for a pair without ``=`` or a key that neither class takes.
+    """
+    from monai.inferers import SlidingWindowInferer
+
+    from monai_tta.inferers import SlidingWindowAdapter
+
+    known = set(inspect.signature(SlidingWindowAdapter).parameters) | set(
+        inspect.signature(SlidingWindowInferer).parameters
+    )
+    known -= {"adapter", "kwargs", "args"}
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in known:
+            raise ValueError(
+                f"--vol-window {pair!r}: expected KEY=VALUE with KEY an option of the sliding-window adapter, "
+                f"one of {sorted(known)}."
+            )
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+    return options
+
+
 def adapter_options(window: Mapping[str, Any]) -> dict[str, Any]:
     """Every option of the :class:`~monai_tta.inferers.SlidingWindowAdapter` built with ``window`` (its defaults
     included: patches per update, their sampling, statistics passes), as recorded with the results."""
@@ -89,7 +124,8 @@ def adapter_options(window: Mapping[str, Any]) -> dict[str, Any]:
     from monai_tta.inferers import SlidingWindowAdapter
 
     sw = SlidingWindowAdapter(SourceOnly(), **dict(window))
-    names = ("roi_size", "sw_batch_size", "overlap", "mode", "num_patches", "patch_sampling", "stats_passes")
+    names = ("roi_size", "sw_batch_size", "overlap", "mode", "num_patches", "patch_sampling", "stats_from")
+    names += ("update_batch_size", "stats_passes")
     options = {name: getattr(sw, name) for name in (*names, "stats_after_update")}
     return {k: v if isinstance(v, (int, float, bool, type(None), list)) else str(v) for k, v in options.items()}
 
@@ -103,12 +139,13 @@ def prepare_volumes(args: argparse.Namespace, device: torch.device) -> dict[str,
 
     Args:
         args: the parsed command line (``vol_sites``, ``vol_cases``, ``vol_num_source``, ``vol_bundle``,
-            ``vol_patches``, ``cache``, ``seed``).
+            ``vol_patches``, ``vol_window``, ``cache``, ``seed``).
         device: the device of the bundle's network.
 
     Returns:
         ``{"datalist", "domains", "cases", "preprocessing", "channel_names", "window", "parser"}`` (``window``: the
-        bundle's sliding-window options, with ``num_patches`` = ``--vol-patches`` when given); a case holds
+        bundle's sliding-window options, updated by ``--vol-window`` and with ``num_patches`` = ``--vol-patches``
+        when given); a case holds
         ``image`` ``(1, 1, D, H, W)`` and ``label`` ``(C, D, H, W)`` (one channel per zone), ``domain`` (the site)
         and ``case_id``.
 
@@ -131,6 +168,7 @@ def prepare_volumes(args: argparse.Namespace, device: torch.device) -> dict[str,
     parser = volume_parser(args.vol_bundle, root, device, args.seed)
     preprocessing = parser.get_parsed_content("labelled_preprocessing")  # image and label
     window = window_options(parser)
+    window.update(getattr(args, "vol_window", None) or {})
     if args.vol_patches:
         window["num_patches"] = int(args.vol_patches)
     sections = load_datalist(datalist, [f"{s}_test" for s in sites])

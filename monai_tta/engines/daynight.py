@@ -37,6 +37,7 @@ from monai_tta.adapters.base import Adapter, build_optimizer
 from monai_tta.adapters.dyna import ITERATION_KEY, SEED_KEY, NightTrainer, derived_seed, ema_update_
 from monai_tta.adapters.vptta import VPTTA
 from monai_tta.data.guarded import FAILURE_KEY, is_failure
+from monai_tta.distributed import get_rank, get_world_size
 from monai_tta.io import atomic_save, atomic_write_json
 from monai_tta.keys import CaseStatus, DataKeys, StatKeys
 from monai_tta.keys import DayNightKeys as K
@@ -317,7 +318,7 @@ class DayNightRunner:
 
     # ----------------------------------------------------------------- helpers
     def _config(self, n_stream: int) -> dict[str, Any]:
-        return {
+        config = {
             "images_per_day": self.images_per_day,
             "n_stream": n_stream,
             "night_epochs": self.night_epochs,
@@ -326,6 +327,9 @@ class DayNightRunner:
             "night_data": str(self.night_data),
             "seed": self.seed,
         }
+        if get_world_size() > 1:  # a rank's block depends on the number of ranks: another count is another stream
+            config["rank"], config["world_size"] = get_rank(), get_world_size()
+        return config
 
     def _emit(self, event: str, **info: Any) -> None:
         if self.callback is not None:

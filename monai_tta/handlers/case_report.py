@@ -47,8 +47,9 @@ class CaseReport:
     In a run sharded over ranks (:mod:`monai_tta.distributed`) each rank writes its rows to ``cases.rank<r>.csv`` as
     it goes; at completion rank 0 gathers every rank's rows, checks that each case of the stream is there exactly once
     (and, with ``expected_cases``, that none is missing), puts them in stream order and writes the same ``cases.csv``
-    and summary files as one process. If a rank dies the run fails before that point, so no summary is written; the
-    summary files of an earlier run are removed when a run starts.
+    and summary files as one process. If a rank dies the run fails before that point, so no summary is written; rank 0
+    removes the summary files of an earlier run when a run starts (in a sharded run also the merged ``cases.csv`` and
+    the ``cases.rank<k>.csv`` of ranks it does not have).
 
     Args:
         output_dir: folder for ``cases.csv`` and the summary files.
@@ -109,9 +110,17 @@ class CaseReport:
 
     def _started(self, engine: Engine) -> None:
         self.rows, self.indices = [], []
-        if distributed.is_main_process():
-            for name in SUMMARY_FILES:
-                (self.output_dir / name).unlink(missing_ok=True)
+        if not distributed.is_main_process():
+            return
+        world = distributed.get_world_size()
+        stale = [self.output_dir / name for name in SUMMARY_FILES]
+        if world > 1:  # the merged cases.csv is written with the summary; rows of ranks this run does not have
+            stale.append(self.output_dir / "cases.csv")
+            for path in self.output_dir.glob("cases.rank*.csv"):
+                rank = path.name[len("cases.rank") : -len(".csv")]
+                stale += [path] if rank.isdigit() and int(rank) >= world else []
+        for path in stale:
+            path.unlink(missing_ok=True)
 
     def __call__(self, engine: Engine) -> None:
         self._add_failures(engine)

@@ -64,8 +64,11 @@ class OverlaySaver:
     def __call__(self, engine: Engine) -> None:
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
-        for item, data in zip(outputs, batch):
-            index = int(data.get(DataKeys.STREAM_INDEX, self.count))
+        # without a stream index (one process), a CaseStream's position counts the cases a resumed run skipped
+        position = getattr(engine.data_loader, "position", None)
+        start = position - len(batch) if isinstance(position, int) else self.count
+        for offset, (item, data) in enumerate(zip(outputs, batch)):
+            index = int(data.get(DataKeys.STREAM_INDEX, start + offset))
             self.count += 1
             if index >= self.num_cases:
                 continue

@@ -1,10 +1,15 @@
 """Resumable runs: after every case, one atomic checkpoint of where the stream is, the rows so far and the adapter.
 
 Started again with the same command after a kill at any point, the run loads the checkpoint, restores the report's
-rows and the adapter's state (parameters, optimizer, counters, random generator, last domain), skips the cases already
-done without loading them, and goes on; it ends with the same results as a run that was never interrupted. The
-checkpoint is one file written with :func:`monai_tta.io.atomic_save`, so it is always a complete old or new version;
-a kill between the per-case CSV and the checkpoint only means that one case is done again, from the same state.
+rows, the per-case values of the key metric and the adapter's state (parameters, optimizer, counters, random
+generator, last domain), skips the cases already done without loading them, and goes on; it ends with the same results
+(rows, summary and key metric) as a run that was never interrupted. The checkpoint is one file written with
+:func:`monai_tta.io.atomic_save`, so it is always a complete old or new version; a kill between the per-case CSV and
+the checkpoint only means that one case is done again, from the same state.
+
+In a run sharded over ranks each rank checkpoints its own share (``progress.rank<r>.pt``) and resumes it. A rank whose
+share was finished before still runs its (empty) epoch, so that it takes part in the collectives of the other ranks
+(the key metric's all-gather, the report's gather) in the same order.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from monai_tta import distributed
+from monai_tta.adapters.base import Adapter
 from monai_tta.adapters.checkpoint import adapter_state_dict, load_adapter_state_dict
 from monai_tta.handlers.case_report import CaseReport
 from monai_tta.io import atomic_save
@@ -48,25 +56,51 @@ class RunCheckpoint:
     Args:
         path: the checkpoint file (e.g. ``<output_dir>/<method>/progress.pt``).
         report: the run's case report.
+        metrics: the evaluator's MONAI metric handlers by name (``key_val_metric``, e.g. ``MeanDice``); their per-case
+            values of this process are checkpointed and restored, so that the metric of a resumed run covers every
+            case. ``None``: not restored (the metric then covers the cases run after the resumption only).
+        adapter: the adapter whose state is checkpointed; default: the evaluator's inferer (give it when the inferer
+            wraps the adapter, e.g. :class:`~monai_tta.inferers.SlidingWindowAdapter`).
         name: logger name.
 
     Raises:
+        TypeError: if a metric handler does not keep its values in a MONAI ``Cumulative`` metric (``metric_fn``).
         ValueError: at the start of a run whose checkpoint was written for other cases, another method or another
             network (the message says which file to delete).
     """
 
-    def __init__(self, path: str | Path, report: CaseReport, name: str = "monai_tta.resume") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        report: CaseReport,
+        metrics: Mapping[str, Any] | None = None,
+        adapter: Adapter | None = None,
+        name: str = "monai_tta.resume",
+    ) -> None:
         self.path = Path(path)
         self.report = report
+        self.adapter = adapter
+        self.metrics = dict(metrics or {})
+        for key, handler in self.metrics.items():
+            if not hasattr(getattr(handler, "metric_fn", None), "extend"):
+                raise TypeError(
+                    f"RunCheckpoint metrics[{key!r}] must be a MONAI metric handler (e.g. MeanDice) whose metric_fn is "
+                    f"a monai.metrics.Cumulative, got {type(handler).__name__}."
+                )
         self.logger = logging.getLogger(name)
         self.resumed_at = 0
         self._fp: dict[str, Any] | None = None
+        self._metric_values: dict[str, list[list[torch.Tensor]]] = {}
 
     def attach(self, engine: Engine) -> None:
-        """Register on ``engine``'s events (after the report's handlers)."""
+        """Register on ``engine``'s events (after the report's handlers and the evaluator's metrics)."""
         engine.add_event_handler(Events.STARTED, self._resume)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._restore_metrics)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def _adapter(self, engine: Engine) -> Adapter:
+        return self.adapter if self.adapter is not None else engine.inferer
 
     @staticmethod
     def _stream(engine: Engine) -> Any:
@@ -82,7 +116,7 @@ class RunCheckpoint:
         """What must not change between a run and its resumption: the cases, the method and its settings, and the
         source network (a digest of its weights at the start)."""
         cases = [case_name(d, default=str(i)) for i, d in enumerate(self._stream(engine).cases())]
-        adapter = engine.inferer
+        adapter = self._adapter(engine)
         settings = {k: repr(v) for k, v in sorted(vars(adapter).items()) if not k.startswith("_") and _plain(v)}
         digest = hashlib.sha256()
         for key, value in engine.network.state_dict().items():
@@ -96,8 +130,25 @@ class RunCheckpoint:
             "source": digest.hexdigest(),
         }
 
+    def _local_metric_values(self) -> dict[str, list[list[torch.Tensor]]]:
+        """Each metric's per-case values of this process (MONAI keeps them in ``Cumulative._buffers``; its public
+        ``get_buffer`` all-gathers across ranks, which cannot run after every case)."""
+        values = {}
+        for key, handler in self.metrics.items():
+            buffers = getattr(handler.metric_fn, "_buffers", None) or []
+            values[key] = [[t.detach().cpu().clone() for t in buffer] for buffer in buffers]
+        return values
+
+    def _restore_metrics(self, engine: Engine) -> None:
+        """At the start of the epoch (after the metrics reset themselves), put back the values of the cases done."""
+        for key, buffers in self._metric_values.items():
+            if key in self.metrics and buffers and all(buffers):
+                self.metrics[key].metric_fn.extend(*[torch.stack(buffer) for buffer in buffers])
+        self._metric_values = {}
+
     def _resume(self, engine: Engine) -> None:
         self.resumed_at = 0
+        self._metric_values = {}
         self._fp = self._fingerprint(engine)
         if not self.path.is_file():
             return
@@ -108,12 +159,15 @@ class RunCheckpoint:
                 "or give this run another output folder."
             )
         torch.set_rng_state(ckpt["rng"])
-        load_adapter_state_dict(engine.inferer, engine.network, ckpt["adapter"])
+        load_adapter_state_dict(self._adapter(engine), engine.network, ckpt["adapter"])
         self.report.rows = list(ckpt["rows"])
+        self.report.indices = [int(i) for i in ckpt.get("indices", range(len(self.report.rows)))]
+        self._metric_values = dict(ckpt.get("metrics", {}))
         self._stream(engine).skip = self.resumed_at = int(ckpt["position"])
-        if self.resumed_at >= len(self._fp["cases"]):  # finished before: only the summary is rewritten
+        if self.resumed_at >= len(self._fp["cases"]):  # finished before: only the summary (and key metric) again
             self.logger.info(f"{self.report.method}: all {self.resumed_at} cases were done before ({self.path}).")
-            engine.terminate()
+            if distributed.get_world_size() == 1 and not self._metric_values:
+                engine.terminate()  # nothing to recompute the metric from; sharded, the collectives need the epoch
             return
         self.logger.info(f"resuming {self.report.method} after case {self.resumed_at} ({self.path}).")
 
@@ -125,7 +179,9 @@ class RunCheckpoint:
                 "fingerprint": self._fp if self._fp is not None else self._fingerprint(engine),
                 "position": int(self._stream(engine).position),
                 "rows": list(self.report.rows),
-                "adapter": adapter_state_dict(engine.inferer, engine.network),
+                "indices": list(self.report.indices),
+                "metrics": self._local_metric_values(),
+                "adapter": adapter_state_dict(self._adapter(engine), engine.network),
                 "rng": torch.get_rng_state(),
             },
             self.path,

@@ -8,10 +8,12 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.utils import look_up_option
 
-__all__ = ["PATCH_SAMPLING", "window_slices", "sample_patches"]
+__all__ = ["PATCH_SAMPLING", "STATS_SOURCES", "window_slices", "sample_patches"]
 
 #: how the update's patches are chosen: the non-overlapping grid, or seeded uniformly random positions.
 PATCH_SAMPLING = ("grid", "random")
+#: where the BatchNorm statistics of a volume come from: the update's patches, or every non-overlapping grid tile.
+STATS_SOURCES = ("patches", "tiles")
 
 
 def window_slices(

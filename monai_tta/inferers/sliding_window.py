@@ -5,18 +5,24 @@
 ``inference.json`` with it adds test-time adaptation and changes nothing else. One call is one case (a volume):
 
 1. **Statistics** (only when some BatchNorm layer uses the input's statistics: ``"image"``, ``"mix"``, ``"warmup"``
-   regimes): the per-image statistics of the 2D methods become per-*volume* statistics. ``stats_passes`` no-grad
-   passes over the tiles of the non-overlapping grid of ``roi_size`` (each voxel once, but where the last tile of an
-   axis is shifted to end at the border) pool, for every BatchNorm layer, ``sum x``, ``sum x^2`` and the count of its
-   inputs over all the tiles (:func:`~monai_tta.norms.pooled_statistics`): the statistics that BatchNorm in training
-   mode would compute on the batch of all the tiles. A pass costs a source-only prediction without overlap (with
-   ``overlap=0.5`` in 3D, about an eighth of the prediction's windows). During the update and the prediction every
-   patch and window is normalised with these fixed statistics (no gradient flows through them, unlike the 2D update
-   where the statistics of the image carry the gradient).
+   regimes): the per-image statistics of the 2D methods become per-*volume* statistics, pooled for every BatchNorm
+   layer over a set of windows of ``roi_size``: the statistics that BatchNorm in training mode computes on the batch
+   of those windows. ``stats_from="patches"`` (default) pools them over the ``num_patches`` patches the update is
+   computed on (an estimate of the whole volume's from a sample of it); ``"tiles"`` over every tile of the
+   non-overlapping grid (each voxel once, but where the last tile of an axis is shifted to end at the border: the
+   whole volume, at the cost of a source-only prediction without overlap). When the windows fit in one batch of
+   ``sw_batch_size`` they are one forward and every layer's statistics are exact; otherwise ``stats_passes`` no-grad
+   passes over batches of them estimate them (:func:`~monai_tta.norms.pooled_statistics`: exact for the first
+   BatchNorm layer of every path). With ``"patches"`` and the patches in one batch of the update
+   (``num_patches <= update_batch_size``), that forward is the update's first one
+   (:func:`~monai_tta.norms.captured_statistics`): the statistics cost nothing extra. During the update and the
+   prediction every patch and window is normalised with these fixed statistics (no gradient flows through them,
+   unlike the 2D update where the statistics of the image carry the gradient).
 2. **Update**: the method's rule with its gradients averaged over ``num_patches`` patches of the network's ``roi_size``
-   (:func:`~monai_tta.inferers.patches.sample_patches`: grid tiles or seeded random positions); each patch's
-   forward-backward graph is freed before the next patch runs, so the extra peak memory is that of one patch. The
-   patches are sampled once per case and shared by all the passes of the update (GraTa's two gradients, SAR's two).
+   (:func:`~monai_tta.inferers.patches.sample_patches`: grid tiles or seeded random positions), forwarded in batches of
+   ``update_batch_size`` patches; each batch's forward-backward graph is freed before the next batch runs, so the extra
+   peak memory is that of one batch. The patches are sampled once per case and shared by all the passes of the update
+   (GraTa's two gradients, SAR's two).
 3. **Prediction**: MONAI's ``SlidingWindowInferer`` over the whole volume with the adapted weights fixed and the fixed
    statistics, under ``no_grad`` (the logits are detached), so the prediction does not depend on the order or the
    batching of the windows.
@@ -26,8 +32,8 @@ A volume smaller than ``roi_size`` is padded as MONAI's sliding window pads it a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -37,8 +43,8 @@ from torch import nn
 
 from monai_tta.adapters.base import Adapter, AdapterState
 from monai_tta.adapters.cases import Case, CaseParts
-from monai_tta.inferers.patches import PATCH_SAMPLING, sample_patches, window_slices
-from monai_tta.norms import case_statistics, per_sample_stats, pooled_statistics
+from monai_tta.inferers.patches import PATCH_SAMPLING, STATS_SOURCES, sample_patches, window_slices
+from monai_tta.norms import captured_statistics, case_statistics, per_sample_stats, pooled_statistics
 from monai_tta.padding import network_divisor, pad_to_size
 
 __all__ = ["SlidingWindowAdapter", "VolumeCase"]
@@ -51,13 +57,20 @@ class SlidingWindowAdapter(Inferer):
         adapter: the adaptation method (its ``setting``, optimizer, ``params``, ``norm`` apply unchanged).
         roi_size: window (and patch) size, as ``SlidingWindowInferer``'s (``-1`` or missing axes take the volume's).
         sw_batch_size: windows per forward in the statistics passes and the prediction.
-        overlap: window overlap of the prediction (the statistics passes use the non-overlapping tiles).
+        overlap: window overlap of the prediction (the statistics use the patches or the non-overlapping tiles).
         mode: blending of the prediction's windows, ``"gaussian"`` or ``"constant"``.
         num_patches: patches the update is computed on; ``None``: every tile of the non-overlapping grid
-            (``"grid"`` only). Default 4 (our choice: a fixed cost per volume whatever its size).
+            (``"grid"`` only). Default 4 (our choice: a fixed cost per volume whatever its size, the measured
+            trade-off in ``docs/benchmarks/README.md``).
         patch_sampling: ``"grid"`` (evenly spaced tiles of the non-overlapping grid) or ``"random"`` (seeded).
-        stats_passes: statistics passes (see the module docstring; 1 by default, our choice: exact for the first
-            BatchNorm layer of every path, approximate deeper; as many passes as BatchNorm layers make it exact).
+        stats_from: where the per-volume BatchNorm statistics are pooled from: ``"patches"`` (the update's
+            ``num_patches`` patches; default, our choice: no extra pass when they fit in one update batch) or
+            ``"tiles"`` (every tile of the non-overlapping grid: the whole volume, one more no-grad pass).
+        update_batch_size: patches per forward (and backward) of the update; ``None``: ``sw_batch_size``. The extra
+            peak memory of the update is that of one such batch's forward and backward.
+        stats_passes: statistics passes when the statistics' windows do not fit in one batch of ``sw_batch_size``
+            (see the module docstring; 1 by default, our choice: exact for the first BatchNorm layer of every path,
+            approximate deeper; as many passes as BatchNorm layers make it exact).
         stats_after_update: recompute the volume statistics with the updated weights before the prediction (one more
             pass; the 2D methods predict with the statistics of the updated network). Default ``False``, our choice:
             one update step moves the statistics very little and the pass costs as much as a source-only prediction.
@@ -66,8 +79,8 @@ class SlidingWindowAdapter(Inferer):
             ``sw_device``, ``device``, ``progress``, ...).
 
     Raises:
-        ValueError: for an adapter that cannot adapt on patches (VPTTA), an unknown ``mode`` or ``patch_sampling``,
-            ``num_patches < 1``, or ``stats_passes < 1``.
+        ValueError: for an adapter that cannot adapt on patches (VPTTA), an unknown ``mode``, ``patch_sampling`` or
+            ``stats_from``, ``num_patches < 1``, ``update_batch_size < 1`` or ``stats_passes < 1``.
     """
 
     def __init__(
@@ -79,6 +92,8 @@ class SlidingWindowAdapter(Inferer):
         mode: BlendMode | str = BlendMode.GAUSSIAN,
         num_patches: int | None = 4,
         patch_sampling: str = "grid",
+        stats_from: str = "patches",
+        update_batch_size: int | None = None,
         stats_passes: int = 1,
         stats_after_update: bool = False,
         seed: int = 0,
@@ -96,6 +111,8 @@ class SlidingWindowAdapter(Inferer):
             raise ValueError(f"num_patches must be None or >= 1, got {num_patches}.")
         if stats_passes < 1:
             raise ValueError(f"stats_passes must be >= 1, got {stats_passes}.")
+        if update_batch_size is not None and update_batch_size < 1:
+            raise ValueError(f"update_batch_size must be None or >= 1, got {update_batch_size}.")
         self.adapter = adapter
         self.roi_size = roi_size
         self.sw_batch_size = int(sw_batch_size)
@@ -103,6 +120,8 @@ class SlidingWindowAdapter(Inferer):
         self.mode = look_up_option(mode, BlendMode)
         self.num_patches = num_patches
         self.patch_sampling = look_up_option(patch_sampling, PATCH_SAMPLING)
+        self.stats_from = look_up_option(stats_from, STATS_SOURCES)
+        self.update_batch_size = int(update_batch_size or sw_batch_size)
         self.stats_passes = int(stats_passes)
         self.stats_after_update = bool(stats_after_update)
         self.padding_mode = look_up_option(kwargs.get("padding_mode", PytorchPadMode.CONSTANT), PytorchPadMode)
@@ -173,28 +192,60 @@ class VolumeCase(Case):
         x, self._crop = pad_to_size(inputs, roi, mode=owner.padding_mode, value=owner.cval)
         self._roi = roi
         slices = sample_patches(x.shape[2:], roi, owner.num_patches, owner.patch_sampling, owner.generator)
-        self._parts = CaseParts(slices)
+        self._parts = CaseParts(slices, batch_size=owner.update_batch_size)
         return x
 
-    def _windows_forward(self, network: nn.Module, x: torch.Tensor) -> None:
-        windows = window_slices(x.shape[2:], self._roi, 0.0)  # the non-overlapping tiles
-        batch = self.owner.sw_batch_size
-        for start in range(0, len(windows), batch):
-            chunk = windows[start : start + batch]
-            network(torch.cat([x[(slice(None), slice(None), *w)] for w in chunk]))
+    def _windows(self, x: torch.Tensor) -> list[tuple[slice, ...]]:
+        """The windows the volume's statistics are pooled over: the update's patches or the non-overlapping tiles."""
+        if self.owner.stats_from == "patches" and self._parts is not None:
+            return self._parts.slices
+        return [(slice(None), slice(None), *w) for w in window_slices(x.shape[2:], self._roi, 0.0)]
 
     def _pooled(self, state: AdapterState, network: nn.Module, x: torch.Tensor) -> AbstractContextManager:
-        norms = state.norms
-        if not any(layer.prior < 1.0 for layer in norms):
-            return nullcontext()
+        """Fixed statistics pooled over the windows by no-grad passes (one exact forward when they fit in a batch)."""
+        norms, windows, batch = state.norms, self._windows(x), self.owner.sw_batch_size
+        if len(windows) <= batch:  # one batch: BatchNorm's training-mode statistics of all the windows, every layer
 
-        def run() -> None:
+            def run() -> None:
+                network(torch.cat([x[w] for w in windows]))
+
+            return case_statistics(norms, pooled_statistics(norms, run, 1))
+
+        def run_chunks() -> None:
             with per_sample_stats(norms):  # first pass: each window with its own statistics
-                self._windows_forward(network, x)
+                for start in range(0, len(windows), batch):
+                    network(torch.cat([x[w] for w in windows[start : start + batch]]))
 
-        return case_statistics(norms, pooled_statistics(norms, run, self.owner.stats_passes))
+        return case_statistics(norms, pooled_statistics(norms, run_chunks, self.owner.stats_passes))
+
+    @contextmanager
+    def _captured(self, state: AdapterState, network: nn.Module, x: torch.Tensor) -> Iterator[None]:
+        """The statistics of the batch of all the patches, taken from the first forward of the case when that forward
+        is this batch (the update's first: used when the patches fit in one update batch), else from a no-grad forward
+        of it run just before that first forward (NormAdapt, whose first forward is the prediction's)."""
+        parts = self._parts
+        every = tuple(parts.slices)
+        handle = None
+
+        def first_forward(module: nn.Module, args: tuple[Any, ...]) -> None:
+            handle.remove()
+            batch = parts.take(x, every)  # the same object as the update's first batch when it is that batch
+            if not args or args[0] is not batch:
+                with torch.no_grad():
+                    module(batch)
+
+        with ExitStack() as stack:
+            stack.enter_context(captured_statistics(state.norms))
+            handle = network.register_forward_pre_hook(first_forward)
+            stack.callback(handle.remove)
+            yield
 
     def statistics(self, state: AdapterState, network: nn.Module, x: torch.Tensor) -> AbstractContextManager:
+        if not any(layer.prior < 1.0 for layer in state.norms):
+            return nullcontext()
+        owner = self.owner
+        if owner.stats_from == "patches" and len(self._parts) <= min(owner.sw_batch_size, owner.update_batch_size):
+            return self._captured(state, network, x)
         return self._pooled(state, network, x)
 
     def parts(self, x: torch.Tensor) -> CaseParts:
@@ -202,8 +253,10 @@ class VolumeCase(Case):
 
     def predict(self, adapter: Adapter, state: AdapterState, x: torch.Tensor, network: nn.Module) -> torch.Tensor:
         refresh = self.owner.stats_after_update and adapter.steps > 0
+        refresh = refresh and any(layer.prior < 1.0 for layer in state.norms)
         with self._pooled(state, network, x) if refresh else nullcontext(), torch.no_grad():
             return self.owner.inferer(x, network).detach()
 
     def finish(self, logits: torch.Tensor) -> torch.Tensor:
+        self._parts = None
         return logits if self._crop is None else logits[self._crop]
