@@ -13,13 +13,14 @@ Layout of a run's output folder::
 
 Every file is written to a temporary name in the same folder, flushed and fsync'ed, then moved into place with
 ``os.replace``, so a reader only ever sees a complete old or a complete new version. A day image becomes visible
-only once the manifest that lists it has been replaced, so a partially written image is never read.
+only once the manifest that lists it has been replaced, so a partially written image is never read. The store and the
+batches a night trains on are in :mod:`monai_tta.engines.day_store`; the report's tables and plot in
+:mod:`monai_tta.engines.daynight_report`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -27,17 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import MetaTensor
 from monai.metrics import compute_dice
 from monai.utils import CommonKeys, IgniteInfo, look_up_option, min_version, optional_import
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from monai_tta.adapters.base import Adapter, build_optimizer
-from monai_tta.adapters.dyna import ITERATION_KEY, SEED_KEY, NightTrainer, derived_seed, ema_update_
+from monai_tta.adapters.dyna import NightTrainer, derived_seed, ema_update_
 from monai_tta.adapters.vptta import VPTTA
 from monai_tta.data.guarded import FAILURE_KEY, is_failure
 from monai_tta.distributed import get_rank, get_world_size
+from monai_tta.engines.day_store import DayImageStore, NightBatches, night_schedule, plain_tensor
 from monai_tta.io import atomic_save, atomic_write_json
 from monai_tta.keys import CaseStatus, DataKeys, StatKeys
 from monai_tta.keys import DayNightKeys as K
@@ -58,14 +59,7 @@ _NO_NIGHT_STATE = {
     "optimizer": None,
 }
 
-__all__ = [
-    "DayImageStore",
-    "DayNightRunner",
-    "atomic_save",
-    "atomic_write_json",
-    "night_schedule",
-    "case_dice",
-]
+__all__ = ["DayNightRunner", "atomic_save", "atomic_write_json", "case_dice"]
 
 _NIGHT_DATA = ("day", "all")
 #: held-out cases: a sequence, ``{group: cases}`` or ``None``.
@@ -86,114 +80,6 @@ def case_dice(pred: torch.Tensor, label: torch.Tensor) -> float:
     """Mean over channels of the Dice of one binarised case ``(1, C, *spatial)`` (empty vs empty scores 1)."""
     dice = compute_dice(pred.float(), label.float(), include_background=True, ignore_empty=False)
     return float(dice.mean())
-
-
-class DayImageStore:
-    """A persistent, crash-safe store of the images (and predictions) seen during the days.
-
-    Items are keyed by their stream index. :meth:`put` writes the item file atomically, then replaces the manifest
-    atomically; :meth:`get` reads only items listed in the manifest. Writing an index again (a day redone after an
-    interruption) replaces its file atomically. Leftover temporary files of an interrupted write are ignored and
-    removed when the store is opened.
-
-    Args:
-        root: folder of the store (created if needed).
-    """
-
-    MANIFEST = "manifest.json"
-
-    def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root)
-        (self.root / "items").mkdir(parents=True, exist_ok=True)
-        for folder in (self.root, self.root / "items"):
-            for tmp in folder.glob(".*.tmp"):
-                tmp.unlink()
-        self._items: dict[int, dict[str, Any]] = {}
-        manifest = self.root / self.MANIFEST
-        if manifest.exists():
-            data = json.loads(manifest.read_text())
-            self._items = {int(k): v for k, v in data["items"].items()}
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, index: int) -> bool:
-        return int(index) in self._items
-
-    def indices(self, day: int | None = None) -> list[int]:
-        """Stored stream indices in increasing order, optionally only those of ``day``."""
-        return sorted(i for i, v in self._items.items() if day is None or v["day"] == day)
-
-    def put(self, index: int, image: torch.Tensor, pred: torch.Tensor | None = None, day: int = 0) -> None:
-        """Store a copy of ``image`` (and ``pred``) under stream index ``index``, for ``day``."""
-        index = int(index)
-        rel = f"items/{index:08d}.pt"
-        item = {
-            DataKeys.IMAGE.value: _plain(image).detach().cpu().clone(),
-            DataKeys.PRED.value: None if pred is None else _plain(pred).detach().cpu().clone(),
-            K.DAY.value: int(day),
-            "index": index,
-        }
-        atomic_save(item, self.root / rel)
-        items = dict(self._items)
-        items[index] = {"file": rel, K.DAY.value: int(day)}
-        atomic_write_json({"version": 1, "items": {str(k): items[k] for k in sorted(items)}}, self.root / self.MANIFEST)
-        self._items = items
-
-    def get(self, index: int) -> dict[str, Any]:
-        """The stored item (``image``, ``pred``, ``day``, ``index``).
-
-        Raises:
-            KeyError: if ``index`` is not listed in the manifest.
-        """
-        entry = self._items.get(int(index))
-        if entry is None:
-            raise KeyError(f"stream index {index} is not in the store.")
-        return torch.load(self.root / entry["file"], map_location="cpu", weights_only=True)
-
-
-def _plain(x: Any) -> torch.Tensor:
-    x = torch.as_tensor(x)
-    return x.as_tensor() if isinstance(x, MetaTensor) else x
-
-
-def night_schedule(
-    indices: Sequence[int], batch_size: int, epochs: int = 1, iterations: int | None = None, seed: int = 0
-) -> list[list[int]]:
-    """The batches of one night: shuffled passes over ``indices``, cut into batches (the last one may be smaller).
-
-    Args:
-        indices: stream indices of the night's images.
-        batch_size: images per batch.
-        epochs: number of passes (ignored when ``iterations`` is given).
-        iterations: exact number of batches (passes are chained and the last one truncated).
-        seed: seed of the shuffles.
-    """
-    if not indices:
-        return []
-    batches: list[list[int]] = []
-    epoch = 0
-    while (len(batches) < iterations) if iterations is not None else (epoch < epochs):
-        g = torch.Generator().manual_seed(derived_seed(seed, "epoch", epoch))
-        order = [indices[i] for i in torch.randperm(len(indices), generator=g).tolist()]
-        batches.extend(order[i : i + batch_size] for i in range(0, len(order), batch_size))
-        epoch += 1
-    return batches[:iterations] if iterations is not None else batches
-
-
-class _NightBatches(Dataset):
-    """Batches ``schedule[start:]`` of stored images, with the seed and number of each iteration."""
-
-    def __init__(self, store: DayImageStore, schedule: list[list[int]], start: int, seed: int) -> None:
-        self.store, self.schedule, self.start, self.seed = store, schedule, start, seed
-
-    def __len__(self) -> int:
-        return len(self.schedule) - self.start
-
-    def __getitem__(self, j: int) -> dict[str, Any]:
-        k = self.start + j
-        images = torch.stack([self.store.get(i)[DataKeys.IMAGE] for i in self.schedule[k]]).float()
-        return {DataKeys.IMAGE.value: images, SEED_KEY: derived_seed(self.seed, k), ITERATION_KEY: k + 1}
 
 
 class DayNightRunner:
@@ -339,7 +225,7 @@ class DayNightRunner:
         atomic_save(ckpt, self.checkpoint_path)
 
     def _batch(self, value: Any) -> torch.Tensor:
-        return _plain(value).float().unsqueeze(0).to(self.device)
+        return plain_tensor(value).float().unsqueeze(0).to(self.device)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, cases: Sequence[Mapping[str, Any]]) -> float | None:
@@ -465,7 +351,7 @@ class DayNightRunner:
             try:
                 if is_failure(case):
                     raise InvalidCaseError(row[DataKeys.CASE_ID], case[FAILURE_KEY])
-                image = _plain(case[self.image_key]).float()
+                image = plain_tensor(case[self.image_key]).float()
                 logits = self.day_adapter(self._batch(image), self.network)  # checks the image before adapting
             except InvalidCaseError as e:
                 logger.warning(f"case {row[DataKeys.CASE_ID]!r} skipped: {e.reason}")
@@ -473,7 +359,7 @@ class DayNightRunner:
                 continue
             row[CaseStatus.KEY.value] = CaseStatus.OK.value
             n_good += 1
-            pred = torch.sigmoid(_plain(logits)) >= 0.5
+            pred = torch.sigmoid(plain_tensor(logits)) >= 0.5
             self.store.put(i, image, pred[0].to(torch.uint8), day=day)
             if self.label_key in case and case[self.label_key] is not None:
                 scores.append(case_dice(pred, self._batch(case[self.label_key])))
@@ -527,7 +413,7 @@ class DayNightRunner:
             teacher.load_state_dict(ckpt["teacher"])
             optimizer.load_state_dict(ckpt["optimizer"])
         if done < len(schedule):
-            loader = DataLoader(_NightBatches(self.store, schedule, done, night_seed), batch_size=None, shuffle=False)
+            loader = DataLoader(NightBatches(self.store, schedule, done, night_seed), batch_size=None, shuffle=False)
             trainer = NightTrainer(
                 device=self.device,
                 train_data_loader=loader,

@@ -48,7 +48,7 @@ from monai_tta.adapters.base import build_optimizer
 from monai_tta.adapters.dyna import derived_seed
 from monai_tta.data_parallel import broadcast_object, fill_global_batches, rank_batch, wrap_ddp
 from monai_tta.distributed import get_world_size, is_main_process
-from monai_tta.engines.daynight import night_schedule
+from monai_tta.engines.day_store import night_schedule
 from monai_tta.io import atomic_save
 from monai_tta.keys import DataKeys
 from monai_tta.losses import activate
