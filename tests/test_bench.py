@@ -73,9 +73,10 @@ def test_runner_end_to_end(tmp_path):
     assert float(episodic[0]["dice_mean"]) == pytest.approx(float(domain[0]["dice_mean"]))
 
     timing = results["timing"]
-    assert list(timing) == ["source_only", "grata", "grata_batched"]  # on a CPU grata runs its views one by one
+    # on a CPU grata runs its views one by one; the published update alone is timed too (no safeguard probe)
+    assert list(timing) == ["source_only", "grata", "grata_batched", "grata_nosafeguard"]
     calls = read_rows(out / "timing.csv")
-    assert len(calls) == 3 * 2
+    assert len(calls) == 4 * 2
     for method, t in timing.items():
         times = [float(c["time_ms"]) for c in calls if c["method"] == method]
         assert t["median_ms"] == pytest.approx(float(np.median(times)))
@@ -101,7 +102,12 @@ def test_runner_end_to_end(tmp_path):
     )
     assert not (fast / "cases.csv").exists() and (fast / "timing.csv").is_file()
     results = json.loads((fast / "results.json").read_text())
-    assert results["summary"] == {} and list(results["timing"]) == ["source_only", "grata", "grata_batched"]
+    assert results["summary"] == {} and list(results["timing"]) == [
+        "source_only",
+        "grata",
+        "grata_batched",
+        "grata_nosafeguard",
+    ]
     assert checkpoints[0].stat().st_mtime_ns == mtime
 
 

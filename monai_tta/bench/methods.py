@@ -85,6 +85,10 @@ METHODS: dict[str, MethodSpec] = {
         "GraTa approximate (NOT the published algorithm): pseudo-label and reported prediction from the entropy "
         "pass, strong pass at half size; about 1.25 fwd + 1.25 bwd",
     ),
+    "grata_approx_nosafeguard": MethodSpec(
+        lambda s, i, r: GraTa(setting=s, seed=r, mode="approximate", safeguard=False),
+        "GraTa approximate without the collapse safeguard (no source-gap probe)",
+    ),
     "vptta": MethodSpec(_vptta, "VPTTA: Fourier prompt + memory bank, warm-up BN statistics, frozen network"),
     "norm_mix": MethodSpec(
         lambda s, i, r: NormAdapt(setting=s, seed=r, norm={"regime": "mix", "prior": 0.5}),

@@ -147,9 +147,10 @@ def _loadavg() -> list[float] | None:
 
 
 def timing_methods(args: argparse.Namespace, device: torch.device) -> list[str]:
-    """``--timing-methods``, or the methods plus source-only and the exact GraTa variants that differ from ``grata``
+    """``--timing-methods``, or the methods plus source-only, the exact GraTa variants that differ from ``grata``
     on this device (the 6 views in one forward; on a GPU also: no CUDA graph, the reference's separate forwards, and
-    the joint views)."""
+    the joint views), and TENT and GraTa without the collapse safeguard (the published update alone: the safeguard's
+    source-gap probe adds one forward per case)."""
     if args.timing_methods:
         names = list(args.timing_methods)
     else:
@@ -158,6 +159,7 @@ def timing_methods(args: argparse.Namespace, device: torch.device) -> list[str]:
             variants = ["grata_batched"]
             variants += [] if device.type == "cpu" else ["grata_eager", "grata_separate", "grata_joint"]
             names += [v for v in variants if v not in names]
+        names += [f"{m}_nosafeguard" for m in ("tent", "grata", "grata_approx") if m in args.methods]
     if REFERENCE not in names:
         names.insert(0, REFERENCE)
     return names
