@@ -5,19 +5,13 @@ zone), equal to the mask ``monai.bundle run`` writes for the same volume, episod
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 from conftest import BUNDLES_3D
-from test_server import START_TIMEOUT_S, free_port, get
+from test_server import get, running_server
 
 pytest.importorskip("monailabel", reason="MONAI Label environment absent: build it with tools/monailabel_env.sh")
 
@@ -62,41 +56,16 @@ def test_bundle_infer_task_serves_the_bundle_runs_masks(served3d, name):
 
 
 def test_server_infers_a_nifti_label_map(served3d, tmp_path):
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    monailabel = Path(sys.executable).with_name("monailabel")
-    command = [str(monailabel), "start_server", "--app", str(served3d["app"]), "--studies", str(served3d["studies"])]
-    command += ["--conf", "models", BUNDLES_3D[0], "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "MONAILABEL_PYEXE": sys.executable}
-    log = open(tmp_path / "server.log", "wb")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        info = None
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                info = json.loads(get(f"{base}/info/", timeout=5))
-                break
-            except OSError:
-                time.sleep(2)
-        assert info is not None, (tmp_path / "server.log").read_text()[-3000:]
-        assert list(info["models"]) == [BUNDLES_3D[0]] and info["trainers"] == {}
-        assert info["models"][BUNDLES_3D[0]]["labels"] == LABELS and info["models"][BUNDLES_3D[0]]["dimension"] == 3
+    name = BUNDLES_3D[0]
+    with running_server(served3d["app"], served3d["studies"], [name], tmp_path / "server.log") as (base, info):
+        assert list(info["models"]) == [name] and info["trainers"] == {}
+        assert info["models"][name]["labels"] == LABELS and info["models"][name]["dimension"] == 3
         volume = sorted(served3d["studies"].glob("*.nii.gz"))[0]
         study = volume.name[: -len(".nii.gz")]
-        body = get(f"{base}/infer/{BUNDLES_3D[0]}?image={study}&output=image", data=b"{}")
+        body = get(f"{base}/infer/{name}?image={study}&output=image", data=b"{}")
         answer_file = tmp_path / ("answer.nii.gz" if body[:2] == b"\x1f\x8b" else "answer.nii")  # gzip or not
         answer_file.write_bytes(body)
         answer = nib.load(answer_file)
-        expected = bundle_mask(served3d["masks"][BUNDLES_3D[0]], volume)
+        expected = bundle_mask(served3d["masks"][name], volume)
         np.testing.assert_array_equal(np.asarray(answer.dataobj).astype(np.uint8), np.asarray(expected.dataobj))
         np.testing.assert_allclose(answer.affine, nib.load(volume).affine, atol=1e-4)
-    finally:
-        os.kill(server.pid, signal.SIGTERM)  # the server's own PID
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.kill(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
-        log.close()
-    assert server.poll() is not None

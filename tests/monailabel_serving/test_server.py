@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +39,18 @@ def get(url: str, data: bytes | None = None, timeout: float = 120) -> bytes:
         return response.read()
 
 
-def test_server_infers_a_label_map(served, tmp_path):
+@contextmanager
+def running_server(app: Path, studies: Path, models: list[str], log_path: Path) -> Iterator[tuple[str, dict]]:
+    """``monailabel start_server`` on 127.0.0.1 serving ``models``: yields its base URL and its ``/info``; stops the
+    server by its PID afterwards (and asserts it stopped)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     monailabel = Path(sys.executable).with_name("monailabel")
-    command = [str(monailabel), "start_server", "--app", str(served["app"]), "--studies", str(served["studies"])]
-    command += ["--conf", "models", ",".join(BUNDLES), "--host", "127.0.0.1", "--port", str(port)]
+    command = [str(monailabel), "start_server", "--app", str(app), "--studies", str(studies)]
+    command += ["--conf", "models", ",".join(models), "--host", "127.0.0.1", "--port", str(port)]
     # the `monailabel` script runs `python` from PATH (or MONAILABEL_PYEXE): make it this venv's
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "MONAILABEL_PYEXE": sys.executable}
-    log = open(tmp_path / "server.log", "wb")
+    log = open(log_path, "wb")
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -56,7 +61,21 @@ def test_server_infers_a_label_map(served, tmp_path):
                 break
             except OSError:
                 time.sleep(2)
-        assert info is not None, (tmp_path / "server.log").read_text()[-3000:]
+        assert info is not None, log_path.read_text()[-3000:]
+        yield base, info
+    finally:
+        os.kill(server.pid, signal.SIGTERM)  # the server's own PID
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+        log.close()
+    assert server.poll() is not None
+
+
+def test_server_infers_a_label_map(served, tmp_path):
+    with running_server(served["app"], served["studies"], BUNDLES, tmp_path / "server.log") as (base, info):
         assert sorted(info["models"]) == sorted(BUNDLES) and info["trainers"] == {}
         image = sorted(served["studies"].glob("source*.png"))[0]  # every method segments the source domain
         truth = served["truth"][image.stem]
@@ -68,12 +87,3 @@ def test_server_infers_a_label_map(served, tmp_path):
             assert set(np.unique(label_map)) <= {0, 1, 2} and (label_map == 2).any()
             disc, true_disc = label_map >= 1, truth >= 1
             assert 2 * (disc & true_disc).sum() / (disc.sum() + true_disc.sum()) > 0.7, name
-    finally:
-        os.kill(server.pid, signal.SIGTERM)  # the server's own PID
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.kill(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
-        log.close()
-    assert server.poll() is not None
