@@ -3,6 +3,7 @@ stage); each module skips itself where MONAI Label is not installed (the unit su
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -20,6 +21,25 @@ BUNDLES += ["vptta_fundus_segmentation", "dyna_fundus_segmentation"]
 IMAGE_SIZE = 64
 
 
+def sha256(path: Path) -> str:
+    """The SHA-256 of a file (the source checkpoint must be the same before and after serving)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def app_with_bundles(root: Path, names: list[str], edit) -> Path:
+    """``<root>/app``: the test app with a copy of each named bundle under ``model/`` (no eval, data or models), its
+    ``inference.json`` changed by ``edit(config)`` (a deployment edit: MONAI Label reads inference.json as it is)."""
+    app = root / "app"
+    shutil.copytree(Path(__file__).parent / "app", app)
+    for name in names:
+        dst = app / "model" / name
+        shutil.copytree(ROOT / "bundles" / name, dst, ignore=shutil.ignore_patterns("eval", "data", "models"))
+        config = json.loads((dst / "configs" / "inference.json").read_text())
+        edit(config)
+        (dst / "configs" / "inference.json").write_text(json.dumps(config, indent=4))
+    return app
+
+
 @pytest.fixture(scope="session")
 def served(tmp_path_factory):
     """An app folder with every bundle under ``model/`` (one source model shared, trained here on the embedded
@@ -27,14 +47,7 @@ def served(tmp_path_factory):
     from monai_tta.bundle_utils import run_bundle
 
     root = tmp_path_factory.mktemp("monailabel")
-    app = root / "app"
-    shutil.copytree(Path(__file__).parent / "app", app)
-    for name in BUNDLES:
-        dst = app / "model" / name
-        shutil.copytree(ROOT / "bundles" / name, dst, ignore=shutil.ignore_patterns("eval", "data", "models"))
-        config = json.loads((dst / "configs" / "inference.json").read_text())
-        config["image_size"] = IMAGE_SIZE  # a deployment edit: MONAI Label reads inference.json as it is
-        (dst / "configs" / "inference.json").write_text(json.dumps(config, indent=4))
+    app = app_with_bundles(root, BUNDLES, lambda config: config.update(image_size=IMAGE_SIZE))
     first = app / "model" / BUNDLES[0]
     data = root / "data"
     overrides = {"dataset_dir": str(data), "output_dir": str(root / "eval"), "num_per_domain": 16, "epochs": 20}
@@ -72,15 +85,12 @@ def served3d(tmp_path_factory):
     from monai_tta.bundle_utils import run_bundle
 
     root = tmp_path_factory.mktemp("monailabel3d")
-    app = root / "app"
-    shutil.copytree(Path(__file__).parent / "app", app)
-    for name in BUNDLES_3D:
-        dst = app / "model" / name
-        shutil.copytree(ROOT / "bundles" / name, dst, ignore=shutil.ignore_patterns("eval", "data", "models"))
-        config = json.loads((dst / "configs" / "inference.json").read_text())
+
+    def tiny(config: dict) -> None:
         config.update({**TINY_3D, "target_domains": SITES_3D})
         config["network_def"].update(TINY_3D_NETWORK)
-        (dst / "configs" / "inference.json").write_text(json.dumps(config, indent=4))
+
+    app = app_with_bundles(root, BUNDLES_3D, tiny)
     data = root / "data"
     masks = {}
     for i, name in enumerate(BUNDLES_3D):

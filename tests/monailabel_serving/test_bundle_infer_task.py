@@ -4,21 +4,16 @@ same image gives the same answer whatever came before), the source checkpoint un
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BUNDLES
+from conftest import BUNDLES, sha256
 from PIL import Image
 
 pytest.importorskip("monailabel", reason="MONAI Label environment absent: build it with tools/monailabel_env.sh")
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def disc_dice(label_map: np.ndarray, truth: np.ndarray) -> float:

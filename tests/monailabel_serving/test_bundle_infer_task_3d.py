@@ -4,22 +4,17 @@ zone), equal to the mask ``monai.bundle run`` writes for the same volume, episod
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import BUNDLES_3D
+from conftest import BUNDLES_3D, sha256
 from test_server import get, running_server
 
 pytest.importorskip("monailabel", reason="MONAI Label environment absent: build it with tools/monailabel_env.sh")
 
 LABELS = {"peripheral zone": 1, "transition zone": 2}
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def bundle_mask(masks: Path, volume: Path) -> nib.Nifti1Image:
