@@ -16,14 +16,15 @@ import torch.nn.functional as F
 from tiny import TinyNet
 
 from monai_tta.adapters import VPTTA
-from monai_tta.adapters.dyna import (
+from monai_tta.adapters.dyna.night import (
     NightTrainer,
     PackedMaskedDiceBCELoss,
     confident_pseudo_label,
     ema_update_,
     random_flips,
 )
-from monai_tta.engines import DayImageStore, DayNightRunner, night_schedule
+from monai_tta.adapters.dyna.runner import DayNightRunner
+from monai_tta.adapters.dyna.store import DayImageStore, night_schedule
 from monai_tta.losses import dice_bce_loss, masked_dice_bce_loss
 
 TESTS = Path(__file__).parent
@@ -460,7 +461,7 @@ def test_bad_cases_are_failed_rows_never_stored_nor_trained_on_and_resume(tmp_pa
 def test_a_rank_folder_is_refused_by_a_rerun_with_another_number_of_ranks(tmp_path, monkeypatch):
     """Under torchrun a rank's block depends on the number of ranks: its folder records both, and a rerun with another
     count is refused even where the block's length is the same (checkpoint after the first day)."""
-    import monai_tta.engines.daynight as daynight
+    import monai_tta.adapters.dyna.runner as daynight
 
     monkeypatch.setattr(daynight, "get_rank", lambda: 1)
     monkeypatch.setattr(daynight, "get_world_size", lambda: 2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from monai_tta.adapters import GraTa
-from monai_tta.graphs import CapturedCall
+from monai_tta.adapters.grata.graphs import CapturedCall
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

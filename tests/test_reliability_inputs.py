@@ -25,9 +25,9 @@ from test_bundle_grata import draw_square
 from tiny import tiny_bundle_overrides, tiny_image, tiny_net, write_nifti_sites
 
 from monai_tta.adapters import SAR, VPTTA, GraTa, NormAdapt, Tent
+from monai_tta.adapters.dyna.store import DayImageStore
 from monai_tta.bundle_utils import run_bundle
 from monai_tta.data import load_datalist
-from monai_tta.engines import DayImageStore
 from monai_tta.reports import read_case_csv
 from monai_tta.validation import InvalidCaseError
 

@@ -15,10 +15,10 @@ import torch
 from test_tgma import make_runner, target_items
 from tiny import tiny_tgma_overrides
 
-from monai_tta.adapters.dyna import derived_seed
+from monai_tta.adapters.dyna.night import derived_seed
+from monai_tta.adapters.dyna.store import night_schedule
 from monai_tta.bundle_utils import load_source_model
 from monai_tta.data_parallel import all_reduce_sum, broadcast_object, fill_global_batches, rank_batch, wrap_ddp
-from monai_tta.engines.day_store import night_schedule
 from monai_tta.networks import SmallUNet
 from monai_tta.tgma import TGMARunner, WeightedEnsemble, soft_dice_terms
 from monai_tta.tgma.lftm import soft_dice_from_terms

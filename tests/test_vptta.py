@@ -13,9 +13,10 @@ from tiny import TinyNet, tiny_net
 from torch import nn
 
 from monai_tta.adapters import VPTTA
+from monai_tta.adapters.vptta.memory import PromptMemory
+from monai_tta.adapters.vptta.prompt import FourierPrompt, prompt_size_for
 from monai_tta.losses import bn_alignment_loss
 from monai_tta.norms import NormPolicy, convert_norms, warmup_lambda
-from monai_tta.prompts import FourierPrompt, PromptMemory, prompt_size_for
 
 EPS_BN = 1e-5
 SIZE = 16  # image side

@@ -45,7 +45,7 @@ class MethodSpec:
 
 
 def _vptta(setting: str, image_size: int, seed: int) -> Adapter:
-    from monai_tta.adapters.vptta import VPTTA  # optional: the benchmark runs without it
+    from monai_tta.adapters.vptta.adapter import VPTTA  # optional: the benchmark runs without it
 
     return VPTTA(image_size=image_size, setting=setting, seed=seed)
 
@@ -137,7 +137,7 @@ def _variant(cls: type[Adapter], options: Mapping[str, Any]) -> Callable[[str, i
 
 def _vptta_variant(options: Mapping[str, Any]) -> Callable[[str, int, int], Adapter]:
     def factory(setting: str, image_size: int, seed: int) -> Adapter:
-        from monai_tta.adapters.vptta import VPTTA
+        from monai_tta.adapters.vptta.adapter import VPTTA
 
         return VPTTA(image_size=image_size, setting=setting, seed=seed, **dict(options))
 

@@ -7,7 +7,7 @@ failures for the report (:class:`~monai_tta.handlers.CaseReport` drains them in 
 the first ``skip`` cases without loading them, which is how an interrupted run resumes
 (:class:`~monai_tta.handlers.RunCheckpoint`). A :class:`GuardedDataset` over a list is also indexable
 (``dataset[i]``), for a runner that reads its cases by position (DyNA's
-:class:`~monai_tta.engines.DayNightRunner`).
+:class:`~monai_tta.adapters.dyna.DayNightRunner`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Layout of a run's output folder (every file replaced atomically, :mod:`monai_tta
 
 Calling :meth:`TGMARunner.run` again with the same output folder and options resumes from the last file written and
 ends with the same result as an uninterrupted run: the batches of every epoch come from a schedule seeded by the run's
-seed (:func:`~monai_tta.engines.night_schedule`), the LFTM noise of input ``i`` from a generator seeded by
+seed (:func:`~monai_tta.adapters.dyna.night_schedule`), the LFTM noise of input ``i`` from a generator seeded by
 ``(seed, i)``, and the adaptation has no other randomness. The source networks are only read: the adapted models are
 copies, and nothing is ever written to the sources' checkpoints.
 
@@ -45,10 +45,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from monai_tta.adapters.base import build_optimizer
-from monai_tta.adapters.dyna import derived_seed
+from monai_tta.adapters.dyna.night import derived_seed
+from monai_tta.adapters.dyna.store import night_schedule
 from monai_tta.data_parallel import broadcast_object, fill_global_batches, rank_batch, wrap_ddp
 from monai_tta.distributed import get_world_size, is_main_process
-from monai_tta.engines.day_store import night_schedule
 from monai_tta.io import atomic_save
 from monai_tta.keys import DataKeys
 from monai_tta.losses import activate

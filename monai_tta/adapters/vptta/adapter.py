@@ -11,11 +11,12 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from monai_tta.adapters.base import Adapter, AdapterState
+from monai_tta.adapters.vptta.memory import PromptMemory
+from monai_tta.adapters.vptta.prompt import FourierPrompt
 from monai_tta.gradients import param_grads, set_grads
 from monai_tta.keys import NormRegime, Setting, StatKeys
 from monai_tta.losses import bn_alignment_loss
 from monai_tta.norms import recording_stats, warmup_lambda
-from monai_tta.prompts import FourierPrompt, PromptMemory
 
 __all__ = ["VPTTA"]
 
@@ -60,8 +61,8 @@ class VPTTA(Adapter):
     ``"episodic"`` setting ``t`` is therefore 1 for every case). For a batch of several images (one case) the memory
     key is the mean of their keys. The prompt lives on the device of the network's parameters.
 
-    See :class:`~monai_tta.prompts.FourierPrompt` for the prompt's layout (``window``, ``roll_channels``): the default
-    is the published method up to a fixed permutation of the prompt channels.
+    See :class:`~monai_tta.adapters.vptta.prompt.FourierPrompt` for the prompt's layout (``window``,
+    ``roll_channels``): the default is the published method up to a fixed permutation of the prompt channels.
 
     Args:
         prompt_size: side of the prompt; default ``max(int(image_size * alpha), 1)``.

@@ -14,8 +14,8 @@ Layout of a run's output folder::
 Every file is written to a temporary name in the same folder, flushed and fsync'ed, then moved into place with
 ``os.replace``, so a reader only ever sees a complete old or a complete new version. A day image becomes visible
 only once the manifest that lists it has been replaced, so a partially written image is never read. The store and the
-batches a night trains on are in :mod:`monai_tta.engines.day_store`; the report's tables and plot in
-:mod:`monai_tta.engines.daynight_report`.
+batches a night trains on are in :mod:`monai_tta.adapters.dyna.store`; the report's tables and plot in
+:mod:`monai_tta.adapters.dyna.report`.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from monai_tta.adapters.base import Adapter, build_optimizer
-from monai_tta.adapters.dyna import NightTrainer, derived_seed, ema_update_
-from monai_tta.adapters.vptta import VPTTA
+from monai_tta.adapters.dyna.night import NightTrainer, derived_seed, ema_update_
+from monai_tta.adapters.dyna.store import DayImageStore, NightBatches, night_schedule, plain_tensor
+from monai_tta.adapters.vptta.adapter import VPTTA
 from monai_tta.data.guarded import FAILURE_KEY, is_failure
 from monai_tta.distributed import get_rank, get_world_size
-from monai_tta.engines.day_store import DayImageStore, NightBatches, night_schedule, plain_tensor
 from monai_tta.io import atomic_save, atomic_write_json
 from monai_tta.keys import CaseStatus, DataKeys, StatKeys
 from monai_tta.keys import DayNightKeys as K
@@ -59,7 +59,7 @@ _NO_NIGHT_STATE = {
     "optimizer": None,
 }
 
-__all__ = ["DayNightRunner", "atomic_save", "atomic_write_json", "case_dice"]
+__all__ = ["DayNightRunner", "case_dice"]
 
 _NIGHT_DATA = ("day", "all")
 #: held-out cases: a sequence, ``{group: cases}`` or ``None``.
@@ -87,11 +87,11 @@ class DayNightRunner:
 
     By day the day adapter (VPTTA by default) adapts and predicts each image with the day model, and every image and
     its binarised prediction (sigmoid >= 0.5) are put in the :class:`DayImageStore`. By night a
-    :class:`~monai_tta.adapters.dyna.NightTrainer` trains a student (teacher = EMA of the student) on the stored
-    images of that day (``night_data="day"``) or of all days so far (``"all"``); then the global student is updated
-    as an EMA of the night's student, and becomes the next day's model (parameters and BN running statistics). The
-    last day is followed by a night too. See :mod:`monai_tta.adapters.dyna` for the night's defaults (ours: DyNA has
-    no public code).
+    :class:`~monai_tta.adapters.dyna.night.NightTrainer` trains a student (teacher = EMA of the student) on the
+    stored images of that day (``night_data="day"``) or of all days so far (``"all"``); then the global student is
+    updated as an EMA of the night's student, and becomes the next day's model (parameters and BN running
+    statistics). The last day is followed by a night too. See :mod:`monai_tta.adapters.dyna.night` for the night's
+    defaults (ours: DyNA has no public code).
 
     A day is the next ``images_per_day`` good cases of the stream. A bad case, either a failure record of a
     :class:`~monai_tta.data.GuardedDataset` (a file missing, unreadable, corrupt or failing

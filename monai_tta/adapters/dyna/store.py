@@ -17,7 +17,7 @@ import torch
 from monai.data import MetaTensor
 from torch.utils.data import Dataset
 
-from monai_tta.adapters.dyna import ITERATION_KEY, SEED_KEY, derived_seed
+from monai_tta.adapters.dyna.night import ITERATION_KEY, SEED_KEY, derived_seed
 from monai_tta.io import atomic_save, atomic_write_json
 from monai_tta.keys import DataKeys
 from monai_tta.keys import DayNightKeys as K

@@ -40,8 +40,8 @@ from torch import nn
 
 from monai_tta.adapters.base import Adapter, AdapterState, set_lr
 from monai_tta.adapters.cases import PartGroup
+from monai_tta.adapters.grata.graphs import CapturedCall
 from monai_tta.gradients import global_cosine, perturb, restore, set_grads
-from monai_tta.graphs import CapturedCall
 from monai_tta.keys import Setting, StatKeys
 from monai_tta.losses import consistency_loss, entropy_loss
 from monai_tta.norms import AdaptiveBatchNorm, per_sample_stats
@@ -118,12 +118,13 @@ class GraTa(Adapter):
             keeps the peak memory of the view passes near that of the gradient passes; measured on an H100 with
             ResUNet-34 at 512x512 and CUDA graphs, all 6 at once was 7% faster and took 2.6 times the memory
             (``docs/benchmarks/gpu.md``). The result does not depend on it.
-        cuda_graph: replay the update and the prediction as CUDA graphs (:class:`~monai_tta.graphs.CapturedCall`):
-            captured on the first case of each input shape, then one launch each instead of thousands, which is what
-            bounds a batch-1 update on a GPU. ``None`` (default): for inputs on a CUDA device, falling back to eager
-            calls with a warning if the capture fails (e.g. a network that synchronises with the host); ``True``:
-            likewise but a failed capture raises; ``False``: never. Ignored for inputs not on CUDA. Same result as
-            eager calls; the graphs keep their memory between cases.
+        cuda_graph: replay the update and the prediction as CUDA graphs
+            (:class:`~monai_tta.adapters.grata.graphs.CapturedCall`): captured on the first case of each input shape,
+            then one launch each instead of thousands, which is what bounds a batch-1 update on a GPU. ``None``
+            (default): for inputs on a CUDA device, falling back to eager calls with a warning if the capture fails
+            (e.g. a network that synchronises with the host); ``True``: likewise but a failed capture raises;
+            ``False``: never. Ignored for inputs not on CUDA. Same result as eager calls; the graphs keep their memory
+            between cases.
         strong_scale: spatial scale of the strong pass in the approximate mode (``None``: 0.5; the exact mode always
             uses 1). The scaled size is rounded to a multiple of the network's ``size_divisor`` attribute when it has
             one (SmallUNet, ResUNet), and is never below twice it nor above the input size.
