@@ -1,44 +1,31 @@
-"""Normalisation regimes: which statistics the BatchNorm layers of an adapted network use.
+"""The adaptive normalisation layer: a BatchNorm whose statistics the adapter chooses.
 
 :func:`convert_norms` swaps every BatchNorm layer of a network for an :class:`AdaptiveBatchNorm` that shares the layer's
 parameters and buffers (so the state-dict keys and values stay the same) and never updates the running statistics.
-A :class:`NormPolicy` then sets, before each case, how the layers mix the current input's statistics with the source
-running statistics.
-
-For a volume adapted on patches (:class:`~monai_tta.inferers.SlidingWindowAdapter`), the "current input's statistics"
-are those of the whole volume: :func:`pooled_statistics` runs statistics passes over its windows, or
-:func:`captured_statistics` takes them from one forward of a batch of its patches, and :func:`case_statistics` makes the
-layers normalise every patch with them (see :class:`AdaptiveBatchNorm`).
+:func:`layer_settings` sets attributes of the layers within a context (the helpers :func:`per_sample_stats`,
+:func:`statistics_prior` and :func:`recording_stats`, and the volume statistics of :mod:`monai_tta.norms.volume`).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.utils import look_up_option
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from monai_tta.keys import NormRegime
-
 __all__ = [
     "AdaptiveBatchNorm",
-    "NormPolicy",
+    "CaseStats",
     "convert_norms",
     "norm_layers",
-    "warmup_lambda",
+    "layer_settings",
     "per_sample_stats",
     "statistics_prior",
     "recording_stats",
-    "CaseStats",
-    "pooled_statistics",
-    "case_statistics",
-    "captured_statistics",
 ]
 
 #: fixed statistics of one case for one layer: biased ``mean`` and ``var`` of shape ``(C,)`` and the number of
@@ -206,210 +193,46 @@ def norm_layers(network: nn.Module) -> list[AdaptiveBatchNorm]:
     return [m for m in network.modules() if isinstance(m, AdaptiveBatchNorm)]
 
 
-def warmup_lambda(t: int, warm_n: float = 5.0) -> float:
-    """VPTTA's weight on the current image statistics after ``t`` images: ``1 / (sqrt(t) / warm_n + 1)``.
-
-    Args:
-        t: number of images seen, counting the current one (``t >= 1``).
-        warm_n: warm-up constant (5 in the reference).
-
-    Raises:
-        ValueError: if ``t < 1`` or ``warm_n <= 0``.
-    """
-    if t < 1 or warm_n <= 0:
-        raise ValueError(f"warmup_lambda needs t >= 1 and warm_n > 0, got t={t}, warm_n={warm_n}.")
-    return 1.0 / (math.sqrt(t) / warm_n + 1.0)
-
-
-@dataclass
-class NormPolicy:
-    """How the adaptive BatchNorm layers mix image and source statistics.
-
-    Args:
-        regime: one of :class:`~monai_tta.keys.NormRegime` (``"source"``, ``"image"``, ``"mix"``, ``"warmup"``).
-        prior: weight on the source statistics for ``"mix"`` (e.g. 0.1-0.25 on real scanner shifts).
-        warm_n: VPTTA's warm-up constant for ``"warmup"``.
-
-    Raises:
-        ValueError: for an unknown regime or a prior outside ``[0, 1]``.
-    """
-
-    regime: str = NormRegime.IMAGE
-    prior: float = 0.0
-    warm_n: float = 5.0
-
-    def __post_init__(self) -> None:
-        self.regime = look_up_option(self.regime, NormRegime)
-        if not 0.0 <= self.prior <= 1.0:
-            raise ValueError(f"prior must be in [0, 1], got {self.prior}.")
-
-    @classmethod
-    def from_any(cls, policy: NormPolicy | str | dict | None, default: str = NormRegime.IMAGE) -> NormPolicy:
-        """Build a policy from a policy, a regime name, a dict of fields or ``None`` (the default regime)."""
-        if isinstance(policy, NormPolicy):
-            return policy
-        if policy is None:
-            return cls(regime=default)
-        if isinstance(policy, str):
-            return cls(regime=policy)
-        if isinstance(policy, dict):
-            return cls(**policy)
-        raise TypeError(f"norm must be a NormPolicy, a regime name or a dict, got {type(policy).__name__}.")
-
-    def source_weight(self, t: int) -> float:
-        """Weight on the source statistics for the ``t``-th image (``t >= 1``)."""
-        if self.regime == NormRegime.SOURCE:
-            return 1.0
-        if self.regime == NormRegime.IMAGE:
-            return 0.0
-        if self.regime == NormRegime.MIX:
-            return float(self.prior)
-        return 1.0 - warmup_lambda(t, self.warm_n)
-
-    def apply(self, layers: Sequence[AdaptiveBatchNorm], t: int = 1) -> None:
-        """Configure ``layers`` for the ``t``-th image.
-
-        A BatchNorm layer built without running statistics (``track_running_stats=False``) always normalises with
-        its input's own statistics, as it does in plain inference.
-        """
-        prior = self.source_weight(t)
-        warm = self.regime == NormRegime.WARMUP
-        for layer in layers:
-            own = layer.has_source_stats  # a BatchNorm without running statistics keeps its plain-inference behaviour
-            layer.prior = prior if own else 0.0
-            layer.unbiased = warm and own
-            layer.detach_stats = warm and own
-
-
 @contextmanager
-def per_sample_stats(layers: Sequence[AdaptiveBatchNorm]) -> Iterator[None]:
+def layer_settings(
+    layers: Sequence[AdaptiveBatchNorm],
+    values: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    on_exit: Mapping[str, Any] | None = None,
+) -> Iterator[None]:
+    """Within the context, set attributes of ``layers``; on exit, set ``on_exit`` on every layer, or (``None``) give
+    each attribute set back its value from before the context.
+
+    Args:
+        layers: the adaptive layers.
+        values: ``{attribute: value}`` for every layer, or one such mapping per layer.
+        on_exit: ``{attribute: value}`` set on every layer on exit (``None``: restore the previous values).
+    """
+    per_layer = [values] * len(layers) if isinstance(values, Mapping) else list(values)
+    saved = [{name: getattr(layer, name) for name in value} for layer, value in zip(layers, per_layer)]
+    try:
+        for layer, value in zip(layers, per_layer):
+            for name, item in value.items():
+                setattr(layer, name, item)
+        yield
+    finally:
+        for layer, old in zip(layers, saved):
+            for name, item in (old if on_exit is None else on_exit).items():
+                setattr(layer, name, item)
+
+
+def per_sample_stats(layers: Sequence[AdaptiveBatchNorm]) -> AbstractContextManager[None]:
     """Within the context, ``layers`` compute input statistics per sample, so a batch of ``B`` independent views
     normalises exactly as ``B`` separate forwards; the previous setting is restored on exit."""
-    flags = [layer.per_sample for layer in layers]
-    try:
-        for layer in layers:
-            layer.per_sample = True
-        yield
-    finally:
-        for layer, flag in zip(layers, flags):
-            layer.per_sample = flag
+    return layer_settings(layers, {"per_sample": True})
 
 
-@contextmanager
-def statistics_prior(norms: Sequence[AdaptiveBatchNorm], prior: float) -> Iterator[None]:
+def statistics_prior(norms: Sequence[AdaptiveBatchNorm], prior: float) -> AbstractContextManager[None]:
     """Within the context, the layers with source statistics normalise with ``prior * source + (1 - prior) * image``
     (the others keep their inputs' own statistics); their previous weights are restored on exit."""
-    saved = [layer.prior for layer in norms]
-    try:
-        for layer in norms:
-            if layer.has_source_stats:
-                layer.prior = prior
-        yield
-    finally:
-        for layer, value in zip(norms, saved):
-            layer.prior = value
+    return layer_settings(norms, [{"prior": prior if layer.has_source_stats else layer.prior} for layer in norms])
 
 
-@contextmanager
-def recording_stats(layers: Sequence[AdaptiveBatchNorm]) -> Iterator[None]:
+def recording_stats(layers: Sequence[AdaptiveBatchNorm]) -> AbstractContextManager[None]:
     """Within the context, ``layers`` keep ``(x, mean, var)`` of their last forward in ``recorded`` (for statistics
     alignment losses); on exit recording stops and the records are dropped."""
-    try:
-        for layer in layers:
-            layer.record = True
-        yield
-    finally:
-        for layer in layers:
-            layer.record = False
-            layer.recorded = None
-
-
-@contextmanager
-def case_statistics(layers: Sequence[AdaptiveBatchNorm], stats: Sequence[CaseStats | None]) -> Iterator[None]:
-    """Within the context, each layer normalises with its fixed case statistics (``None``: its own input's, as
-    before); on exit the layers use their inputs' statistics again.
-
-    Raises:
-        ValueError: if ``stats`` does not have one entry per layer.
-    """
-    if len(stats) != len(layers):
-        raise ValueError(f"got {len(stats)} case statistics for {len(layers)} layers.")
-    try:
-        for layer, value in zip(layers, stats):
-            layer.case_stats = value
-        yield
-    finally:
-        for layer in layers:
-            layer.case_stats = None
-
-
-def pooled_statistics(
-    layers: Sequence[AdaptiveBatchNorm], run: Callable[[], None], passes: int = 1
-) -> list[CaseStats | None]:
-    """Per-layer statistics of one case seen in parts (e.g. the windows of a volume), pooled over all the parts.
-
-    ``run()`` forwards every part of the case through the network (without gradient). Each layer pools the count,
-    mean and sum of squared deviations of its inputs per channel over all the parts (float64), and its case statistics
-    are their mean and biased variance: the statistics a BatchNorm in training mode would compute on the batch of all
-    the parts. In the first pass each part is normalised with its own
-    statistics; each further pass normalises with the previous pass's pooled statistics and pools again. After ``k``
-    passes the layers with fewer than ``k`` BatchNorm layers upstream have exactly the pooled statistics of the
-    network normalised throughout with pooled statistics; ``passes`` = the number of BatchNorm layers makes all of
-    them exact. Layers that use only source statistics (``prior >= 1``) get ``None``.
-
-    Args:
-        layers: the adaptive layers of the network.
-        run: forwards all the parts of the case.
-        passes: number of statistics passes (``>= 1``).
-
-    Raises:
-        ValueError: if ``passes < 1`` or a layer saw no input.
-    """
-    if passes < 1:
-        raise ValueError(f"passes must be >= 1, got {passes}.")
-    stats: list[CaseStats | None] = [None] * len(layers)
-    for _ in range(passes):
-        try:
-            for layer, value in zip(layers, stats):
-                layer.collect = [] if layer.prior < 1.0 else None
-                layer.case_stats = value
-            with torch.no_grad():
-                run()
-            new: list[CaseStats | None] = []
-            for layer in layers:
-                if layer.collect is None:
-                    new.append(None)
-                    continue
-                if not layer.collect:
-                    raise ValueError("a normalisation layer saw no input during the statistics pass.")
-                count, mean, m2 = layer.collect
-                new.append((mean.float(), (m2 / count).float(), int(count)))
-            stats = new
-        finally:
-            for layer in layers:
-                layer.collect = None
-                layer.case_stats = None
-    return stats
-
-
-@contextmanager
-def captured_statistics(layers: Sequence[AdaptiveBatchNorm]) -> Iterator[None]:
-    """Within the context, the first forward of each layer that uses its input's statistics (``prior < 1``) takes
-    them from its input batch, as BatchNorm in training mode does (biased variance), but detached, and keeps them as
-    its fixed case statistics for every later forward in the context; on exit the layers use their inputs' statistics
-    again.
-
-    When the first forward is one batch of all the parts of a case (e.g. the patches of a volume), every layer gets
-    exactly the statistics BatchNorm in training mode computes on that batch, deep layers included (the statistics
-    of a network normalised throughout with the pooled statistics), in one pass; and that forward, if it carries a
-    gradient, gives the gradient of the fixed statistics (the statistics are constants).
-    """
-    try:
-        for layer in layers:
-            layer.capture = layer.prior < 1.0
-            layer.case_stats = None
-        yield
-    finally:
-        for layer in layers:
-            layer.capture = False
-            layer.case_stats = None
+    return layer_settings(layers, {"record": True}, on_exit={"record": False, "recorded": None})
