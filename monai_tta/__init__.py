@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from monai_tta import (
     adapters,
-    bundle_utils,
     data,
     distributed,
     engines,
     gradients,
     handlers,
     inferers,
-    keys,
     losses,
     metrics,
     networks,
@@ -21,20 +19,19 @@ from monai_tta import (
     reports,
     tgma,
     transforms,
+    zoo,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "adapters",
-    "bundle_utils",
     "data",
     "distributed",
     "engines",
     "gradients",
     "handlers",
     "inferers",
-    "keys",
     "losses",
     "metrics",
     "networks",
@@ -44,5 +41,6 @@ __all__ = [
     "reports",
     "tgma",
     "transforms",
+    "zoo",
     "__version__",
 ]

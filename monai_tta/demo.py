@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from monai_tta.bundle_utils import run_bundle
 from monai_tta.io import atomic_write_text
 from monai_tta.reports import MEAN_DICE, markdown_table, plot_domain_dice
+from monai_tta.zoo.run import run_bundle
 
 __all__ = ["METHODS", "run_demo", "table_of", "main"]
 

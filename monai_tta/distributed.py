@@ -34,7 +34,8 @@ import torch
 import torch.distributed as dist
 from monai.utils import look_up_option
 
-from monai_tta.keys import DataKeys, Setting
+from monai_tta.adapters.settings import Setting
+from monai_tta.data.keys import DataKeys
 
 __all__ = [
     "is_launched",

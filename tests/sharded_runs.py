@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from monai_tta.bundle_utils import run_bundle
 from monai_tta.distributed import destroy_distributed
+from monai_tta.zoo.run import run_bundle
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 CONFIGS = ["inference.json", "evaluate.json", "multi_gpu_inference.json", "multi_gpu_evaluate.json"]

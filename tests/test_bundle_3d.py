@@ -16,7 +16,6 @@ import torch
 from monai.bundle import ConfigWorkflow
 from tiny import digest, write_nifti_sites
 
-from monai_tta.bundle_utils import run_bundle
 from monai_tta.handlers import CaseReport
 from monai_tta.reports import read_case_csv
 from monai_tta.zoo import BundleFamily
@@ -28,6 +27,7 @@ from monai_tta.zoo.checks import (
     check_torchscript,
     snapshot,
 )
+from monai_tta.zoo.run import run_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"

@@ -11,8 +11,8 @@ import pytest
 from monai.bundle import ConfigWorkflow
 from tiny import digest, tiny_bundle_overrides, write_nifti_sites
 
-from monai_tta.bundle_utils import run_bundle
 from monai_tta.reports import read_case_csv
+from monai_tta.zoo.run import run_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 GRATA = ROOT / "bundles" / "grata_fundus_segmentation"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from tiny import digest, tiny_tgma_overrides
 
-from monai_tta.bundle_utils import run_bundle
 from monai_tta.reports import read_case_csv
+from monai_tta.zoo.run import run_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 TGMA = ROOT / "bundles" / "tgma_prostate_mr_segmentation"

@@ -12,10 +12,10 @@ import torch
 from tiny import tiny_bundle_overrides
 
 from monai_tta.adapters import VPTTA
-from monai_tta.bundle_utils import run_bundle
 from monai_tta.data import FUNDUS_DOMAINS, load_datalist
 from monai_tta.metrics import dice_per_channel
 from monai_tta.reports import read_case_csv
+from monai_tta.zoo.run import run_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"

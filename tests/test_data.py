@@ -28,7 +28,7 @@ from monai_tta.data import (
     load_fundus_csv_domain,
     synthesize_fundus_case,
 )
-from monai_tta.keys import DataKeys
+from monai_tta.data.keys import DataKeys
 from monai_tta.transforms.label import FundusMaskToChannels, FundusMaskToChannelsd, LabelEncoding
 
 IMAGE, LABEL, DOMAIN, CASE_ID = (k.value for k in (DataKeys.IMAGE, DataKeys.LABEL, DataKeys.DOMAIN, DataKeys.CASE_ID))

@@ -15,9 +15,9 @@ import pytest
 import torch
 from tiny import tiny_bundle_overrides
 
-from monai_tta.bundle_utils import run_bundle
 from monai_tta.distributed import rank_device, shard_indices, shard_stream, stream_segments
 from monai_tta.reports import read_case_csv
+from monai_tta.zoo.run import run_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 GRATA = ROOT / "bundles" / "grata_fundus_segmentation"

@@ -13,8 +13,8 @@ import pytest
 import torch
 from tiny import tiny_bundle_overrides
 
-from monai_tta.bundle_utils import run_bundle
 from monai_tta.reports import read_case_csv
+from monai_tta.zoo.run import run_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 DYNA = ROOT / "bundles" / "dyna_fundus_segmentation"

@@ -21,8 +21,8 @@ from monai_tta.data import (
     mr_site_affine,
     synthesize_mr_case,
 )
+from monai_tta.data.keys import DataKeys
 from monai_tta.data.mr_phantom import draw_pelvis, phantom_label, phantom_signal
-from monai_tta.keys import DataKeys
 from monai_tta.transforms import volume_postprocessing, volume_preprocessing
 
 # ITK's SWIG bindings warn once per type on import under Python >= 3.11; nothing of ours

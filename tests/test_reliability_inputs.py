@@ -26,10 +26,10 @@ from tiny import tiny_bundle_overrides, tiny_image, tiny_net, write_nifti_sites
 
 from monai_tta.adapters import SAR, VPTTA, GraTa, NormAdapt, Tent
 from monai_tta.adapters.dyna.store import DayImageStore
-from monai_tta.bundle_utils import run_bundle
 from monai_tta.data import load_datalist
+from monai_tta.data.checks import InvalidCaseError
 from monai_tta.reports import read_case_csv
-from monai_tta.validation import InvalidCaseError
+from monai_tta.zoo.run import run_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -319,7 +319,7 @@ def test_each_3d_bundle_records_each_bad_volume_as_failed_and_goes_on(volume_dat
 
 
 def test_validate_cased_checks_the_image_as_stored():
-    from monai_tta.validation import ValidateCased
+    from monai_tta.transforms.validation import ValidateCased
 
     check = ValidateCased(in_channels=3, spatial_dims=2, min_size=16, max_size=64)
     image = torch.rand(3, 32, 32)

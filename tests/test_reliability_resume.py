@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from tiny import digest, tiny_bundle_overrides
 
-from monai_tta.bundle_utils import run_bundle
 from monai_tta.handlers import CaseReport
 from monai_tta.reports import read_case_csv
+from monai_tta.zoo.run import run_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -27,7 +27,7 @@ CHILD = """
 import json, sys, time
 import torch
 torch.set_num_threads(1)
-from monai_tta.bundle_utils import run_bundle
+from monai_tta.zoo.run import run_bundle
 from monai_tta.handlers import CaseReport
 record = CaseReport.__call__
 def slow(self, engine):

@@ -12,7 +12,7 @@ import torch
 from tiny import tiny_image, tiny_net
 
 from monai_tta.adapters import VPTTA, NormAdapt, SafeChoice, SafeNorm, Tent
-from monai_tta.keys import StatKeys
+from monai_tta.adapters.stats import StatKeys
 
 
 def by_hand(ref: torch.nn.Module, x: torch.Tensor, prior: float, affine: list[torch.Tensor] | None = None):

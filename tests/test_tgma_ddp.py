@@ -17,11 +17,11 @@ from tiny import tiny_tgma_overrides
 
 from monai_tta.adapters.dyna.night import derived_seed
 from monai_tta.adapters.dyna.store import night_schedule
-from monai_tta.bundle_utils import load_source_model
 from monai_tta.data_parallel import all_reduce_sum, broadcast_object, fill_global_batches, rank_batch, wrap_ddp
 from monai_tta.networks import SmallUNet
 from monai_tta.tgma import TGMARunner, WeightedEnsemble, soft_dice_terms
 from monai_tta.tgma.lftm import soft_dice_from_terms
+from monai_tta.zoo.source import load_source_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RANKS, BATCH, EPOCHS, REFRESH = 2, 2, 2, 1

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from test_tgma_ddp import ddp_items, make_ddp_runner
 
-from monai_tta.bundle_utils import run_bundle
 from monai_tta.distributed import destroy_distributed, get_rank, init_distributed
+from monai_tta.zoo.run import run_bundle
 
 TGMA = Path(__file__).resolve().parents[1] / "bundles" / "tgma_prostate_mr_segmentation"
 

@@ -16,7 +16,7 @@ import time
 import nibabel as nib
 
 from monai_tta.data import MR_SITES, generate_mr_sites, load_datalist
-from monai_tta.keys import DataKeys
+from monai_tta.data.keys import DataKeys
 from monai_tta.transforms import volume_preprocessing
 
 

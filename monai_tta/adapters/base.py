@@ -36,11 +36,12 @@ from monai_tta.adapters.cases import Case, CaseParts, WholeCase
 from monai_tta.adapters.finite_guard import UpdateGuard
 from monai_tta.adapters.safe_choice import SafeChoice, mean_entropy, source_forward
 from monai_tta.adapters.safeguard import CollapseSafeguard
+from monai_tta.adapters.settings import Setting
+from monai_tta.adapters.stats import StatKeys
 from monai_tta.gradients import only_requires_grad
-from monai_tta.keys import Setting, StatKeys
+from monai_tta.networks.inputs import check_network_input
 from monai_tta.norms import AdaptiveBatchNorm, NormPolicy, convert_norms
 from monai_tta.params import ParamSelection, nothing_to_update_message, select_parameters
-from monai_tta.validation import check_network_input
 
 __all__ = ["Adapter", "AdapterState", "build_optimizer", "set_lr"]
 

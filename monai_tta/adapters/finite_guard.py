@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from monai_tta.keys import StatKeys
+from monai_tta.adapters.stats import StatKeys
 
 if TYPE_CHECKING:
     from monai_tta.adapters.base import AdapterState

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from monai_tta.adapters.safe_choice import SafeChoice, mean_entropy
+from monai_tta.adapters.safe_options import SafePer
 from monai_tta.adapters.source_only import SourceOnly
-from monai_tta.keys import NormRegime, SafePer
+from monai_tta.norms.policy import NormRegime
 
 __all__ = ["SafeNorm", "SafeChoice", "mean_entropy"]
 

@@ -44,7 +44,8 @@ import torch
 from monai.utils import look_up_option
 from torch import nn
 
-from monai_tta.keys import SafeCandidate, SafePer, StatKeys
+from monai_tta.adapters.safe_options import SafeCandidate, SafePer
+from monai_tta.adapters.stats import StatKeys
 from monai_tta.norms import statistics_prior
 
 if TYPE_CHECKING:

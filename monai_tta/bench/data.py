@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from monai_tta.keys import DataKeys
+from monai_tta.data.keys import DataKeys
 
 __all__ = [
     "NETWORKS",
@@ -231,8 +231,8 @@ def load_source_weights(
     Raises:
         FileNotFoundError: if the checkpoint is missing and no source training data is known.
     """
-    from monai_tta.bundle_utils import ensure_source_checkpoint
     from monai_tta.networks import load_reference_state_dict
+    from monai_tta.zoo.source import ensure_source_checkpoint
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():

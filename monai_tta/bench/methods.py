@@ -8,7 +8,7 @@ from typing import Any
 
 from monai_tta.adapters import SAR, GraTa, NormAdapt, SafeNorm, SourceOnly, Tent
 from monai_tta.adapters.base import Adapter
-from monai_tta.keys import Setting
+from monai_tta.adapters.settings import Setting
 
 __all__ = [
     "STREAM",

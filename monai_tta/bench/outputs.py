@@ -13,8 +13,8 @@ import numpy as np
 
 from monai_tta.bench.methods import METHODS, REFERENCE, SETTINGS, STREAM
 from monai_tta.bench.volumes import VOLUME_PASSES
+from monai_tta.data.keys import DataKeys
 from monai_tta.io import atomic_write_text
-from monai_tta.keys import DataKeys
 from monai_tta.reports import (
     format_interval,
     format_number,

@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.worker:
         _worker(args)
         return {}
-    from monai_tta.bundle_utils import run_bundle
+    from monai_tta.zoo.run import run_bundle
 
     prepare = {**_overrides(args), "output_dir": str(args.work.resolve() / "prepare")}
     prepare["target_domains"] = ["camera"]

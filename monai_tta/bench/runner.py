@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monai_tta.adapters.stats import StatKeys
 from monai_tta.bench.data import prepare_copy, prepare_data, prepare_network, resolve_device, to_device
 from monai_tta.bench.methods import REFERENCE, STREAM, make_adapter
 from monai_tta.bench.outputs import write_outputs
 from monai_tta.bench.probes import AMP, measure_memory, time_methods, timed_call
 from monai_tta.bench.stats import check_targets, check_volume_targets, summarize_runs
-from monai_tta.keys import DataKeys, StatKeys
+from monai_tta.data.keys import DataKeys
 from monai_tta.metrics import asd_per_channel, dice_per_channel
 
 __all__ = ["run_cases", "timing_methods", "environment", "run_benchmark", "run_image_benchmark", "run_volume_benchmark"]

@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
+from monai_tta.adapters.settings import Setting
 from monai_tta.bench.methods import make_adapter
 from monai_tta.data.synthetic import SOURCE_DOMAIN, SYNTHETIC_FUNDUS_DOMAINS, synthesize_fundus_case
 from monai_tta.io import atomic_write_json, atomic_write_text
-from monai_tta.keys import Setting
 from monai_tta.networks import SmallUNet
 from monai_tta.reports import markdown_table
 

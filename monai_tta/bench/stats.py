@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_tta.adapters.stats import StatKeys
 from monai_tta.bench.methods import REFERENCE, SETTINGS, STREAM
-from monai_tta.keys import DataKeys, StatKeys
+from monai_tta.data.keys import DataKeys
 from monai_tta.reports import bootstrap_ci, ratio
 
 __all__ = [

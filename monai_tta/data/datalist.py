@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from monai_tta.keys import DataKeys
+from monai_tta.data.keys import DataKeys
 
 __all__ = ["PATH_KEYS", "case_id_from_path", "load_datalist", "domain_stream", "DeferredData"]
 

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from monai_tta.keys import DataKeys
+from monai_tta.data.keys import DataKeys
 
 __all__ = ["FUNDUS_DOMAINS", "fundus_csv_names", "load_fundus_csv_domain", "fundus_datalist"]
 

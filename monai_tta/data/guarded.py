@@ -1,7 +1,7 @@
 """A stream of cases that survives bad files: a case that fails to load or validate is recorded and skipped.
 
 :class:`GuardedDataset` catches the error of a case's transform (missing or unreadable file, corrupt image, a failed
-:class:`~monai_tta.validation.ValidateCased` check) and returns a small failure record instead of raising.
+:class:`~monai_tta.transforms.validation.ValidateCased` check) and returns a small failure record instead of raising.
 :class:`CaseStream` iterates such a dataset one case at a time, hands the good cases to the engine and keeps the
 failures for the report (:class:`~monai_tta.handlers.CaseReport` drains them in stream order). It can also start after
 the first ``skip`` cases without loading them, which is how an interrupted run resumes
@@ -22,9 +22,9 @@ from monai.data import IterableDataset
 from monai.data.utils import list_data_collate
 from monai.transforms import apply_transform
 
+from monai_tta.data.checks import InvalidCaseError, case_name
 from monai_tta.data.datalist import PATH_KEYS
-from monai_tta.keys import DataKeys
-from monai_tta.validation import InvalidCaseError, case_name
+from monai_tta.data.keys import DataKeys
 
 __all__ = ["FAILURE_KEY", "GuardedDataset", "CaseStream", "failure_reason", "is_failure"]
 

@@ -51,6 +51,7 @@ import numpy as np
 from monai.utils import look_up_option
 
 from monai_tta.data.generated import DATALIST_NAME, as_json, is_complete, write_generated
+from monai_tta.data.keys import DataKeys
 from monai_tta.data.mr_phantom import (
     PelvisPhantom,
     draw_pelvis,
@@ -62,7 +63,6 @@ from monai_tta.data.mr_phantom import (
 )
 from monai_tta.data.synthetic import SOURCE_DOMAIN
 from monai_tta.io import atomic_write_bytes
-from monai_tta.keys import DataKeys
 
 __all__ = [
     "MRSite",

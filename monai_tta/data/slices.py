@@ -14,7 +14,7 @@ from typing import Any
 from monai.data import PatchIterd
 from monai.transforms import SqueezeDimd
 
-from monai_tta.keys import DataKeys
+from monai_tta.data.keys import DataKeys
 
 __all__ = ["SLICE_KEY", "volume_slices"]
 

@@ -32,8 +32,8 @@ from scipy import fft as sp_fft
 from scipy import ndimage
 
 from monai_tta.data.generated import DATALIST_NAME, MANIFEST_NAME, as_json, is_complete, write_generated
+from monai_tta.data.keys import DataKeys
 from monai_tta.io import atomic_write
-from monai_tta.keys import DataKeys
 
 __all__ = [
     "FundusDomain",

@@ -12,8 +12,8 @@ from monai.handlers import MLFlowHandler, TensorBoardStatsHandler
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from monai_tta.adapters.base import Adapter
+from monai_tta.data.keys import DataKeys
 from monai_tta.inferers.sliding_window import SlidingWindowAdapter
-from monai_tta.keys import DataKeys
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:

@@ -13,9 +13,9 @@ from monai.utils import IgniteInfo, min_version, optional_import
 
 from monai_tta import distributed
 from monai_tta.data.guarded import FAILURE_KEY
+from monai_tta.data.keys import CaseStatus, DataKeys
 from monai_tta.engines.evaluator import ADAPT_KEY, CASE_METRICS
 from monai_tta.io import atomic_write_json, atomic_write_text
-from monai_tta.keys import CaseStatus, DataKeys
 from monai_tta.metrics import asd_per_channel, dice_per_channel, hd95_per_channel
 from monai_tta.reports import MEAN_DICE, markdown_table, plot_domain_dice, plot_stream_stats, summarize, write_case_csv
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from monai_tta.keys import DataKeys
+from monai_tta.data.keys import DataKeys
 from monai_tta.reports import plot_overlay
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")

@@ -27,9 +27,9 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from monai_tta import distributed
 from monai_tta.adapters.base import Adapter
 from monai_tta.adapters.checkpoint import adapter_state_dict, load_adapter_state_dict
+from monai_tta.data.checks import case_name
 from monai_tta.handlers.case_report import CaseReport
 from monai_tta.io import atomic_save
-from monai_tta.validation import case_name
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from monai_tta.adapters.stats import StatKeys
+from monai_tta.data.keys import DataKeys
 from monai_tta.io import atomic_write
-from monai_tta.keys import DataKeys, StatKeys
 from monai_tta.reports.tables import format_number, ratio
 
 __all__ = [

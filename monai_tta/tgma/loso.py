@@ -9,8 +9,8 @@ from typing import Any
 
 from torch import nn
 
+from monai_tta.data.keys import DataKeys
 from monai_tta.distributed import is_main_process
-from monai_tta.keys import DataKeys
 from monai_tta.tgma.report import write_loso_summary, write_tgma_report
 from monai_tta.tgma.runner import TGMARunner
 

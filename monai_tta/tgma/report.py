@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from monai.utils import look_up_option
 
+from monai_tta.data.keys import DataKeys
 from monai_tta.io import atomic_write_json, atomic_write_text
-from monai_tta.keys import DataKeys
 from monai_tta.metrics import dice_per_channel
 from monai_tta.reports import markdown_table, plot_domain_dice, summarize, write_case_csv
 from monai_tta.tgma.lftm import ACTIVATIONS

@@ -47,10 +47,10 @@ from torch.utils.data import DataLoader, Dataset
 from monai_tta.adapters.base import build_optimizer
 from monai_tta.adapters.dyna.night import derived_seed
 from monai_tta.adapters.dyna.store import night_schedule
+from monai_tta.data.keys import DataKeys
 from monai_tta.data_parallel import broadcast_object, fill_global_batches, rank_batch, wrap_ddp
 from monai_tta.distributed import get_world_size, is_main_process
 from monai_tta.io import atomic_save
-from monai_tta.keys import DataKeys
 from monai_tta.losses import activate
 from monai_tta.tgma.adaptation import WeightedEnsemble, tgma_trainer
 from monai_tta.tgma.lftm import ACTIVATIONS, PERTURBATIONS, hard_foreground, lftm_terms

@@ -37,7 +37,7 @@ from monai.transforms import (
 )
 from monai.utils import look_up_option
 
-from monai_tta.keys import DataKeys
+from monai_tta.data.keys import DataKeys
 
 __all__ = [
     "VOLUME_READERS",

@@ -16,8 +16,14 @@ from monai_tta.zoo.generate import (
     generate_bundle,
     merge_config,
 )
+from monai_tta.zoo.run import record_config, run_bundle
+from monai_tta.zoo.source import ensure_source_checkpoint, load_source_model
 
 __all__ = [
+    "run_bundle",
+    "record_config",
+    "ensure_source_checkpoint",
+    "load_source_model",
     "SCHEMA_FILE",
     "SCHEMA_MD5",
     "ZOO_CHECKS",

@@ -140,7 +140,7 @@ def _write_models(
 ) -> None:
     from monai.bundle import ckpt_export
 
-    from monai_tta.bundle_utils import run_bundle
+    from monai_tta.zoo.run import run_bundle
 
     if checkpoint is not None:
         if not Path(checkpoint).is_file():

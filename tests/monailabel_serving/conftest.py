@@ -44,7 +44,7 @@ def app_with_bundles(root: Path, names: list[str], edit) -> Path:
 def served(tmp_path_factory):
     """An app folder with every bundle under ``model/`` (one source model shared, trained here on the embedded
     data), a studies folder of target-domain PNG images, and their ground-truth label maps."""
-    from monai_tta.bundle_utils import run_bundle
+    from monai_tta.zoo.run import run_bundle
 
     root = tmp_path_factory.mktemp("monailabel")
     app = app_with_bundles(root, BUNDLES, lambda config: config.update(image_size=IMAGE_SIZE))
@@ -82,7 +82,7 @@ def served3d(tmp_path_factory):
     """An app folder with the 3D bundles under ``model/`` (their inference.json edited to the tiny geometry, one
     source model shared, trained here), a studies folder of NIfTI volumes of three target sites, and the masks that
     ``monai.bundle run`` of each bundle's ``inference.json`` wrote for those volumes."""
-    from monai_tta.bundle_utils import run_bundle
+    from monai_tta.zoo.run import run_bundle
 
     root = tmp_path_factory.mktemp("monailabel3d")
 

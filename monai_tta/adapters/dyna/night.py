@@ -39,7 +39,8 @@ from monai.engines import SupervisedTrainer
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
-from monai_tta.keys import DataKeys, StatKeys
+from monai_tta.adapters.stats import StatKeys
+from monai_tta.data.keys import DataKeys
 from monai_tta.losses import masked_dice_bce_loss
 from monai_tta.transforms.intensity import StrongStyle
 

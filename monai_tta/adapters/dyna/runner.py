@@ -34,17 +34,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from monai_tta.adapters.base import Adapter, build_optimizer
+from monai_tta.adapters.dyna.keys import DayNightKeys as K
 from monai_tta.adapters.dyna.night import NightTrainer, derived_seed, ema_update_
 from monai_tta.adapters.dyna.store import DayImageStore, NightBatches, night_schedule, plain_tensor
+from monai_tta.adapters.stats import StatKeys
 from monai_tta.adapters.vptta.adapter import VPTTA
+from monai_tta.data.checks import InvalidCaseError, case_name
 from monai_tta.data.guarded import FAILURE_KEY, is_failure
+from monai_tta.data.keys import CaseStatus, DataKeys
 from monai_tta.distributed import get_rank, get_world_size
 from monai_tta.io import atomic_save, atomic_write_json
-from monai_tta.keys import CaseStatus, DataKeys, StatKeys
-from monai_tta.keys import DayNightKeys as K
 from monai_tta.norms import norm_layers
 from monai_tta.reports.tables import write_case_csv
-from monai_tta.validation import InvalidCaseError, case_name
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 logger = logging.getLogger(__name__)
@@ -95,8 +96,8 @@ class DayNightRunner:
 
     A day is the next ``images_per_day`` good cases of the stream. A bad case, either a failure record of a
     :class:`~monai_tta.data.GuardedDataset` (a file missing, unreadable, corrupt or failing
-    :class:`~monai_tta.validation.ValidateCased`) or an image the day adapter rejects with
-    :class:`~monai_tta.validation.InvalidCaseError` (raised before any of its state changes), gets a ``failed`` row
+    :class:`~monai_tta.transforms.validation.ValidateCased`) or an image the day adapter rejects with
+    :class:`~monai_tta.data.checks.InvalidCaseError` (raised before any of its state changes), gets a ``failed`` row
     with its reason in ``cases.csv``, is not stored, does not count toward its day and never reaches a night: the
     day adapter, the students and the teacher are bit for bit those of a run without it (ours: the paper has no bad
     input). Trailing bad cases after the last good one end the stream without a day of their own.
@@ -136,7 +137,8 @@ class DayNightRunner:
         group_key: key of the optional group of a stream case (e.g. its domain); when cases carry it, each day
             record also holds the day Dice per group (``None``: no grouping).
         callback: called as ``callback(event, info)`` after each stored image and each checkpoint (events in
-            :class:`~monai_tta.keys.DayNightKeys`); an exception raised there interrupts the run like a crash.
+            :class:`~monai_tta.adapters.dyna.keys.DayNightKeys`); an exception raised there interrupts the run like a
+            crash.
 
     Raises:
         ValueError: for invalid counts or options, or a network whose norms were already converted.

@@ -41,8 +41,9 @@ from torch import nn
 from monai_tta.adapters.base import Adapter, AdapterState, set_lr
 from monai_tta.adapters.cases import PartGroup
 from monai_tta.adapters.grata.graphs import CapturedCall
+from monai_tta.adapters.settings import Setting
+from monai_tta.adapters.stats import StatKeys
 from monai_tta.gradients import global_cosine, perturb, restore, set_grads
-from monai_tta.keys import Setting, StatKeys
 from monai_tta.losses import consistency_loss, entropy_loss
 from monai_tta.norms import AdaptiveBatchNorm, per_sample_stats
 from monai_tta.transforms.intensity import StrongStyle

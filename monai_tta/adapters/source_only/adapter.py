@@ -7,7 +7,8 @@ from typing import Any
 from torch import nn
 
 from monai_tta.adapters.base import Adapter
-from monai_tta.keys import NormRegime, Setting
+from monai_tta.adapters.settings import Setting
+from monai_tta.norms.policy import NormRegime
 
 __all__ = ["SourceOnly", "NormAdapt"]
 

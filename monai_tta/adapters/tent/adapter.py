@@ -9,8 +9,9 @@ from torch import nn
 
 from monai_tta.adapters.base import Adapter, AdapterState
 from monai_tta.adapters.cases import PartGroup
+from monai_tta.adapters.settings import Setting
+from monai_tta.adapters.stats import StatKeys
 from monai_tta.gradients import set_grads
-from monai_tta.keys import Setting, StatKeys
 from monai_tta.losses import entropy_loss
 
 __all__ = ["Tent"]

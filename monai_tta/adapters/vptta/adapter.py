@@ -11,12 +11,14 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from monai_tta.adapters.base import Adapter, AdapterState
+from monai_tta.adapters.settings import Setting
+from monai_tta.adapters.stats import StatKeys
 from monai_tta.adapters.vptta.memory import PromptMemory
 from monai_tta.adapters.vptta.prompt import FourierPrompt
 from monai_tta.gradients import param_grads, set_grads
-from monai_tta.keys import NormRegime, Setting, StatKeys
 from monai_tta.losses import bn_alignment_loss
 from monai_tta.norms import recording_stats, warmup_lambda
+from monai_tta.norms.policy import NormRegime
 
 __all__ = ["VPTTA"]
 

@@ -1,37 +1,24 @@
-"""Input validation: every bad case is stopped with a message that names the case, the problem and the fix.
+"""Case checks: every bad case is stopped with a message that names the case, the problem and the fix.
 
 The checks run in two places. The adapters check each batch they are given (:meth:`Adapter.__call__
-<monai_tta.adapters.base.Adapter.__call__>`), before anything of their state changes; the bundles check each case as
-it is loaded (:class:`ValidateCased`, right after ``EnsureChannelFirstd`` and before any resizing, so that an image far
-larger or smaller than expected is seen at its real size), and a case that fails is recorded and skipped
-(:class:`~monai_tta.data.guarded.GuardedDataset`).
+<monai_tta.adapters.base.Adapter.__call__>`, with :func:`~monai_tta.networks.inputs.check_network_input`), before
+anything of their state changes; the bundles check each case as it is loaded
+(:class:`~monai_tta.transforms.validation.ValidateCased`, right after ``EnsureChannelFirstd`` and before any
+resizing, so that an image far larger or smaller than expected is seen at its real size), and a case that fails is
+recorded and skipped (:class:`~monai_tta.data.guarded.GuardedDataset`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform
-from torch import nn
-from torch.nn.modules.conv import _ConvNd
 
-from monai_tta.keys import DataKeys
+from monai_tta.data.keys import DataKeys
 
-__all__ = [
-    "InvalidCaseError",
-    "case_name",
-    "first_conv",
-    "check_image",
-    "check_label",
-    "check_network_input",
-    "ValidateCased",
-    "RecordShaped",
-    "stored_shape_key",
-]
+__all__ = ["InvalidCaseError", "case_name", "check_image", "check_label", "MIN_RANGE"]
 
 #: smallest intensity range (max - min) of an image that is not constant.
 MIN_RANGE = 1e-6
@@ -70,11 +57,6 @@ def case_name(data: Any, default: str = "input") -> str:
     if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
         return str(data)
     return default
-
-
-def first_conv(network: nn.Module) -> _ConvNd | None:
-    """The first convolution of ``network`` (in module order), which sets its input channels and dimensionality."""
-    return next((m for m in network.modules() if isinstance(m, _ConvNd)), None)
 
 
 def _as_tensor(image: Any, case: str) -> torch.Tensor:
@@ -167,15 +149,6 @@ def check_image(
         )
 
 
-def stored_shape_key(key: str) -> str:
-    """The data key under which :class:`RecordShaped` keeps the stored spatial shape of ``key``.
-
-    A prefix, not a suffix: MONAI's ``Spacingd`` treats every key starting with ``"<key>_"`` as a metadata dictionary
-    of ``key`` and updates it.
-    """
-    return f"stored_shape_{key}"
-
-
 def check_label(label: Any, image: Any, case: str = "input", label_shape: Sequence[int] | None = None) -> None:
     """Check that ``label`` (channel-first) covers its image: same spatial shape, finite values.
 
@@ -184,7 +157,7 @@ def check_label(label: Any, image: Any, case: str = "input", label_shape: Sequen
         image: its image, as stored (before any resizing).
         case: the case name used in the message.
         label_shape: the label's spatial shape as stored, when it was resized before this check (see
-            :class:`RecordShaped`); default: its current shape.
+            :class:`~monai_tta.transforms.validation.RecordShaped`); default: its current shape.
 
     Raises:
         InvalidCaseError: if the spatial shapes differ or the label has non-finite values.
@@ -199,84 +172,3 @@ def check_label(label: Any, image: Any, case: str = "input", label_shape: Sequen
         )
     if y.is_floating_point() and not bool(torch.isfinite(y).all()):
         raise InvalidCaseError(case, "the label has NaN or infinite values", "fix the label file")
-
-
-def check_network_input(inputs: Any, network: nn.Module, case: str | None = None) -> None:
-    """Check a batch given to an adapter against what ``network`` takes (its first convolution's channels and
-    dimensionality).
-
-    Raises:
-        InvalidCaseError: for the first problem found (see :func:`check_image`).
-    """
-    conv = first_conv(network)
-    name = case if case is not None else case_name(inputs)
-    if isinstance(inputs, torch.Tensor) and not inputs.is_floating_point():
-        raise InvalidCaseError(name, f"inputs have dtype {inputs.dtype}", "convert them to a floating-point tensor")
-    check_image(
-        inputs,
-        name,
-        in_channels=None if conv is None else int(conv.in_channels),
-        spatial_dims=None if conv is None else len(conv.kernel_size),
-        batched=True,
-    )
-
-
-class ValidateCased(MapTransform):
-    """Check a loaded, channel-first case (image and, when present, label) before any resizing.
-
-    Args:
-        keys: the image key (one key).
-        label_key: the label key (checked when present).
-        in_channels: expected number of image channels.
-        spatial_dims: expected number of spatial axes.
-        min_size: smallest allowed spatial size of the image as stored.
-        max_size: largest allowed spatial size of the image as stored.
-        allow_missing_keys: do not fail when the label is missing.
-
-    Raises:
-        InvalidCaseError: when a case fails a check (see :func:`check_image` and :func:`check_label`).
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection = DataKeys.IMAGE,
-        label_key: str | None = DataKeys.LABEL,
-        in_channels: int | None = None,
-        spatial_dims: int | None = None,
-        min_size: int | None = None,
-        max_size: int | None = None,
-        allow_missing_keys: bool = True,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.label_key = label_key
-        self.in_channels, self.spatial_dims = in_channels, spatial_dims
-        self.min_size, self.max_size = min_size, max_size
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            case = case_name(d)
-            check_image(d[key], case, self.in_channels, self.spatial_dims, False, self.min_size, self.max_size)
-            label = d.get(self.label_key) if self.label_key is not None else None
-            if isinstance(label, (torch.Tensor, np.ndarray)):  # a label still a path is not loaded by this pipeline
-                check_label(d[self.label_key], d[key], case, d.get(stored_shape_key(self.label_key)))
-        return d
-
-
-class RecordShaped(MapTransform):
-    """Keep the spatial shape of each key's array as loaded (channel-first), under :func:`stored_shape_key`, so that
-    :class:`ValidateCased` can compare a label resized before the image is loaded with the image as stored.
-
-    Args:
-        keys: the keys to record (e.g. ``"label"``).
-        allow_missing_keys: do not fail when a key is missing.
-    """
-
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[stored_shape_key(str(key))] = [int(s) for s in d[key].shape[1:]]
-        return d
