@@ -1,21 +1,10 @@
 """DyNA's day/night schedule: VPTTA by day, self-training by night, with a crash-safe store and exact resume.
 
-Layout of a run's output folder::
-
-    <output_dir>/checkpoint.pt           the run state, replaced atomically after each day, each night and every
-                                         ``checkpoint_interval`` night iterations
-    <output_dir>/day_store/manifest.json the list of stored day images (replaced atomically after each image)
-    <output_dir>/day_store/items/*.pt    one file per day image: image, binarised prediction, day
-    <output_dir>/cases.csv               one row per stream case, in stream order: its day and day Dice, or
-                                         ``status=failed`` and the reason (replaced atomically after each day)
-    <output_dir>/report.json             the final report (also returned by :meth:`DayNightRunner.run`)
-    <output_dir>/report.md, report.png   tables and plot (``daynight_report.write_daynight_summary``, optional)
-
-Every file is written to a temporary name in the same folder, flushed and fsync'ed, then moved into place with
-``os.replace``, so a reader only ever sees a complete old or a complete new version. A day image becomes visible
-only once the manifest that lists it has been replaced, so a partially written image is never read. The store and the
-batches a night trains on are in :mod:`monai_tta.adapters.dyna.store`; the report's tables and plot in
-:mod:`monai_tta.adapters.dyna.report`.
+The layout of a run's output folder is in :mod:`monai_tta.adapters.dyna.layout`. Every file is written to a
+temporary name in the same folder, flushed and fsync'ed, then moved into place with ``os.replace``, so a reader only
+ever sees a complete old or a complete new version. A day image becomes visible only once the manifest that lists it
+has been replaced, so a partially written image is never read. The store and the batches a night trains on are in
+:mod:`monai_tta.adapters.dyna.store`; the report's tables and plot in :mod:`monai_tta.adapters.dyna.report`.
 """
 
 from __future__ import annotations
@@ -35,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from monai_tta.adapters.base import Adapter, build_optimizer
 from monai_tta.adapters.dyna.keys import DayNightKeys as K
+from monai_tta.adapters.dyna.layout import CASES_NAME, CHECKPOINT_NAME, REPORT_NAME, STORE_NAME
 from monai_tta.adapters.dyna.night import NightTrainer, derived_seed, ema_update_
 from monai_tta.adapters.dyna.store import DayImageStore, NightBatches, night_schedule, plain_tensor
 from monai_tta.adapters.stats import StatKeys
@@ -66,12 +56,6 @@ _NIGHT_DATA = ("day", "all")
 #: held-out cases: a sequence, ``{group: cases}`` or ``None``.
 _HeldOut = Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]] | None
 _PHASE_DAY, _PHASE_NIGHT, _PHASE_DONE = "day", "night", "done"
-CHECKPOINT_NAME = "checkpoint.pt"
-REPORT_NAME = "report.json"
-CASES_NAME = "cases.csv"
-STORE_NAME = "day_store"
-SUMMARY_NAME = "report.md"
-PLOT_NAME = "report.png"
 
 #: report fields present only when the stream's cases carry a group (``group_key``, e.g. the domain) or when the
 #: held-out cases are given as ``{group: cases}``: per-group Dice, keyed by group name.
