@@ -154,8 +154,8 @@ def prepare_volumes(args: argparse.Namespace, device: torch.device) -> dict[str,
     """
     from monai_tta.data import SOURCE_DOMAIN, generate_mr_sites, list_mr_sites, load_datalist
 
-    known = list_mr_sites()
-    sites = list(args.vol_sites or [s for s in known if s != SOURCE_DOMAIN])
+    known = list_mr_sites("all")  # the default sites and the content sites (selectable by name)
+    sites = list(args.vol_sites or [s for s in list_mr_sites() if s != SOURCE_DOMAIN])
     wrong = [s for s in sites if s not in known or s == SOURCE_DOMAIN]
     if wrong:
         raise ValueError(

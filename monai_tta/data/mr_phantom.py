@@ -106,7 +106,8 @@ class PelvisPhantom:
     Cylinders (body, bones, obturators, rectum) run along z; ``*_semi`` are semi-axes, ``fat`` and ``muscle`` layer
     thicknesses, ``tz_*`` the transition zone, ``*_waves`` the smooth fields of the gland's shape perturbation
     (relative ``shape_amplitude``), of the tissue texture and of the transition zone's nodules; ``tissue`` maps each
-    tissue to its signal in [0, 1].
+    tissue to its signal in [0, 1]; ``lesions`` are focal findings of the peripheral zone, each
+    ``(centre, semi-axes, signal)`` (none by default: :mod:`monai_tta.data.mr_variation` adds them).
     """
 
     body_centre: tuple[float, float]
@@ -130,6 +131,7 @@ class PelvisPhantom:
     texture_waves: tuple[np.ndarray, np.ndarray]
     nodule_waves: tuple[np.ndarray, np.ndarray]
     tissue: dict[str, float]
+    lesions: tuple[tuple[tuple[float, float, float], tuple[float, float, float], float], ...] = ()
 
 
 def draw_pelvis(rng: np.random.Generator) -> PelvisPhantom:
@@ -271,5 +273,8 @@ def phantom_signal(anatomy: PelvisPhantom, points: np.ndarray) -> np.ndarray:
     transition = (tz <= 1.0) & (gland <= 0.85)
     nodules = smooth_field(where[transition], anatomy.nodule_waves)  # benign hyperplasia: heterogeneous transition zone
     gland_signal[transition] = t["transition"] * (1.0 + 0.04 * texture[transition] + 0.1 * nodules)
+    for centre, semi, value in anatomy.lesions:  # focal T2-dark findings; they replace the peripheral zone's signal
+        lesion = (_level(where, centre, semi) <= 1.0) & peripheral & ~transition
+        gland_signal[lesion] = value * (1.0 + 0.05 * texture[lesion])
     signal[inside] = gland_signal
     return np.clip(signal, 0.0, 1.0)

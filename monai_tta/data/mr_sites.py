@@ -10,10 +10,10 @@ A *site* is a simulated scanner and protocol. It samples that anatomy on its own
 scanner would: its voxel spacing and slice thickness (with partial-volume averaging across thick slices), its storage
 orientation (RAS, LPS, LAS, a sagittal acquisition with permuted axes, an oblique tilt), its field of view, a smooth
 multiplicative bias field (or the steep fall-off of an endorectal coil), its tissue contrast, its noise (Rician
-magnitude noise or Gaussian) and its intensity scale and offset. The registry :data:`MR_SITES` documents each site;
-the parameters are plausible acquisition differences chosen by hand, none was tuned to favour an adaptation method.
-``docs/data/mr_sites.md`` says what each site changes and why it is realistic. In short (spacing and field of view in
-stored voxel order, millimetres):
+magnitude noise or Gaussian) and its intensity scale and offset. The registry :data:`MR_SITES` documents each
+default site; the parameters are plausible acquisition differences chosen by hand, none was tuned to favour an
+adaptation method. ``docs/data/mr_sites.md`` says what each site changes and why it is realistic. In short (spacing
+and field of view in stored voxel order, millimetres):
 
 ==============  ================  ===============  ===============  ====================  =========================
 site            stored axes       spacing          field of view    intensity             bias / coil, noise
@@ -26,6 +26,12 @@ site            stored axes       spacing          field of view    intensity   
 ``bias``        RAS               1.8 x 1.8 x 2.5  90 x 90 x 66     x1500                 0.35; Rician 3 %
 ==============  ================  ===============  ===============  ====================  =========================
 
+The content sites (:data:`MR_CONTENT_SITES`, preset ``"content"``; :mod:`monai_tta.data.mr_registry`) differ from
+the source by what is imaged: ``pelvis`` (a 240 mm field of view and 120 mm of coverage), ``cropped`` (72 x 64 x 54 mm
+around the gland), ``bph`` (larger glands with a large transition zone), ``small`` (smaller glands), ``lesion``
+(T2-dark peripheral-zone lesions; :mod:`monai_tta.data.mr_variation`), and ``mild`` (a mild acquisition change).
+The default sites never change with them.
+
 Labels follow the Medical Segmentation Decathlon prostate task: ``0`` background, ``1`` peripheral zone, ``2``
 transition zone; ``labels="gland"`` writes the whole gland as ``1``.
 
@@ -35,15 +41,15 @@ Example::
 
     datalist_file = generate_mr_sites("./data/mr_sites", num_train=8, num_test=4)
     sections = load_datalist(datalist_file)  # {"source_train": [...], "source_val": [...], "source_test": [...], ...}
+    content = generate_mr_sites("./data/mr_content", num_train=2, num_test=4, sites="content")
 """
 
 from __future__ import annotations
 
 import gzip
-import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import nibabel as nib
@@ -52,21 +58,28 @@ from monai.utils import look_up_option
 
 from monai_tta.data.generated import DATALIST_NAME, as_json, is_complete, write_generated
 from monai_tta.data.keys import DataKeys
-from monai_tta.data.mr_phantom import (
-    PelvisPhantom,
-    draw_pelvis,
-    phantom_label,
-    phantom_signal,
-    random_waves,
-    rotation_matrix,
-    smooth_field,
+from monai_tta.data.mr_phantom import draw_pelvis, phantom_label
+from monai_tta.data.mr_registry import (
+    MR_CONTENT_SITES,
+    MR_SITE_PRESETS,
+    MR_SITES,
+    MRContentSite,
+    MRSite,
+    get_mr_site,
+    list_mr_sites,
+    resolve_mr_sites,
 )
-from monai_tta.data.synthetic import SOURCE_DOMAIN
+from monai_tta.data.mr_scanner import acquire_signal, grid_shape, mr_site_affine, voxel_centres
+from monai_tta.data.mr_variation import PelvisVariation, vary_pelvis
 from monai_tta.io import atomic_write_bytes
 
 __all__ = [
     "MRSite",
+    "MRContentSite",
+    "PelvisVariation",
     "MR_SITES",
+    "MR_CONTENT_SITES",
+    "MR_SITE_PRESETS",
     "MR_LABEL_MODES",
     "MR_SPLITS",
     "MR_GENERATOR_VERSION",
@@ -85,225 +98,13 @@ MR_LABEL_MODES = ("zones", "gland")
 MR_SPLITS = ("train", "test")
 """Case splits. Every site has both: a per-site source model is trained on ``train`` and evaluated on ``test``."""
 
-_AXES = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
-_INT16_MAX = np.iinfo(np.int16).max
 
-
-@dataclass(frozen=True)
-class MRSite:
-    """Acquisition parameters of one simulated MR site (scanner and protocol).
-
-    Lengths are millimetres. ``spacing`` and ``fov`` are given in the stored voxel order ``(i, j, k)``; ``k`` is the
-    slice axis. Every case draws its own small variation of the intensity parameters (``jitter``) and its own
-    field-of-view placement (``fov_shift``).
-
-    Args:
-        description: one line saying what real acquisition the site imitates.
-        orientation: the stored axis codes, nibabel style (``"RAS"``: ``i`` runs to the right, ``j`` to anterior,
-            ``k`` to superior; ``"LPS"`` is the DICOM/ITK order; a permutation such as ``"ASL"`` is a sagittal stack).
-        spacing: voxel size ``(i, j, k)``; ``k`` is the slice thickness (contiguous slices, no gap).
-        fov: extent of the field of view along ``(i, j, k)``; the grid has ``round(fov / spacing)`` voxels per axis.
-        tilt: oblique acquisition, degrees of rotation of the voxel grid about the left-right world axis.
-        scale: intensity units per unit of tissue signal (scanners store arbitrary units).
-        offset: intensity added after scaling (an export's intercept).
-        contrast: exponent of the tissue signal (below 1 flattens the T2 contrast, above 1 steepens it).
-        bias: standard deviation of the log of a smooth multiplicative bias field (receive-coil inhomogeneity).
-        bias_wavelength: spatial wavelength of that field.
-        endorectal: gain of an endorectal receive coil: signal times ``1 + endorectal * exp(-d / 15 mm)``, ``d`` the
-            distance to the rectal lumen.
-        noise: noise standard deviation, relative to the tissue signal range [0, 1].
-        noise_kind: ``"rician"`` (magnitude image of complex Gaussian noise: a positive, Rayleigh-distributed floor in
-            air) or ``"gaussian"`` (additive).
-        fov_shift: largest offset of the field of view's centre from the gland centre, per world axis.
-        jitter: relative per-case variation of ``scale``, ``bias`` and ``noise``.
-    """
-
-    description: str
-    orientation: str = "RAS"
-    spacing: tuple[float, float, float] = (2.0, 2.0, 3.0)
-    fov: tuple[float, float, float] = (120.0, 120.0, 72.0)
-    tilt: float = 0.0
-    scale: float = 1000.0
-    offset: float = 0.0
-    contrast: float = 1.0
-    bias: float = 0.1
-    bias_wavelength: float = 200.0
-    endorectal: float = 0.0
-    noise: float = 0.02
-    noise_kind: str = "rician"
-    fov_shift: float = 5.0
-    jitter: float = 0.05
-
-
-MR_SITES: dict[str, MRSite] = {
-    SOURCE_DOMAIN: MRSite(
-        description="3T, pelvic phased-array coil, axial T2 stored RAS; 2.0 mm in-plane, 3.0 mm slices, "
-        "120 mm field of view, mild bias, Rician noise 2%",
-    ),
-    "thick": MRSite(
-        description="1.5T, axial, stored LPS (DICOM order); thick 4.5 mm slices, coarser 2.4 mm in-plane, wider "
-        "150 mm field of view showing the body outline, lower SNR (Rician 5%), flatter contrast, scale 400",
-        orientation="LPS",
-        spacing=(2.4, 2.4, 4.5),
-        fov=(150.0, 150.0, 81.0),
-        scale=400.0,
-        contrast=0.8,
-        noise=0.05,
-    ),
-    "endorectal": MRSite(
-        description="3T with an endorectal coil: bright signal at the rectum falling off anteriorly; stored LAS; "
-        "fine 1.6 mm in-plane, 3.6 mm slices, small 100 mm field of view, scale 3000",
-        orientation="LAS",
-        spacing=(1.6, 1.6, 3.6),
-        fov=(100.0, 100.0, 72.0),
-        scale=3000.0,
-        endorectal=2.0,
-        noise=0.015,
-    ),
-    "sagittal": MRSite(
-        description="sagittal T2 stack stored with permuted axes (ASL: i anterior, j superior, k left); 1.8 mm "
-        "in-plane (A-P, S-I), 4.0 mm slices across left-right, steeper contrast",
-        orientation="ASL",
-        spacing=(1.8, 1.8, 4.0),
-        fov=(120.0, 108.0, 100.0),
-        contrast=1.25,
-        bias=0.15,
-    ),
-    "oblique": MRSite(
-        description="oblique axial tilted 12 degrees about left-right (perpendicular to the rectal wall), stored LPS; "
-        "Gaussian noise 3% and an export intercept of +200, scale 800",
-        orientation="LPS",
-        spacing=(2.0, 2.0, 3.0),
-        fov=(120.0, 120.0, 75.0),
-        tilt=12.0,
-        scale=800.0,
-        offset=200.0,
-        noise=0.03,
-        noise_kind="gaussian",
-    ),
-    "bias": MRSite(
-        description="older 1.5T body-coil protocol with strong intensity inhomogeneity (bias 0.35); narrow 90 mm field "
-        "of view cutting the body; thinner 2.5 mm slices at 1.8 mm in-plane; stored RAS, scale 1500",
-        spacing=(1.8, 1.8, 2.5),
-        fov=(90.0, 90.0, 66.0),
-        scale=1500.0,
-        bias=0.35,
-        bias_wavelength=150.0,
-        noise=0.03,
-    ),
-}
-"""Registry of the simulated sites, name -> parameters; the source site first. Add an entry to define a new site."""
-
-
-def list_mr_sites() -> list[str]:
-    """Names of the registered MR sites, the source site first.
-
-    Returns:
-        the keys of :data:`MR_SITES` in registry order.
-    """
-    return list(MR_SITES)
-
-
-def _get_site(site: str) -> MRSite:
-    if site not in MR_SITES:
-        raise ValueError(f"unknown MR site {site!r}; available: {list_mr_sites()}.")
-    spec = MR_SITES[site]
-    codes = spec.orientation.upper()
-    if len(codes) != 3 or sorted(_AXES[c][0] for c in codes if c in _AXES) != [0, 1, 2]:
-        raise ValueError(f"MR site {site!r}: orientation {spec.orientation!r} must name each of L/R, A/P, S/I once.")
-    look_up_option(spec.noise_kind, ("rician", "gaussian"))
-    return spec
-
-
-def _case_rngs(seed: int, site: str, split: str, index: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """Two independent streams of one case: its anatomy and its acquisition."""
-    # crc32 of names (not registry positions) keeps a site's cases stable when sites are added
+def _case_rngs(seed: int, site: str, split: str, index: int) -> tuple[np.random.Generator, ...]:
+    """Three independent streams of one case: its anatomy, its acquisition and its site's content variation."""
+    # crc32 of names (not registry positions) keeps a site's cases stable when sites are added; the first two
+    # children of spawn(3) are those of spawn(2), so the default sites' cases are as before the third stream
     sequence = np.random.SeedSequence([int(seed), zlib.crc32(site.encode()), zlib.crc32(split.encode()), int(index)])
-    anatomy, acquisition = sequence.spawn(2)
-    return np.random.default_rng(anatomy), np.random.default_rng(acquisition)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# acquisition
-
-
-def _direction(orientation: str, tilt: float) -> np.ndarray:
-    """3x3 matrix whose columns are the world (RAS) unit vectors of the voxel axes ``i, j, k``."""
-    direction = np.zeros((3, 3))
-    for column, code in enumerate(orientation.upper()):
-        axis, sign = _AXES[code]
-        direction[axis, column] = sign
-    return rotation_matrix(math.radians(tilt), 0.0) @ direction
-
-
-def _grid_shape(spec: MRSite, voxel_scale: float) -> tuple[int, int, int]:
-    spacing = np.asarray(spec.spacing) * voxel_scale
-    return tuple(max(int(round(f / s)), 1) for f, s in zip(spec.fov, spacing))  # type: ignore[return-value]
-
-
-def mr_site_affine(site: str, centre: Sequence[float] = (0.0, 0.0, 0.0), voxel_scale: float = 1.0) -> np.ndarray:
-    """The voxel-to-world (RAS, millimetres) affine of a site's grid whose field of view is centred on ``centre``.
-
-    Args:
-        site: a name in :data:`MR_SITES`.
-        centre: world position of the field of view's centre.
-        voxel_scale: factor applied to the site's voxel spacing (> 0).
-
-    Returns:
-        a float64 ``(4, 4)`` affine, as stored in the NIfTI sform and qform.
-
-    Raises:
-        ValueError: for an unknown site or a non-positive ``voxel_scale``.
-    """
-    spec = _get_site(site)
-    if not float(voxel_scale) > 0:
-        raise ValueError(f"voxel_scale must be > 0, got {voxel_scale}.")
-    spacing = np.asarray(spec.spacing, dtype=np.float64) * float(voxel_scale)
-    shape = np.asarray(_grid_shape(spec, voxel_scale), dtype=np.float64)
-    linear = _direction(spec.orientation, spec.tilt) * spacing[None, :]
-    affine = np.eye(4)
-    affine[:3, :3] = linear
-    affine[:3, 3] = np.asarray(centre, dtype=np.float64) - linear @ ((shape - 1.0) / 2.0)
-    return affine
-
-
-def _voxel_centres(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """World (RAS) positions of the voxel centres, ``(N, 3)`` float32 in C order of ``shape``."""
-    ijk = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), -1).reshape(-1, 3)
-    return (ijk @ affine[:3, :3].T + affine[:3, 3]).astype(np.float32)
-
-
-def _acquire(
-    rng: np.random.Generator, spec: MRSite, anatomy: PelvisPhantom, affine: np.ndarray, world: np.ndarray
-) -> np.ndarray:
-    """Sample the anatomy at the voxel centres ``world`` and simulate the scanner; returns the flat int16 signal."""
-    jit = spec.jitter
-    # thick slices: the signal is the average over the slice profile (partial volume), sampled at n points across k
-    ratio = spec.spacing[2] / min(spec.spacing[0], spec.spacing[1])
-    n_sub = math.ceil(ratio) + 1  # at least 2 samples per slice thickness; thicker slices get more
-    signal = np.zeros(len(world))
-    for offset in (np.arange(n_sub) + 0.5) / n_sub - 0.5:
-        signal += phantom_signal(anatomy, world + (offset * affine[:3, 2]).astype(np.float32))
-    signal /= n_sub
-    signal = signal ** (spec.contrast * math.exp(rng.normal(0.0, jit / 2.0)))
-
-    if spec.bias > 0:
-        strength = spec.bias * math.exp(rng.normal(0.0, jit))
-        signal *= np.exp(strength * smooth_field(world, random_waves(rng, 4, spec.bias_wavelength)))
-    if spec.endorectal > 0:
-        rx, ry = anatomy.rectum_centre
-        distance = np.maximum(np.hypot(world[:, 0] - rx, world[:, 1] - ry) - min(anatomy.rectum_semi) + 4.0, 0.0)
-        signal *= 1.0 + spec.endorectal * np.exp(-distance / 15.0)
-    if spec.noise > 0:
-        sigma = spec.noise * math.exp(rng.normal(0.0, jit))
-        real = signal + rng.normal(0.0, sigma, signal.shape)
-        if spec.noise_kind == "rician":
-            signal = np.hypot(real, rng.normal(0.0, sigma, signal.shape))
-        else:
-            signal = real
-    scale = spec.scale * math.exp(rng.normal(0.0, jit))
-    values = np.rint(scale * signal + spec.offset)
-    return np.clip(values, -_INT16_MAX, _INT16_MAX).astype(np.int16)
+    return tuple(np.random.default_rng(child) for child in sequence.spawn(3))
 
 
 def synthesize_mr_case(
@@ -315,7 +116,7 @@ def synthesize_mr_case(
     site; the acquisition depends on the site's parameters and its own random stream.
 
     Args:
-        site: a name in :data:`MR_SITES`.
+        site: a name in :data:`MR_SITES` or :data:`MR_CONTENT_SITES`.
         split: ``"train"`` or ``"test"``.
         index: index of the case within the site's split (non-negative).
         seed: non-negative base seed.
@@ -329,18 +130,20 @@ def synthesize_mr_case(
     Raises:
         ValueError: for an unknown site, split or label mode, a negative seed or index, or a bad ``voxel_scale``.
     """
-    spec = _get_site(site)
+    spec = get_mr_site(site)
     split = look_up_option(split, MR_SPLITS)
     labels = look_up_option(labels, MR_LABEL_MODES)
     if int(seed) < 0 or int(index) < 0:
         raise ValueError(f"seed and index must be non-negative, got seed={seed}, index={index}.")
-    anatomy_rng, acquisition_rng = _case_rngs(seed, site, split, index)
+    anatomy_rng, acquisition_rng, variation_rng = _case_rngs(seed, site, split, index)
     anatomy = draw_pelvis(anatomy_rng)
+    if isinstance(spec, MRContentSite):
+        anatomy = vary_pelvis(anatomy, spec.anatomy, variation_rng)
     shift = acquisition_rng.uniform(-spec.fov_shift, spec.fov_shift, 3)
     affine = mr_site_affine(site, np.asarray(anatomy.gland_centre) + shift, voxel_scale)
-    shape = _grid_shape(spec, voxel_scale)
-    world = _voxel_centres(affine, shape)
-    image = _acquire(acquisition_rng, spec, anatomy, affine, world).reshape(shape)
+    shape = grid_shape(spec, voxel_scale)
+    world = voxel_centres(affine, shape)
+    image = acquire_signal(acquisition_rng, spec, anatomy, affine, world).reshape(shape)
     label = phantom_label(anatomy, world).reshape(shape)
     if labels == "gland":
         label = (label > 0).astype(np.uint8)
@@ -372,7 +175,7 @@ def _manifest(
         "val_fraction": float(val_fraction),
         "voxel_scale": float(voxel_scale),
         "labels": labels,
-        "sites": {name: asdict(MR_SITES[name]) for name in sites},
+        "sites": {name: asdict(get_mr_site(name)) for name in sites},
     }
     return as_json(record)
 
@@ -382,7 +185,7 @@ def generate_mr_sites(
     num_train: int = 8,
     num_test: int = 4,
     seed: int = 0,
-    sites: Sequence[str] | None = None,
+    sites: str | Sequence[str] | None = None,
     voxel_scale: float = 1.0,
     labels: str = "zones",
     val_fraction: float = 0.25,
@@ -417,7 +220,9 @@ def generate_mr_sites(
         num_train: training cases per site (>= 1), split into train and val.
         num_test: test cases per site (>= 1).
         seed: non-negative base seed.
-        sites: names from :data:`MR_SITES`; ``None`` generates all of them in registry order.
+        sites: names from :data:`MR_SITES` or :data:`MR_CONTENT_SITES`, or a preset name of
+            :data:`MR_SITE_PRESETS` (``"content"``: the source and the content sites; ``"all"``); ``None`` generates
+            the default sites in registry order.
         voxel_scale: factor applied to every site's voxel spacing (> 0); 2 halves every side of the volumes.
         labels: ``"zones"`` (1 peripheral zone, 2 transition zone) or ``"gland"`` (1 whole gland).
         val_fraction: fraction of each site's training cases put in ``"<site>_val"``, in [0, 1).
@@ -429,13 +234,7 @@ def generate_mr_sites(
     Raises:
         ValueError: for an unknown or repeated site name, or invalid counts, seed, scale, label mode or fraction.
     """
-    names = list_mr_sites() if sites is None else [str(s) for s in ([sites] if isinstance(sites, str) else sites)]
-    if not names:
-        raise ValueError("sites must name at least one site.")
-    for name in names:
-        _get_site(name)
-    if len(set(names)) != len(names):
-        raise ValueError(f"sites must not repeat a name, got {names}.")
+    names = resolve_mr_sites(sites)
     if int(num_train) < 1 or int(num_test) < 1:
         raise ValueError(f"num_train and num_test must be >= 1, got {num_train} and {num_test}.")
     if int(seed) < 0:
