@@ -51,6 +51,7 @@ def tiny_mr_overrides(tmp: Path) -> dict:
         "network_def#channels": [4, 8, 16, 32],
         "network_def#num_res_units": 1,
         "source_training#epochs": 1,
+        "train_if_missing": True,
         "handlers#0#_disabled_": True,
     }
 
@@ -204,6 +205,7 @@ def test_own_nifti_data_and_network_by_command_line_overrides(tmp_path):
         "source_checkpoint": str(tmp_path / "my_source.pt"),
         "output_dir": str(tmp_path / "eval"),
         "source_training#epochs": 1,
+        "train_if_missing": True,
         "handlers#0#_disabled_": True,
     }
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]

@@ -114,6 +114,7 @@ def test_own_nifti_data_by_overrides(tmp_path):
         "source_checkpoint": str(tmp_path / "my_source.pt"),
         "output_dir": str(tmp_path / "eval"),
         "source_training#epochs": 1,
+        "train_if_missing": True,
         "handlers#0#_disabled_": True,
     }
     run_bundle(GRATA, ["inference.json", "evaluate.json"], overrides, logging_file=False)

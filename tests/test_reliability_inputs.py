@@ -263,6 +263,7 @@ def nifti_data(tmp_path_factory):
         "label_transforms#0": {"_target_": "LoadImaged", "keys": "label", "reader": "NibabelReader"},
         "source_checkpoint": str(tmp / "my_source.pt"),
         "source_training#epochs": 1,
+        "train_if_missing": True,
         "handlers#0#_disabled_": True,
     }
     run_bundle(GRATA, ["inference.json"], {**overrides, "output_dir": str(tmp / "warmup")}, logging_file=False)

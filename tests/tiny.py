@@ -73,6 +73,7 @@ def tiny_bundle_overrides(tmp: Path, domains: tuple[str, ...] = ("camera", "dim"
         "image_size": 32,
         "target_domains": list(domains),
         "source_training#epochs": 1,
+        "train_if_missing": True,
         "handlers#0#_disabled_": True,
     }
 
