@@ -1,4 +1,12 @@
-"""Shared test set-up: the tiny helpers on the path, and one torch thread per test."""
+"""Shared test set-up: the helper modules on the path, one torch thread per test, and the test tiers.
+
+Tiers: ``python -m pytest`` runs the fast unit tier; tests marked ``integration`` (bundle runs, subprocesses,
+``torchrun``, MONAI Label) run with ``python -m pytest -m integration`` (see ``markers`` in pyproject.toml). Every test
+under ``monailabel_serving/`` is in the integration tier.
+
+Helpers shared by several test modules live in modules that are not test modules (``tiny.py``, ``bad_cases.py``,
+``tgma_runs.py``, ``dyna_runs.py``, ...); no test module imports another test module.
+"""
 
 import sys
 from pathlib import Path
@@ -7,6 +15,15 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+MONAI_LABEL_TESTS = Path(__file__).parent / "monailabel_serving"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Put the MONAI Label tests (their own environment, a real server) in the integration tier."""
+    for item in items:
+        if MONAI_LABEL_TESTS in Path(item.path).parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -54,7 +54,7 @@ def test_reset_restores_source_bit_for_bit(cls):
     adapter.reset(net)
     assert_same_state(before, state(net))
     if adapter.last_stats.get("step", 0):
-        assert next(iter(adapter._states.values())).step == 0
+        assert adapter.state_for(net).step == 0
 
 
 @pytest.mark.parametrize("cls", ADAPTERS)
@@ -131,7 +131,7 @@ def test_state_is_kept_per_network():
     adapter(tiny_image(size=16), a)
     assert not torch.equal(a.bn.weight, b.bn.weight)
     adapter(tiny_image(size=16), b)
-    assert len(adapter._states) == 2
+    assert adapter.state_for(a) is not adapter.state_for(b)
     torch.testing.assert_close(a.bn.weight, b.bn.weight)
 
 

@@ -19,6 +19,7 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.integration
 def test_runner_end_to_end(tmp_path):
     out = tmp_path / "bench"
     argv = [
@@ -193,6 +194,7 @@ def test_make_adapter_and_arguments():
     assert args.settings == list(bench.SETTINGS)
 
 
+@pytest.mark.integration
 def test_volume_benchmark_smoke(tmp_path):
     """The 3D benchmark end to end on one tiny site: generated MR volumes, the 3D bundle's configs, one epoch of
     source training, Dice per site, and the cost per volume as ratios to source-only sliding-window inference."""

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
-from tiny import digest, write_nifti_sites
+from tiny import MR_SITES as SITES
+from tiny import digest, tiny_mr_overrides, write_nifti_sites
 
 from monai_tta.handlers import CaseReport
 from monai_tta.reports import read_case_csv
@@ -32,27 +33,6 @@ from monai_tta.zoo.run import run_bundle
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 MR = BUNDLES / "grata_prostate_mr_segmentation"
-SITES = ["thick_test", "sagittal_test"]
-
-
-def tiny_mr_overrides(tmp: Path) -> dict:
-    """A tiny run: the generated sites at half resolution (volumes of ~30x30x12 voxels), 2 test volumes per target
-    site, a 4-level UNet of 4..32 features, 16x16x8 windows, 1 source epoch, all outputs under ``tmp``."""
-    return {
-        "dataset_dir": str(tmp / "data"),
-        "output_dir": str(tmp / "eval"),
-        "source_checkpoint": str(tmp / "models" / "model.pt"),
-        "num_train": 3,
-        "num_test": 2,
-        "voxel_scale": 2.0,
-        "pixdim": [4.0, 4.0, 6.0],
-        "roi_size": [16, 16, 8],
-        "target_domains": SITES,
-        "network_def#channels": [4, 8, 16, 32],
-        "network_def#num_res_units": 1,
-        "source_training#epochs": 1,
-        "handlers#0#_disabled_": True,
-    }
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +95,7 @@ def test_parsing_and_checking_the_config_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no data generated, no source model trained
 
 
+@pytest.mark.integration
 def test_evaluate_generates_trains_adapts_and_reports_per_site(tiny):
     run_bundle(MR, ["inference.json", "evaluate.json"], tiny, logging_file=False)
     ckpt = Path(tiny["source_checkpoint"])
@@ -140,6 +121,7 @@ def test_evaluate_generates_trains_adapts_and_reports_per_site(tiny):
 @pytest.mark.parametrize(
     "bundle,method", [("tent_prostate_mr_segmentation", "TENT"), ("source_only_prostate_mr_segmentation", "SourceOnly")]
 )
+@pytest.mark.integration
 def test_variants_are_the_same_bundle_with_another_adapter(tiny, bundle, method):
     run_bundle(BUNDLES / bundle, ["inference.json", "evaluate.json"], tiny, logging_file=False)
     rows = read_case_csv(Path(tiny["output_dir"]) / method / "cases.csv")
@@ -148,6 +130,7 @@ def test_variants_are_the_same_bundle_with_another_adapter(tiny, bundle, method)
     assert {k for k in grata if grata[k] != variant.get(k)} == {"adapter", "method"}
 
 
+@pytest.mark.integration
 def test_inference_writes_uint8_label_maps_in_the_input_space(tiny):
     overrides = {**tiny, "output_dir": str(Path(tiny["output_dir"]) / "infer")}
     run_bundle(MR, ["inference.json"], overrides, logging_file=False)
@@ -180,6 +163,7 @@ def write_own_volumes(root: Path) -> Path:
     return write_nifti_sites(root, draw_sphere, {"siteA": 1.0, "siteB": 0.4}, affine=np.diag([-1.5, -1.5, 1.5, 1.0]))
 
 
+@pytest.mark.integration
 def test_own_nifti_data_and_network_by_command_line_overrides(tmp_path):
     datalist = write_own_volumes(tmp_path)
     network = {  # MONAI's SegResNet at its default GroupNorm: the adapter updates the GroupNorm affine parameters
@@ -204,6 +188,7 @@ def test_own_nifti_data_and_network_by_command_line_overrides(tmp_path):
         "source_checkpoint": str(tmp_path / "my_source.pt"),
         "output_dir": str(tmp_path / "eval"),
         "source_training#epochs": 1,
+        "train_if_missing": True,
         "handlers#0#_disabled_": True,
     }
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
@@ -292,6 +277,7 @@ def run_zoo_style(tmp_path: Path, name: str, overrides: dict) -> ConfigWorkflow:
     return workflow
 
 
+@pytest.mark.integration
 def test_zoo_style_config_gets_tta_when_only_its_inferer_is_replaced(tmp_path):
     write_own_volumes(tmp_path)
     plain = run_zoo_style(tmp_path, "plain", {})
@@ -348,6 +334,7 @@ def test_concurrent_requests_to_the_sliding_window_adapter_each_get_the_sliding_
     assert all(torch.equal(r, expected) for r in results)
 
 
+@pytest.mark.integration
 def test_two_torchrun_ranks_score_every_volume_as_one_process(tiny, tmp_path):
     """The 3D bundle's multi_gpu configs under torchrun (2 gloo ranks, domain setting: whole sites, 4 and 2 volumes)."""
     overrides = {**tiny, "target_domains": [*SITES, "bias_test"], "num_overlays": 0}
@@ -374,6 +361,7 @@ def test_two_torchrun_ranks_score_every_volume_as_one_process(tiny, tmp_path):
     assert summary(out) == summary(tmp_path / "single" / "GraTa")
 
 
+@pytest.mark.integration
 def test_a_crashed_run_resumes_mid_site_with_the_sliding_window_adapters_state(tiny, tmp_path, monkeypatch):
     """The 3D bundle's RunCheckpoint (its data through CaseStream, the adapter inside SlidingWindowAdapter): a run
     that crashes after the first volume of its second site resumes with that site's adapted state and ends as a run

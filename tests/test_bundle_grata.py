@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from monai.bundle import ConfigWorkflow
-from tiny import digest, tiny_bundle_overrides, write_nifti_sites
+from tiny import digest, draw_square, tiny_bundle_overrides, write_nifti_sites
 
 from monai_tta.reports import read_case_csv
 from monai_tta.zoo.run import run_bundle
@@ -25,6 +25,7 @@ def tiny(tmp_path_factory):
     return tiny_bundle_overrides(tmp_path_factory.mktemp("grata"))
 
 
+@pytest.mark.integration
 def test_evaluate_trains_source_on_first_use_adapts_and_reports(tiny):
     run_bundle(GRATA, ["inference.json", "evaluate.json"], tiny, logging_file=False)
     ckpt = Path(tiny["source_checkpoint"])
@@ -53,6 +54,7 @@ def test_evaluate_trains_source_on_first_use_adapts_and_reports(tiny):
 @pytest.mark.parametrize(
     "bundle,method", [("tent_fundus_segmentation", "TENT"), ("source_only_fundus_segmentation", "SourceOnly")]
 )
+@pytest.mark.integration
 def test_standalone_method_bundles_run_on_the_same_source_model(tiny, bundle, method):
     run_bundle(BUNDLES / bundle, ["inference.json", "evaluate.json"], tiny, logging_file=False)
     rows = read_case_csv(Path(tiny["output_dir"]) / method / "cases.csv")
@@ -60,6 +62,7 @@ def test_standalone_method_bundles_run_on_the_same_source_model(tiny, bundle, me
     assert json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text())["version"]
 
 
+@pytest.mark.integration
 def test_inference_saves_masks_and_has_infer_properties(tiny):
     workflow = ConfigWorkflow(
         config_file=str(GRATA / "configs" / "inference.json"),
@@ -89,15 +92,7 @@ def test_metadata_is_complete():
         assert (BUNDLES / bundle / "LICENSE").is_file() and (BUNDLES / bundle / "docs" / "README.md").is_file()
 
 
-def draw_square(rng: np.random.Generator, gain: float) -> tuple[np.ndarray, np.ndarray]:
-    """A 1-channel 32x32 image with a bright 10x10 square, and its binary label."""
-    img = rng.normal(0.2, 0.05, (32, 32)).astype(np.float32)
-    lab = np.zeros((32, 32), np.uint8)
-    r, c = rng.integers(6, 18, size=2)
-    lab[r : r + 10, c : c + 10] = 1
-    return gain * (img + 0.6 * lab), lab
-
-
+@pytest.mark.integration
 def test_own_nifti_data_by_overrides(tmp_path):
     datalist = write_nifti_sites(tmp_path, draw_square, {"siteA": 1.0, "siteB": 0.5})
     overrides = {
@@ -114,6 +109,7 @@ def test_own_nifti_data_by_overrides(tmp_path):
         "source_checkpoint": str(tmp_path / "my_source.pt"),
         "output_dir": str(tmp_path / "eval"),
         "source_training#epochs": 1,
+        "train_if_missing": True,
         "handlers#0#_disabled_": True,
     }
     run_bundle(GRATA, ["inference.json", "evaluate.json"], overrides, logging_file=False)

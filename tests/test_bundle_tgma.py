@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from tiny import digest, tiny_tgma_overrides
 
 from monai_tta.reports import read_case_csv
 from monai_tta.zoo.run import run_bundle
+
+pytestmark = pytest.mark.integration  # bundle runs (see pyproject's markers)
 
 ROOT = Path(__file__).resolve().parents[1]
 TGMA = ROOT / "bundles" / "tgma_prostate_mr_segmentation"

@@ -71,6 +71,7 @@ def source_network(tiny: dict, workflow) -> torch.nn.Module:
 
 
 # ----------------------------------------------------------------------------- VPTTA
+@pytest.mark.integration
 def test_vptta_bundle_runs_the_published_protocol_and_reports(tiny, vptta_run):
     workflow, rows = vptta_run
     out = Path(tiny["output_dir"]) / "VPTTA"
@@ -94,6 +95,7 @@ def test_vptta_bundle_runs_the_published_protocol_and_reports(tiny, vptta_run):
     assert inferer.prompt_kwargs["image_size"] == 32 and inferer.betas == (0.9, 0.99)
 
 
+@pytest.mark.integration
 def test_vptta_bundle_matches_a_plain_vptta_loop(tiny, vptta_run):
     """The bundle's losses and Dice equal an adapter built here with the published settings and the bundle's ``safe``
     choice, run case by case and told each case's domain (as the bundle's evaluator does)."""
@@ -121,6 +123,7 @@ def test_vptta_bundle_matches_a_plain_vptta_loop(tiny, vptta_run):
         assert sum(dice) / 2 == pytest.approx(row["dice_mean"], abs=1e-4)
 
 
+@pytest.mark.integration
 def test_vptta_resunet34_override_reads_the_fundus_benchmark_layout(tiny, vptta_run, tmp_path):
     """The published-setting override builds the stream of the four target domains of a source from CSVs (run here
     with the small network and 32x32 images instead of ResUNet-34 at 512x512)."""
@@ -141,6 +144,7 @@ def test_vptta_resunet34_override_reads_the_fundus_benchmark_layout(tiny, vptta_
 
 
 # ----------------------------------------------------------------------------- DyNA
+@pytest.mark.integration
 def test_dyna_bundle_reports_days_nights_and_heldout_per_domain(tiny, dyna_run):
     workflow, out = dyna_run
     report = json.loads((out / "report.json").read_text())
@@ -176,6 +180,7 @@ def test_dyna_bundle_reports_days_nights_and_heldout_per_domain(tiny, dyna_run):
     assert sorted(p.name for p in (out / "day_store" / "items").iterdir()) == [f"{i:08d}.pt" for i in range(4)]
 
 
+@pytest.mark.integration
 def test_dyna_bundle_resumes_after_an_interruption(tiny, dyna_run, tmp_path):
     """A run stopped after its first night's intra-night checkpoint, then the same command again: the same report."""
     _, reference = dyna_run

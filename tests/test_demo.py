@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from monai_tta.demo import main, table_of
 
 
+@pytest.mark.integration
 def test_fresh_runs_print_the_same_table_and_check_compares_it_with_the_doc(tmp_path, capsys):
     args = ["--fresh", "--methods", "SourceOnly", "TENT", "--num-per-domain", "2", "--image-size", "32"]
     args += ["--source-epochs", "1", "--results-dir", str(tmp_path)]

@@ -84,6 +84,7 @@ def runs(tmp_path_factory):
     return tmp, overrides
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("setting", ["episodic", "domain"])
 def test_two_ranks_give_the_single_process_results(runs, setting):
     tmp, _ = runs
@@ -97,6 +98,7 @@ def test_two_ranks_give_the_single_process_results(runs, setting):
     assert {d: v["dice_mean"] for d, v in summary.items()} == {d: v["dice_mean"] for d, v in expected.items()}
 
 
+@pytest.mark.integration
 def test_continual_ranks_adapt_over_contiguous_blocks(runs):
     tmp, _ = runs
     single, sharded = _rows(tmp / "single" / "continual"), _rows(tmp / "sharded" / "continual")
@@ -105,6 +107,7 @@ def test_continual_ranks_adapt_over_contiguous_blocks(runs):
     assert sharded[5:] != single[5:]  # rank 1 starts its block from the source model
 
 
+@pytest.mark.integration
 def test_a_dying_rank_fails_the_run_loudly_and_leaves_no_summary(runs):
     tmp, overrides = runs
     out = tmp / "dying"
@@ -173,6 +176,7 @@ def _trace(folder: Path, rank: int) -> list[int]:
     return [int(line) for line in path.read_text().split()] if path.is_file() else []
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="finds the worker's process id in /proc")
 def test_a_rank_killed_mid_stream_fails_the_run_and_the_rerun_resumes_each_rank(runs):
     """SIGKILL rank 0 mid-segment (the domain setting, so its adapter state must be restored) while rank 1, done with

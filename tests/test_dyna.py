@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-from functools import lru_cache
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from dyna_runs import N_STREAM, PER_DAY, cases, heldout, make_runner, source_net, source_state, stream
 from tiny import TinyNet
 
 from monai_tta.adapters import VPTTA
@@ -28,64 +28,6 @@ from monai_tta.adapters.dyna.store import DayImageStore, night_schedule
 from monai_tta.losses import dice_bce_loss, masked_dice_bce_loss
 
 TESTS = Path(__file__).parent
-N_STREAM, PER_DAY = 10, 4  # days of 4, 4 and 2 images
-
-
-def cases(n: int, seed: int = 0, shift: float = 0.0) -> list[dict]:
-    """Random 3x16x16 images with two simple binary label channels; ``shift`` mixes in a channel-reversed copy."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        img = torch.rand(3, 16, 16, generator=g)
-        label = torch.stack([img.mean(0) > 0.5, img[1] > 0.7]).float()
-        out.append({"image": ((1 - shift) * img + shift * img.flip(0)).clamp(0, 1), "label": label})
-    return out
-
-
-@lru_cache(maxsize=1)
-def _source_state() -> dict:
-    torch.manual_seed(0)
-    net = TinyNet(in_channels=3)
-    data = cases(16, seed=5)
-    x, y = torch.stack([d["image"] for d in data]), torch.stack([d["label"] for d in data])
-    opt = torch.optim.Adam(net.parameters(), lr=0.05)
-    net.train()
-    for _ in range(60):
-        opt.zero_grad()
-        dice_bce_loss(net(x), y).backward()
-        opt.step()
-    return {k: v.clone() for k, v in net.state_dict().items()}
-
-
-def source_net() -> TinyNet:
-    """A freshly built TinyNet carrying the (cached) weights of a short source training, in eval mode."""
-    net = TinyNet(in_channels=3)
-    net.load_state_dict(_source_state())
-    return net.eval()
-
-
-def stream() -> list[dict]:
-    return cases(N_STREAM, seed=1, shift=0.3)
-
-
-def heldout() -> list[dict]:
-    return cases(3, seed=2, shift=0.3)
-
-
-def make_runner(out_dir, callback=None, network=None) -> DayNightRunner:
-    """The run used by the tests (the "same command" when resuming)."""
-    return DayNightRunner(
-        network if network is not None else source_net(),
-        out_dir,
-        day_adapter=VPTTA(prompt_size=3, memory_size=4, neighbors=2),
-        images_per_day=PER_DAY,
-        night_epochs=2,
-        night_batch_size=2,
-        night_lr=1e-2,
-        checkpoint_interval=1,
-        seed=7,
-        callback=callback,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +248,7 @@ def test_multi_day_run(reference_run):
         pred = torch.sigmoid(vptta(case["image"][None], net))[0] >= 0.5
         assert torch.equal(store.get(i)["pred"], pred.to(torch.uint8))
     # the nights changed the model, and the global student is what a resumed call returns
-    assert any(not torch.equal(global_state[k], v) for k, v in _source_state().items())
+    assert any(not torch.equal(global_state[k], v) for k, v in source_state().items())
     again = make_runner(out)
     assert again.run(stream(), heldout()) == report
     assert_same_state(again.network.state_dict(), global_state)
@@ -360,7 +302,7 @@ import os, signal, sys
 import torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
-from test_dyna import make_runner, stream, heldout
+from dyna_runs import make_runner, stream, heldout
 
 def kill(event, info):
     if event == "night_checkpoint" and info == {{"day": 0, "iteration": 1}}:
@@ -370,6 +312,7 @@ make_runner({out!r}, kill).run(stream(), heldout())
 """
 
 
+@pytest.mark.integration
 def test_killed_process_resumes(tmp_path, reference_run):
     report, global_state, _ = reference_run
     out = tmp_path / "run"

@@ -16,6 +16,8 @@ from tiny import tiny_bundle_overrides
 from monai_tta.reports import read_case_csv
 from monai_tta.zoo.run import run_bundle
 
+pytestmark = pytest.mark.integration  # bundle runs (see pyproject's markers)
+
 ROOT = Path(__file__).resolve().parents[1]
 DYNA = ROOT / "bundles" / "dyna_fundus_segmentation"
 CONFIGS = ["inference.json", "daynight.json"]

@@ -20,9 +20,7 @@ from bad_cases import (
     write_bad_png_cases,
     write_bad_volume_cases,
 )
-from test_bundle_3d import tiny_mr_overrides
-from test_bundle_grata import draw_square
-from tiny import tiny_bundle_overrides, tiny_image, tiny_net, write_nifti_sites
+from tiny import draw_square, tiny_bundle_overrides, tiny_image, tiny_mr_overrides, tiny_net, write_nifti_sites
 
 from monai_tta.adapters import SAR, VPTTA, GraTa, NormAdapt, Tent
 from monai_tta.adapters.dyna.store import DayImageStore
@@ -222,6 +220,7 @@ def png_data(tmp_path_factory):
     return tiny, path
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("bundle", list(BUNDLE_RUNS))
 def test_each_bundle_records_each_bad_png_case_as_failed_and_goes_on(png_data, bundle, tmp_path):
     tiny, mixed = png_data
@@ -263,12 +262,14 @@ def nifti_data(tmp_path_factory):
         "label_transforms#0": {"_target_": "LoadImaged", "keys": "label", "reader": "NibabelReader"},
         "source_checkpoint": str(tmp / "my_source.pt"),
         "source_training#epochs": 1,
+        "train_if_missing": True,
         "handlers#0#_disabled_": True,
     }
     run_bundle(GRATA, ["inference.json"], {**overrides, "output_dir": str(tmp / "warmup")}, logging_file=False)
     return overrides, mixed
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("bundle", list(BUNDLE_RUNS))
 def test_each_bundle_records_each_bad_nifti_case_as_failed_and_goes_on(nifti_data, bundle, tmp_path):
     overrides, mixed = nifti_data
@@ -305,6 +306,7 @@ def volume_data(tmp_path_factory):
         ("source_only_prostate_mr_segmentation", "SourceOnly"),
     ],
 )
+@pytest.mark.integration
 def test_each_3d_bundle_records_each_bad_volume_as_failed_and_goes_on(volume_data, bundle, method, tmp_path):
     overrides, mixed = volume_data
     configs = ["inference.json", "evaluate.json"]

@@ -17,6 +17,8 @@ from monai_tta.handlers import CaseReport
 from monai_tta.reports import read_case_csv
 from monai_tta.zoo.run import run_bundle
 
+pytestmark = pytest.mark.integration  # bundle runs (see pyproject's markers)
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 GRATA = BUNDLES / "grata_fundus_segmentation"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from monai.data import MetaTensor
+from tgma_runs import make_runner, sources, target_items
 from tiny import tiny_net
 from torch import nn
 
@@ -193,35 +194,6 @@ def test_trainer_step_is_a_plain_adam_step_on_both_members():
 
 
 # ----------------------------------------------------------------------------- the runner
-def target_items(n_cases: int = 3, per_case: int = 2) -> list[dict]:
-    """Target inputs as MONAI pipelines give them (``MetaTensor`` images), with labels for the report."""
-    g = torch.Generator().manual_seed(3)
-    items = []
-    for c in range(n_cases):
-        for _ in range(per_case):
-            image = MetaTensor(torch.rand(2, 8, 8, generator=g))
-            items.append(
-                {
-                    "image": image,
-                    "label": (image[:1] > 0.5).float().expand(2, -1, -1).clone(),
-                    "case_id": f"case{c}",
-                    "domain": "T",
-                }
-            )
-    return items
-
-
-def sources() -> dict[str, nn.Module]:
-    return {name: tiny_net(seed) for seed, name in enumerate(["A", "B", "C"])}
-
-
-def make_runner(out, callback=None, srcs=None, **kwargs) -> TGMARunner:
-    """The run of the tests (the "same command" when resuming)."""
-    options = dict(epochs=3, batch_size=4, lr=1e-2, margin=1, checkpoint_interval=1, seed=5)
-    options.update(kwargs)
-    return TGMARunner(srcs if srcs is not None else sources(), out, callback=callback, **options)
-
-
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tgma")
@@ -315,7 +287,7 @@ import os, signal, sys
 import torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
-from test_tgma import make_runner, target_items
+from tgma_runs import make_runner, target_items
 
 def kill(event, info):
     if event == {event!r} and info.get("iteration", 0) == {iteration}:
@@ -342,6 +314,7 @@ def test_crash_after_each_stage_resumes_to_the_same_model(tmp_path, reference_ru
         assert torch.equal(resumed["adapted_preds"], results["adapted_preds"])
 
 
+@pytest.mark.integration
 def test_killed_process_resumes_to_the_same_model(tmp_path, reference_run):
     results, state, _, _ = reference_run
     out = tmp_path / "run"

@@ -12,32 +12,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_tgma import make_runner, target_items
+from tgma_runs import BATCH, EPOCHS, RANKS, REFRESH, ddp_items, make_ddp_runner
 from tiny import tiny_tgma_overrides
 
 from monai_tta.adapters.dyna.night import derived_seed
 from monai_tta.adapters.dyna.store import night_schedule
 from monai_tta.data_parallel import all_reduce_sum, broadcast_object, fill_global_batches, rank_batch, wrap_ddp
 from monai_tta.networks import SmallUNet
-from monai_tta.tgma import TGMARunner, WeightedEnsemble, soft_dice_terms
+from monai_tta.tgma import WeightedEnsemble, soft_dice_terms
 from monai_tta.tgma.lftm import soft_dice_from_terms
 from monai_tta.zoo.source import load_source_model
 
 ROOT = Path(__file__).resolve().parents[1]
-RANKS, BATCH, EPOCHS, REFRESH = 2, 2, 2, 1
 #: an iteration after which rank 0 crashes in the interrupted run (the second of the first epoch's 2 batches)
 CRASH_AT = 1
 SITES = ["source", "thick", "bias"]
-
-
-def ddp_items() -> list[dict]:
-    """7 target inputs: global batches of 4 (2 ranks x 2) leave a last batch of 3 per epoch, dealt 2 / 1."""
-    return target_items(n_cases=7, per_case=1)
-
-
-def make_ddp_runner(out, callback=None) -> TGMARunner:
-    """The runner of the torchrun script and of the single-process reference (the same options)."""
-    return make_runner(out, callback, epochs=EPOCHS, batch_size=BATCH, refresh=REFRESH, checkpoint_interval=1)
 
 
 def ghost_batch_reference(items: list[dict], ranks: int) -> dict[str, torch.Tensor]:
@@ -115,6 +104,7 @@ def ddp_run(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.integration
 def test_two_ranks_equal_one_process_on_the_same_global_batches_after_a_resume(ddp_run):
     final = torch.load(ddp_run / "run" / "target_model.pt", weights_only=True)
     assert final["config"]["ranks"] == RANKS and final["config"]["batch_size"] == BATCH
@@ -136,6 +126,7 @@ def test_two_ranks_equal_one_process_on_the_same_global_batches_after_a_resume(d
         make_ddp_runner(ddp_run / "run").run(ddp_items())
 
 
+@pytest.mark.integration
 def test_the_bundle_trains_its_sources_and_adapts_data_parallel(ddp_run):
     """Source training (multi_gpu_source_training.json, merged by ensure_source_checkpoint) and every held-out site's
     adaptation ran on the 2 ranks; rank 0 wrote the models and reports."""

@@ -10,6 +10,8 @@ from tiny import tiny_bundle_overrides
 from monai_tta.reports import read_case_csv
 from monai_tta.zoo.run import run_bundle
 
+pytestmark = pytest.mark.integration  # bundle runs (see pyproject's markers)
+
 GRATA = Path(__file__).resolve().parents[1] / "bundles" / "grata_fundus_segmentation"
 PER_CASE = {"dice_mean", "dice_disc", "dice_cup", "loss", "cosine", "lr", "reset"}
 

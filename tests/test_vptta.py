@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tiny import TinyNet, tiny_net
+from tiny import noise_images as images
 from torch import nn
 
 from monai_tta.adapters import VPTTA
@@ -27,15 +28,6 @@ PAD = (SIZE - S) // 2  # the reference's window start
 def net3(seed: int = 0) -> TinyNet:
     """TinyNet with 3 input channels, non-trivial BN affine values and source statistics, in eval mode."""
     return tiny_net(seed, in_channels=3)
-
-
-def images(n: int, seed: int = 3, size: int = SIZE) -> list[torch.Tensor]:
-    """Zero-centred noise with a random offset per channel: diverse low-frequency keys, so the bank's weights matter."""
-    g = torch.Generator().manual_seed(seed)
-    return [
-        torch.randn(1, 3, size, size, generator=g) * (0.5 + i / n) + torch.randn(1, 3, 1, 1, generator=g)
-        for i in range(n)
-    ]
 
 
 def ref_prompt(x, prompt, all_dims: bool = False):

@@ -100,6 +100,7 @@ def exports(tmp_path_factory):
     return root, out
 
 
+@pytest.mark.integration
 def test_export_writes_what_the_zoo_wants(exports):
     _, out = exports
     folder = out["vptta_fundus_segmentation"]
@@ -118,6 +119,7 @@ def test_export_writes_what_the_zoo_wants(exports):
         assert f"## **{section}**" in readme or f"### **{section}**" in readme, section
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", NAMES)
 def test_zoo_checks_pass_on_the_export(exports, name, tmp_path):
     root, out = exports

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
-from test_tgma_ddp import ddp_items, make_ddp_runner
+from tgma_runs import ddp_items, make_ddp_runner
 
 from monai_tta.distributed import destroy_distributed, get_rank, init_distributed
 from monai_tta.zoo.run import run_bundle

@@ -17,7 +17,11 @@ __all__ = [
     "tiny_net",
     "scramble_batch_norms",
     "tiny_image",
+    "noise_images",
     "tiny_bundle_overrides",
+    "MR_SITES",
+    "tiny_mr_overrides",
+    "draw_square",
     "tiny_tgma_overrides",
     "write_nifti_sites",
     "digest",
@@ -73,6 +77,32 @@ def tiny_bundle_overrides(tmp: Path, domains: tuple[str, ...] = ("camera", "dim"
         "image_size": 32,
         "target_domains": list(domains),
         "source_training#epochs": 1,
+        "train_if_missing": True,
+        "handlers#0#_disabled_": True,
+    }
+
+
+#: the target sites of the tiny 3D runs.
+MR_SITES = ["thick_test", "sagittal_test"]
+
+
+def tiny_mr_overrides(tmp: Path) -> dict:
+    """A tiny run: the generated sites at half resolution (volumes of ~30x30x12 voxels), 2 test volumes per target
+    site, a 4-level UNet of 4..32 features, 16x16x8 windows, 1 source epoch, all outputs under ``tmp``."""
+    return {
+        "dataset_dir": str(tmp / "data"),
+        "output_dir": str(tmp / "eval"),
+        "source_checkpoint": str(tmp / "models" / "model.pt"),
+        "num_train": 3,
+        "num_test": 2,
+        "voxel_scale": 2.0,
+        "pixdim": [4.0, 4.0, 6.0],
+        "roi_size": [16, 16, 8],
+        "target_domains": MR_SITES,
+        "network_def#channels": [4, 8, 16, 32],
+        "network_def#num_res_units": 1,
+        "source_training#epochs": 1,
+        "train_if_missing": True,
         "handlers#0#_disabled_": True,
     }
 
@@ -120,6 +150,25 @@ def write_nifti_sites(
     path = root / "my_datalist.json"
     path.write_text(json.dumps({"source_train": first[:-1], "source_val": first[-1:], **sections}))
     return path
+
+
+def draw_square(rng: np.random.Generator, gain: float) -> tuple[np.ndarray, np.ndarray]:
+    """A 1-channel 32x32 image with a bright 10x10 square, and its binary label."""
+    img = rng.normal(0.2, 0.05, (32, 32)).astype(np.float32)
+    lab = np.zeros((32, 32), np.uint8)
+    r, c = rng.integers(6, 18, size=2)
+    lab[r : r + 10, c : c + 10] = 1
+    return gain * (img + 0.6 * lab), lab
+
+
+def noise_images(n: int, seed: int = 3, size: int = 16) -> list[torch.Tensor]:
+    """``n`` (1, 3, size, size) images of zero-centred noise with a random offset per channel: diverse
+    low-frequency keys, so a VPTTA memory bank's weights matter."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(1, 3, size, size, generator=g) * (0.5 + i / n) + torch.randn(1, 3, 1, 1, generator=g)
+        for i in range(n)
+    ]
 
 
 def digest(path) -> str:

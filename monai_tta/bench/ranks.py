@@ -137,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     prepare = {**_overrides(args), "output_dir": str(args.work.resolve() / "prepare")}
     prepare["target_domains"] = ["camera"]
+    prepare["train_if_missing"] = True  # this one-process run trains the source model the ranks share
     run_bundle(args.bundle, ["inference.json", "evaluate.json"], prepare, logging_file=False)
     runs = [_launch(args, s, n) for s in args.settings for n in args.ranks]
     table: dict[str, dict[str, float]] = {}

@@ -11,12 +11,19 @@ A family is a folder ``bundles/families/<family>/`` holding::
     <layer>/        a variant's files, laid over the base in the order listed
     parts/          Markdown fragments shared by the READMEs (optional)
 
-Laying a layer over the files so far:
+A layer's JSON config is a plain MONAI overlay: the generator merges it with MONAI's own merge
+(:class:`monai.bundle.ConfigParser` and :func:`monai.bundle.utils.merge_kv`, the loop of
+``ConfigParser.load_config_files``), so a top-level key replaces the value, ``"inferer#setting"`` (``#`` or ``::``)
+replaces one nested value, ``"+handlers"`` extends a list or updates a dict, and ``@``/``%`` references are kept as
+written (they are resolved when the bundle runs). The same files merged at run time
+(``python -m monai.bundle run --config_file "['base/configs/inference.json','tent/configs/inference.json']"``) give the
+same config. The first file of a path is taken as written, so a config that is itself an overlay (``evaluate.json``,
+merged after ``inference.json`` when the bundle runs) keeps its own ``#`` keys.
 
-- a JSON file that already exists is *merged* (:func:`merge_config`): a top-level key replaces the value, a key such as
-  ``"inferer#setting"`` (MONAI's ``#`` or ``::`` separator) replaces one nested value, and a new top-level key is placed
-  before the next key of the layer that already exists (so configs keep reading top-down);
-- any other file (a new JSON file, Markdown, LICENSE, ...) is added or replaces the earlier one.
+One thing is layout, not content: MONAI appends a key that is new to the config at the end; the generator writes it
+before the next key of the same layer that the config already has (at the end if none), so that a generated config
+reads top-down like a hand-written one. Any other file (a new JSON file, Markdown, LICENSE, ...) is added or replaces
+the earlier one.
 
 Markdown files then have ``{{ name }}`` replaced by ``parts/<name>.md`` and ``{{ bundle_name }}`` by the bundle's
 folder name. JSON files are written in one format (:func:`config_text`). Registering a new family is adding its folder;
@@ -32,6 +39,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from monai.bundle import ConfigParser
+from monai.bundle.utils import MERGE_KEY, merge_kv
 
 __all__ = [
     "BundleFamily",
@@ -75,62 +85,57 @@ def config_text(value: Any, indent: int = 0) -> str:
     return "[\n" + ",\n".join(items) + f"\n{pad}]"
 
 
-def _set_nested(config: dict, key: str, value: Any, source: str) -> None:
-    path = _ID_SEP.split(key)
-    node: Any = config
-    for i, part in enumerate(path[:-1]):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            where = "#".join(path[: i + 1])
-            raise KeyError(f"{source}: override {key!r} refers to {where!r}, which the configs below it do not define.")
-    last = path[-1]
-    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-        node[int(last)] = value
-    elif isinstance(node, dict):
-        node[last] = value
-    else:
-        raise KeyError(
-            f"{source}: override {key!r} cannot be set (its parent is not a dict, or the index is too large)."
-        )
+def _top_level(key: str) -> str | None:
+    """The top-level key a layer's key sets, or ``None`` for a nested key (``a#b``)."""
+    key = key[len(MERGE_KEY) :] if key.startswith(MERGE_KEY) else key
+    return None if _ID_SEP.search(key) else key
+
+
+def _top_down(before: Iterable[str], layer: Iterable[str]) -> list[str]:
+    """Key order of a merged config: the keys so far in place, a key new to the config before the next key of the same
+    layer that the config already has (at the end if none)."""
+    order, pending = list(before), []
+    for key in filter(None, map(_top_level, layer)):
+        if key in order:
+            at = order.index(key)
+            order[at:at] = pending
+            pending = []
+        elif key not in pending:
+            pending.append(key)
+    return order + pending
 
 
 def merge_config(base: Mapping[str, Any], override: Mapping[str, Any], source: str = "override") -> dict[str, Any]:
-    """Merge a layer's config ``override`` into ``base`` (neither is modified).
+    """Merge a layer's config ``override`` into ``base`` with MONAI's merge (neither is modified).
+
+    The content is what ``ConfigParser.load_config_files`` gives for the two files in order (each key of ``override``
+    applied with :func:`monai.bundle.utils.merge_kv`); only the place of a new top-level key differs (see the module's
+    docstring).
 
     Args:
         base: the config so far.
-        override: the layer's keys: top-level keys replace, ``a#b#0`` keys replace one nested value, new top-level keys
-            are inserted before the next key of ``override`` that ``base`` already has (at the end if none).
+        override: the layer's keys: top-level keys replace, ``a#b#0`` keys replace one nested value, ``+a`` keys extend
+            a list or update a dict.
         source: name of the override in error messages.
 
     Returns:
         the merged config.
 
     Raises:
-        KeyError: if a nested key refers to a path that ``base`` does not define.
+        KeyError: if a key of ``override`` cannot be set in ``base`` (a nested key whose parent ``base`` does not
+            define, or whose parent is not a dict or a long enough list).
     """
-    items = list(copy.deepcopy(dict(base)).items())
-    pending: list[tuple[str, Any]] = []
-    nested: list[tuple[str, Any]] = []
-    for key, value in override.items():
-        if _ID_SEP.search(key):
-            nested.append((key, copy.deepcopy(value)))
-            continue
-        names = [k for k, _ in items]
-        if key in names:
-            at = names.index(key)
-            items[at] = (key, copy.deepcopy(value))
-            items[at:at] = pending
-            pending = []
-        else:
-            pending.append((key, copy.deepcopy(value)))
-    merged = dict(items + pending)
-    for key, value in nested:
-        _set_nested(merged, key, value, source)
-    return merged
+    parser = ConfigParser(config=copy.deepcopy(dict(base)))
+    for key, value in copy.deepcopy(dict(override)).items():
+        try:
+            merge_kv(parser, key, value)
+        except (KeyError, IndexError, ValueError) as e:
+            raise KeyError(
+                f"{source}: override {key!r} cannot be set: the configs below it do not define its parent, or the "
+                f"parent is not a dict or a long enough list ({e})."
+            ) from e
+    merged = parser.get()
+    return {key: merged[key] for key in _top_down(base, override)}
 
 
 @dataclass(frozen=True)
@@ -179,7 +184,7 @@ class BundleFamily:
             for path in sorted(p for p in layer.rglob("*") if p.is_file()):
                 rel = path.relative_to(layer).as_posix()
                 if path.suffix == ".json":
-                    value = json.loads(path.read_text())
+                    value = ConfigParser.load_config_file(path)
                     texts[rel] = merge_config(texts[rel], value, str(path)) if rel in texts else value
                 else:
                     texts[rel] = path.read_bytes()

@@ -20,10 +20,13 @@ def ensure_source_checkpoint(
     bundle_root: str | Path,
     overrides: Mapping[str, Any] | None = None,
     configs: Sequence[str] = ("inference.json", "source_training.json"),
+    train: bool = True,
 ) -> Path:
     """Train the bundle's source model with its ``source_training.json`` when ``checkpoint`` does not exist yet.
 
-    The source checkpoint is never overwritten once it exists, and it is never downloaded.
+    The source checkpoint is never overwritten once it exists, and it is never downloaded. A bundle's ``run`` calls
+    this with ``train=@train_if_missing`` (``false`` by default): a bundle that needs a source model says so, with the
+    command that trains it, instead of training inside an inference run; ``--train_if_missing true`` opts in.
 
     A run over several ranks (``torchrun``) trains only when the bundle has a data-parallel override of the training,
     ``configs/multi_gpu_<last config>`` (e.g. ``multi_gpu_source_training.json``, the zoo's ``multi_gpu_train.json``
@@ -40,17 +43,22 @@ def ensure_source_checkpoint(
             (its ``network``, ``preprocessing``, ``datalist_file``, ``device``), so that the source model is trained
             with exactly the inference run's network and data. Keys starting with ``_`` are ignored.
         configs: the config files that make up the training run.
+        train: whether to train a missing checkpoint; ``False``: raise ``FileNotFoundError`` naming the checkpoint and
+            the command that trains it.
 
     Returns:
         the checkpoint path.
 
     Raises:
+        FileNotFoundError: if the checkpoint does not exist and ``train`` is ``False``.
         RuntimeError: if training finished without writing the checkpoint, or (on every rank) when a sharded run
             finds no checkpoint.
     """
     checkpoint = Path(checkpoint)
     if checkpoint.is_file():
         return checkpoint
+    if not train:
+        raise FileNotFoundError(_missing_checkpoint_message(checkpoint, bundle_root, configs))
     multi_gpu = Path(bundle_root) / "configs" / f"multi_gpu_{Path(configs[-1]).name}"
     data_parallel = distributed.get_world_size() > 1 and multi_gpu.is_file()
     if distributed.get_world_size() > 1 and not data_parallel:
@@ -75,6 +83,21 @@ def ensure_source_checkpoint(
     if not checkpoint.is_file():
         raise RuntimeError(f"source training finished but {checkpoint} was not written.")
     return checkpoint
+
+
+def _missing_checkpoint_message(checkpoint: Path, bundle_root: str | Path, configs: Sequence[str]) -> str:
+    files = ",".join(f"'configs/{Path(c).name}'" for c in configs)
+    where = Path(bundle_root).resolve()
+    target = ""
+    if checkpoint.resolve() != where / "models" / "model.pt":
+        target = f" --ckpt_dir {checkpoint.parent} --ckpt_filename {checkpoint.name}"
+    return (
+        f"the source checkpoint {checkpoint} does not exist, and this bundle does not train inside an inference run "
+        f"unless asked. Train it first, in {where}: "
+        f'`python -m monai.bundle run --config_file "[{files}]"{target}` (with the same data and network overrides '
+        f"as this run), or copy your source weights there, or add `--train_if_missing true` to this command to train "
+        f"it now."
+    )
 
 
 def load_source_model(network: Any, checkpoint: str | Path, key: str = "model") -> Any:

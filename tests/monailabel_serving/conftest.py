@@ -99,6 +99,7 @@ def served3d(tmp_path_factory):
             (bundle / "models").mkdir()
             shutil.copyfile(app / "model" / BUNDLES_3D[0] / "models" / "model.pt", bundle / "models" / "model.pt")
         overrides = {"dataset_dir": str(data), "output_dir": str(root / "eval" / name), "source_training#epochs": 3}
+        overrides["train_if_missing"] = i == 0  # the first bundle trains the source model the others copy
         run_bundle(bundle, ["inference.json"], {**overrides, "handlers#0#_disabled_": True}, logging_file=False)
         masks[name] = root / "eval" / name / "masks"
     datalist = json.loads((data / "datalist.json").read_text())

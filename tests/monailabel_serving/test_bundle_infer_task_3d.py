@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import BUNDLES_3D, sha256
-from test_server import get, running_server
+from monailabel_server import get, running_server
 
 pytest.importorskip("monailabel", reason="MONAI Label environment absent: build it with tools/monailabel_env.sh")
 
