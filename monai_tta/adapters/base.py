@@ -83,7 +83,8 @@ class Adapter(Inferer):
         guards: the guards, in the order they run (:mod:`monai_tta.guards`; ``None`` entries are left out);
             ``None``: the defaults, built from the shorthands: :class:`~monai_tta.guards.NonFiniteRollback` (always),
             :class:`~monai_tta.guards.CollapseSafeguard` from ``safeguard``, :class:`~monai_tta.guards.SafeChoice`
-            from ``safe``. Give either ``guards`` or the shorthands.
+            from ``safe``. A shorthand given with ``guards`` changes the guard of its kind in the list
+            (:func:`~monai_tta.guards.resolve_guards`).
         safeguard: the collapse safeguard (:meth:`~monai_tta.guards.CollapseSafeguard.from_any`): ``None`` on for the
             methods with an optimizer, off for the others; ``True`` on; ``False`` off; a dict: its fields.
         safe: the label-free choice of the reported prediction (:meth:`~monai_tta.guards.SafeChoice.from_any`):
@@ -91,7 +92,8 @@ class Adapter(Inferer):
 
     Raises:
         ValueError: for an unknown setting, optimizer, parameter set or activation (or one the method's objective
-            does not support), ``steps < 0``, or ``guards`` given with ``safeguard`` or ``safe``.
+            does not support) or ``steps < 0``.
+        TypeError: for a guard that is not a :class:`~monai_tta.guards.Guard`.
     """
 
     #: regime used when ``norm`` is ``None``.
