@@ -89,7 +89,7 @@ class NormRegime(StrEnum):
 
 
 class SafePer(StrEnum):
-    """How often the ``safe`` choice (:class:`~monai_tta.adapters.safe_choice.SafeChoice`) is made.
+    """How often the ``safe`` choice (:class:`~monai_tta.guards.SafeChoice`) is made.
 
     - ``case``: every case picks its own candidate.
     - ``domain``: one candidate per domain, from the entropies of the domain's cases so far.
