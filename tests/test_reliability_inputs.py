@@ -358,16 +358,16 @@ def test_safeguard_is_on_for_gradient_methods_only_and_can_be_turned_off():
 
 
 def test_safeguard_entropy_and_area_signals():
-    from monai_tta.adapters.safeguard import CollapseSafeguard
+    from monai_tta.guards import CollapseSafeguard
 
-    state = Tent().state_for(tiny_net())
     guard = CollapseSafeguard(max_drift=None, warmup=2, momentum=0.0)
+    state = guard.init_state()
     half = torch.zeros(1, 1, 4, 4)
     half[..., :2, :] = 0.5  # entropy near 1, area 0.5
     half[..., 2:, :] = -0.5
     assert [guard.check(state, half) for _ in range(3)] == [None, None, None]
     assert guard.check(state, half * 40) == "entropy"  # same area, certain everywhere
-    CollapseSafeguard.clear(state)
+    guard.on_reset(state)
     guard = CollapseSafeguard(max_drift=None, entropy_ratio=None, area_ratio=4.0, warmup=2, momentum=0.0)
     assert [guard.check(state, half) for _ in range(2)] == [None, None]
     assert guard.check(state, torch.full((1, 1, 4, 4), -0.5)) == "area"  # nothing predicted any more
@@ -378,7 +378,7 @@ def test_safeguard_entropy_and_area_signals():
 # ----------------------------------------------------------------------------------------------- safe choice
 def test_safe_norm_reports_the_lowest_entropy_candidate_and_keeps_the_network():
     from monai_tta.adapters import SafeNorm
-    from monai_tta.adapters.safe import mean_entropy
+    from monai_tta.guards import mean_entropy
 
     x = tiny_image(size=8) * 3.0 + 1.0  # far from the source statistics
     candidates = {p: NormAdapt(norm={"regime": "mix", "prior": p})(x, tiny_net()) for p in (1.0, 0.5, 0.0)}

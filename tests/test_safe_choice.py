@@ -9,10 +9,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny import noise_images, tiny_image, tiny_net
+from tiny import tiny_image, tiny_net
 
 from monai_tta.adapters import VPTTA, NormAdapt, SafeChoice, SafeNorm, Tent
 from monai_tta.adapters.stats import StatKeys
+from monai_tta.guards import SafeChoiceState
 
 
 def by_hand(ref: torch.nn.Module, x: torch.Tensor, prior: float, affine: list[torch.Tensor] | None = None):
@@ -88,14 +89,12 @@ def test_per_case_choice_is_the_lowest_entropy_candidate_of_a_gradient_method():
 
 def test_gradient_free_candidates_skip_duplicates_and_safe_norm_is_source_inference_with_safe():
     adapter = NormAdapt(safe=True)
-    state = adapter.state_for(tiny_net())
     # the method's own forward is the image statistics; the source model is the source statistics (no weights)
-    assert adapter.safe.candidates(adapter, state) == [("stats_1", 1.0), ("stats_0.5", 0.5)]
+    assert adapter.safe.candidates(own=0.0) == [("stats_1", 1.0), ("stats_0.5", 0.5)]
     safe_norm = SafeNorm()
-    state = safe_norm.state_for(tiny_net())
-    assert safe_norm.safe.candidates(safe_norm, state) == [("stats_0.5", 0.5), ("stats_0", 0.0)]
+    assert safe_norm.safe.candidates(own=1.0) == [("stats_0.5", 0.5), ("stats_0", 0.0)]
     tent = Tent(safe={"priors": (0.5,), "source": True})
-    assert tent.safe.candidates(tent, tent.state_for(tiny_net())) == [("stats_0.5", 0.5), ("source", None)]
+    assert tent.safe.candidates(own=None) == [("stats_0.5", 0.5), ("source", None)]
     with pytest.raises(ValueError, match="priors"):
         SafeChoice(priors=(2.0,))
     with pytest.raises(ValueError, match="domain"):
@@ -152,20 +151,22 @@ def test_reset_returns_safe_and_the_safeguard_to_the_start_bit_for_bit():
 
     first = run()
     adapter.reset()
-    adapter._domain = None  # a fresh start: no domain seen
-    assert not any(
-        k.startswith(("safe_domain", "safeguard_gap", "safeguard_fallback")) for k in adapter.state_for(net).extra
-    )
+    adapter.set_domain(None)  # a fresh start: no domain seen
+    rollback, collapse, safe = adapter.state_for(net).guards
+    assert safe == SafeChoiceState() and (collapse.gap, collapse.probes, collapse.fallback) == (None, 0, False)
     second = run()
     assert all(torch.equal(a, b) for a, b in zip(first[0], second[0]))
     assert first[1] == second[1]
 
 
 def test_safe_candidates_leave_vptta_memory_and_prompt_alone():
-    xs = noise_images(3)
-    nets = tiny_net(0, in_channels=3), tiny_net(0, in_channels=3)
-    plain = VPTTA(prompt_size=3, memory_size=2, neighbors=2, safeguard=False)
-    safe = VPTTA(prompt_size=3, memory_size=2, neighbors=2, safeguard=False, safe=True)
+    from test_vptta import S, net3
+    from test_vptta import images as vimages
+
+    xs = vimages(3)
+    nets = net3(), net3()
+    plain = VPTTA(prompt_size=S, memory_size=2, neighbors=2, safeguard=False)
+    safe = VPTTA(prompt_size=S, memory_size=2, neighbors=2, safeguard=False, safe=True)
     for x in xs:
         plain(x, nets[0])
         safe(x, nets[1])

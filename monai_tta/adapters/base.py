@@ -3,13 +3,18 @@
 ``adapter(inputs, network) -> logits``. Inside the call the adapter enables gradients (MONAI's evaluator and MONAI
 Label call inferers under ``no_grad``), puts the normalisation layers in the regime of the method, takes its update
 step(s) on its own parameter set and returns the prediction that the method reports. Its state (source snapshot,
-optimizer, step count) is kept per network; :meth:`Adapter.reset` returns to the source state.
+optimizer, step count, its guards' states) is kept per network (:class:`~monai_tta.adapters.state.AdapterState`);
+:meth:`Adapter.reset` returns to the source state.
+
+Guards (:mod:`monai_tta.guards`) watch each case through one small protocol: the non-finite rollback, the collapse
+safeguard and the safe choice are guards, listed in ``guards=[...]`` (or built by the ``safeguard=`` / ``safe=``
+shorthands); the adapter runs them and applies their verdicts.
 
 Any network: the parameters a method updates are one shared option, ``params`` (:mod:`monai_tta.params`); a network
 on which that set is empty raises a clear error on the first call. Any size: a whole input is padded to the size
 multiple the network needs and cropped back (:class:`~monai_tta.adapters.cases.WholeCase`); a volume larger than the
-network's patch goes through :class:`~monai_tta.inferers.SlidingWindowAdapter`, which installs its own
-:class:`~monai_tta.adapters.cases.Case` plan for the call.
+network's patch goes through :class:`~monai_tta.inferers.SlidingWindowAdapter`, which passes its own
+:class:`~monai_tta.adapters.cases.Case` plan to :meth:`Adapter.adapt_and_predict`.
 
 Serving (MONAI Label builds the bundle's ``inferer`` once and calls it on one cached network for every request): a call
 holds the adapter's lock, so concurrent requests never interleave their updates; in the ``"episodic"`` setting every
@@ -21,9 +26,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,90 +36,29 @@ from monai.utils import look_up_option
 from torch import nn
 
 from monai_tta.adapters.cases import Case, CaseParts, WholeCase
-from monai_tta.adapters.finite_guard import UpdateGuard
-from monai_tta.adapters.safe_choice import SafeChoice, mean_entropy, source_forward
-from monai_tta.adapters.safeguard import CollapseSafeguard
+from monai_tta.adapters.optimizers import OPTIMIZERS, build_optimizer, set_lr
 from monai_tta.adapters.settings import Setting
+from monai_tta.adapters.state import AdapterState
 from monai_tta.adapters.stats import StatKeys
 from monai_tta.gradients import only_requires_grad
+from monai_tta.guards import ACTIVATIONS, CollapseSafeguard, Guard, GuardContext, SafeChoice, Verdict, resolve_guards
 from monai_tta.networks.inputs import check_network_input
 from monai_tta.norms import AdaptiveBatchNorm, NormPolicy, convert_norms
 from monai_tta.params import ParamSelection, nothing_to_update_message, select_parameters
 
 __all__ = ["Adapter", "AdapterState", "build_optimizer", "set_lr"]
 
-_OPTIMIZERS = ("adam", "sgd")
-
-
-def build_optimizer(
-    params: Sequence[nn.Parameter],
-    name: str = "adam",
-    lr: float = 1e-4,
-    betas: Sequence[float] = (0.9, 0.999),
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    nesterov: bool = False,
-) -> torch.optim.Optimizer:
-    """Build the optimizer of an adapter.
-
-    Args:
-        params: parameters to optimise.
-        name: ``"adam"`` or ``"sgd"``.
-        lr: base learning rate.
-        betas: Adam's betas.
-        momentum: SGD momentum.
-        weight_decay: weight decay.
-        nesterov: SGD Nesterov momentum.
-
-    Raises:
-        ValueError: for an unknown optimizer name.
-    """
-    name = look_up_option(name.lower(), _OPTIMIZERS)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every parameter group (a Python float: no device synchronisation later)."""
-    for group in optimizer.param_groups:
-        group["lr"] = float(lr)
-
-
-@dataclass
-class AdapterState:
-    """Per-network state of an adapter.
-
-    Attributes:
-        network: weak reference to the adapted network.
-        params: the parameters the method updates.
-        norms: the adaptive normalisation layers of the network.
-        snapshot: source values of ``params`` (restored by ``reset``).
-        optimizer: optimizer over ``params`` (``None`` for gradient-free methods).
-        step: number of cases adapted since the last reset.
-        seen: number of cases seen (the warm-up counter of the ``"warmup"`` norm regime); the base class never
-            resets it, a method may (VPTTA does, in ``reset_state``).
-        extra: method-specific state (memory bank, prompt, ...).
-    """
-
-    network: weakref.ref
-    params: list[nn.Parameter]
-    norms: list[AdaptiveBatchNorm]
-    snapshot: list[torch.Tensor]
-    optimizer: torch.optim.Optimizer | None = None
-    step: int = 0
-    seen: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
 
 class Adapter(Inferer):
     """Base class of every adaptation method.
 
     A subclass implements :meth:`adapt` (the update of one case) and, when needed, :meth:`select_params`,
-    :meth:`init_state`, :meth:`reset_state` and :meth:`predict`. Everything else (gradient mode, normalisation regime,
-    per-network state, resets, input protection, statistics) is shared here. An :meth:`adapt` that takes its gradients
-    with ``self.case_parts(inputs).grads(loss_of_part, params)`` (:class:`~monai_tta.adapters.cases.CaseParts`) works
-    unchanged on whole inputs and on the patches of a volume; a method that cannot sets :attr:`supports_patches`.
+    :meth:`init_state`, :meth:`reset_state`, :meth:`predict` and (for state beyond parameters, optimizer, counters
+    and plain values) :meth:`method_state_dict` / :meth:`load_method_state_dict`. Everything else (gradient mode,
+    normalisation regime, per-network state, resets, guards, input protection, statistics) is shared here. An
+    :meth:`adapt` that takes its gradients with ``self.case_parts(inputs).grads(loss_of_part, params)``
+    (:class:`~monai_tta.adapters.cases.CaseParts`) works unchanged on whole inputs and on the patches of a volume; a
+    method that cannot sets :attr:`supports_patches`.
 
     Args:
         setting: when to return to the source state: ``"episodic"`` (before each case, the seeded random generator
@@ -137,19 +79,22 @@ class Adapter(Inferer):
             affine set). Methods without network parameters (source-only, NormAdapt, VPTTA) do not take it.
         divisor: the size multiple a whole input is padded to (an int or one per spatial axis); ``None`` reads it
             from the network (:func:`~monai_tta.padding.network_divisor`). The output is cropped back.
-        safeguard: the collapse safeguard (:class:`~monai_tta.adapters.safeguard.CollapseSafeguard`, or a dict of
-            its fields): after each case of the ``domain`` and ``continual`` settings, label-free signals of a
-            runaway model, and the source gap (an adapted model steadily less confident than the source model on
-            the same cases); when one fires the adapter returns to the source state (after the source gap: the
-            source model predicts until the gap clears or the domain changes). ``None``: on (default thresholds)
-            for the methods with an optimizer, off for the others; ``True``: on for any method; ``False``: off.
-        safe: the label-free choice of the reported prediction (:class:`~monai_tta.adapters.safe_choice.SafeChoice`,
-            a dict of its fields, ``"case"`` or ``"domain"``, or ``True`` for the defaults): among the method's own
-            prediction, the adapted state with source / mixed / image statistics and the source model, the most
-            confident one, per case or per domain. The update is unchanged. ``None``/``False``: off (default).
+        activation: how the network's logits are read, by the method's objective (where it has one) and by the
+            guards: ``"sigmoid"`` (independent channels, multi-label) or ``"softmax"`` (exclusive classes).
+        guards: the guards, in the order they run (:mod:`monai_tta.guards`; ``None`` entries are left out);
+            ``None``: the defaults, built from the shorthands: :class:`~monai_tta.guards.NonFiniteRollback` (always),
+            :class:`~monai_tta.guards.CollapseSafeguard` from ``safeguard``, :class:`~monai_tta.guards.SafeChoice`
+            from ``safe``. A shorthand given with ``guards`` changes the guard of its kind in the list
+            (:func:`~monai_tta.guards.resolve_guards`).
+        safeguard: the collapse safeguard (:meth:`~monai_tta.guards.CollapseSafeguard.from_any`): ``None`` on for the
+            methods with an optimizer, off for the others; ``True`` on; ``False`` off; a dict: its fields.
+        safe: the label-free choice of the reported prediction (:meth:`~monai_tta.guards.SafeChoice.from_any`):
+            ``"case"``, ``"domain"``, ``True`` (per case) or a dict of its fields; ``None``/``False``: off (default).
 
     Raises:
-        ValueError: for an unknown setting, optimizer or parameter set, or ``steps < 0``.
+        ValueError: for an unknown setting, optimizer, parameter set or activation (or one the method's objective
+            does not support) or ``steps < 0``.
+        TypeError: for a guard that is not a :class:`~monai_tta.guards.Guard`.
     """
 
     #: regime used when ``norm`` is ``None``.
@@ -165,6 +110,8 @@ class Adapter(Inferer):
     #: whether the reported prediction is a plain forward of the network in the policy's statistics (no update, no
     #: prompt): then ``safe`` knows which of its candidates are that same forward and skips them.
     plain_prediction: bool = False
+    #: the activations the method's objective is defined for.
+    activations: tuple[str, ...] = ACTIVATIONS
 
     def __init__(
         self,
@@ -179,32 +126,30 @@ class Adapter(Inferer):
         seed: int | None = 0,
         params: ParamSelection | None = None,
         divisor: int | Sequence[int] | None = None,
+        activation: str = "sigmoid",
+        guards: Sequence[Guard | None] | None = None,
         safeguard: CollapseSafeguard | dict | bool | None = None,
         safe: SafeChoice | dict | bool | str | None = None,
     ) -> None:
         super().__init__()
-        self.safe: SafeChoice | None = SafeChoice.from_any(safe)
-        if safeguard is None or safeguard is True:
-            safeguard = CollapseSafeguard() if (self.uses_optimizer or safeguard) else None
-        elif isinstance(safeguard, dict):
-            safeguard = CollapseSafeguard(**safeguard)
-        self.safeguard: CollapseSafeguard | None = safeguard or None
+        self.activation = look_up_option(activation, ACTIVATIONS)
+        if self.activation not in self.activations:
+            raise ValueError(
+                f"{type(self).__name__}'s objective is defined for {', '.join(self.activations)} outputs, "
+                f"got activation={activation!r}; use a method that supports it."
+            )
+        self.guards: tuple[Guard, ...] = resolve_guards(guards, safeguard, safe, self.uses_optimizer)
         if isinstance(params, str):
             select_parameters(nn.Module(), params)  # validates the name now rather than at the first case
         self.params = params
         self.divisor = divisor
         self.setting = look_up_option(setting, Setting)
         self.norm = NormPolicy.from_any(norm, default=self.default_norm)
-        self.optimizer_name = look_up_option(optimizer.lower(), _OPTIMIZERS)
+        self.optimizer_name = look_up_option(optimizer.lower(), OPTIMIZERS)
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}.")
-        self.lr, self.betas, self.momentum, self.weight_decay, self.steps = (
-            lr,
-            tuple(betas),
-            momentum,
-            weight_decay,
-            steps,
-        )
+        self.lr, self.betas, self.momentum, self.weight_decay = lr, tuple(betas), momentum, weight_decay
+        self.steps = steps
         self.seed = seed
         self.generator = torch.Generator()
         if seed is not None:
@@ -217,8 +162,17 @@ class Adapter(Inferer):
         self._domain_changed = False
         self._lock = threading.RLock()
         self.last_stats: dict[str, Any] = {}
-        self._case_factory: Callable[[nn.Module], Case] | None = None
         self._case: Case | None = None
+
+    @property
+    def safeguard(self) -> CollapseSafeguard | None:
+        """The collapse safeguard among the guards (``None``: off)."""
+        return next((g for g in self.guards if isinstance(g, CollapseSafeguard)), None)
+
+    @property
+    def safe(self) -> SafeChoice | None:
+        """The safe choice among the guards (``None``: off)."""
+        return next((g for g in self.guards if isinstance(g, SafeChoice)), None)
 
     # ----------------------------------------------------------------- hooks for subclasses
     def select_params(self, network: nn.Module) -> list[nn.Parameter]:
@@ -252,7 +206,15 @@ class Adapter(Inferer):
         a method whose prediction goes through more than the network (VPTTA's prompt) overrides it."""
         return network(inputs)
 
-    # ----------------------------------------------------------------- shared machinery
+    def method_state_dict(self, state: AdapterState) -> dict[str, Any]:
+        """The method's part of :meth:`state_dict` (default :meth:`AdapterState.state_dict`)."""
+        return state.state_dict()
+
+    def load_method_state_dict(self, state: AdapterState, values: dict[str, Any]) -> None:
+        """Restore what :meth:`method_state_dict` returned."""
+        state.load_state_dict(values, owner=f"the adapter {type(self).__name__}")
+
+    # ----------------------------------------------------------------- state
     def state_for(self, network: nn.Module) -> AdapterState:
         """The state of ``network``, created on first use (converts its norms and snapshots the source values)."""
         state = self._states.get(network)
@@ -263,6 +225,7 @@ class Adapter(Inferer):
             snapshot = [p.detach().clone() for p in params]
             state = AdapterState(network=weakref.ref(network), params=params, norms=norms, snapshot=snapshot)
             state.optimizer = self._make_optimizer(params)
+            state.guards = [guard.init_state() for guard in self.guards]
             self._states[network] = state
             self.init_state(state, network)
         return state
@@ -280,24 +243,6 @@ class Adapter(Inferer):
         if self.uses_optimizer and not params:
             raise ValueError(nothing_to_update_message(name, network, self.params))
 
-    # ----------------------------------------------------------------- cases: whole inputs and volumes
-    @contextmanager
-    def using_case(self, factory: Callable[[nn.Module], Case]) -> Iterator[None]:
-        """Within the context, each call follows the :class:`~monai_tta.adapters.cases.Case` plan ``factory(network)``
-        instead of the whole-input plan (used by :class:`~monai_tta.inferers.SlidingWindowAdapter`). The context holds
-        the adapter's lock, so a concurrent call (another serving request) never runs with, or resets, this plan."""
-        with self._lock:
-            previous, self._case_factory = self._case_factory, factory
-            try:
-                yield
-            finally:
-                self._case_factory = previous
-
-    def case_parts(self, inputs: torch.Tensor) -> CaseParts:
-        """The parts of the current case that the update computes its gradients on (the whole input outside a call
-        or in the whole-input plan)."""
-        return CaseParts() if self._case is None else self._case.parts(inputs)
-
     def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer | None:
         if not self.uses_optimizer or not params:
             return None
@@ -305,10 +250,48 @@ class Adapter(Inferer):
             params, self.optimizer_name, self.lr, self.betas, self.momentum, self.weight_decay, nesterov=False
         )
 
+    def state_dict(self, network: nn.Module) -> dict[str, Any]:
+        """Everything the adapter keeps for ``network``, on the CPU and in plain values (``torch.load(...,
+        weights_only=True)`` reads it): the method's state (:meth:`method_state_dict`), each guard's, the random
+        generator and the domain bookkeeping (the last domain, a pending reset). An interrupted continual run resumes
+        exactly from it (:class:`~monai_tta.handlers.RunCheckpoint`)."""
+        state = self.state_for(network)
+        domain = self._domain
+        return {
+            "method": self.method_state_dict(state),
+            "guards": [guard.state_dict(s) for guard, s in zip(self.guards, state.guards)],
+            "generator": self.generator.get_state(),
+            "domain": domain if domain is None or isinstance(domain, (str, int, float)) else str(domain),
+            "pending_reset": bool(self._pending_reset),
+            "domain_changed": bool(self._domain_changed),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, network: nn.Module, values: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, for ``network`` (its norms are converted if needed).
+
+        Raises:
+            ValueError: if the saved state is not this method's on this network, or was saved with other guards.
+        """
+        state = self.state_for(network)
+        if len(values["guards"]) != len(self.guards):
+            raise ValueError(
+                f"the checkpoint holds the state of {len(values['guards'])} guards and this {type(self).__name__} has "
+                f"{len(self.guards)}; it was written with other guards: delete it or use another output folder."
+            )
+        self.load_method_state_dict(state, values["method"])
+        for guard, s, saved in zip(self.guards, state.guards, values["guards"]):
+            guard.load_state_dict(s, saved)
+        self.generator.set_state(values["generator"])
+        self._domain = values["domain"]
+        self._pending_reset = bool(values["pending_reset"])
+        self._domain_changed = bool(values.get("domain_changed", False))
+
+    # ----------------------------------------------------------------- the setting: domains and resets
     def set_domain(self, domain: Any) -> None:
         """Tell the adapter the domain of the next case; in the ``"domain"`` setting a change triggers a reset. In
-        every setting a change restarts the domain-level memory: ``safe``'s per-domain choice and the safeguard's
-        source gap (and ends its fallback)."""
+        every setting a change restarts what the guards keep per domain (``safe``'s per-domain choice, the
+        safeguard's source gap and fallback)."""
         if self._domain is not None and domain != self._domain:
             self._domain_changed = True
             if self.setting == Setting.DOMAIN:
@@ -318,8 +301,9 @@ class Adapter(Inferer):
     @torch.no_grad()
     def reset(self, network: nn.Module | None = None) -> None:
         """Return ``network`` (or every network seen) to the source state: parameters, optimizer, method state, the
-        random generator to its seed, and what is kept per domain (``safe``'s per-domain entropies, the safeguard's
-        source gap and fallback). The ``episodic`` setting's reset before each case keeps the per-domain memory.
+        random generator to its seed, and what the guards keep (per domain too: ``safe``'s per-domain entropies, the
+        safeguard's source gap and fallback). The ``episodic`` setting's reset before each case keeps the per-domain
+        memory.
 
         Reseeding makes a case's result (``episodic``) or a domain's results (``domain``) depend only on that case or
         domain, not on how many random draws came before it: this is what makes a run sharded over ranks
@@ -329,157 +313,150 @@ class Adapter(Inferer):
         with self._lock:
             if self.seed is not None:
                 self.generator.manual_seed(self.seed)
-            self._reset_states(network)
-            for state in self._states_of(network):
-                self._clear_domain_memory(state)
+            states = self._states_of(network)
+            self._reset_states(states)
+            for state in states:
+                for guard, s in zip(self.guards, state.guards):
+                    guard.on_domain_change(s)
 
     def _states_of(self, network: nn.Module | None) -> list[AdapterState]:
         if network is None:
             return list(self._states.values())
         return [self._states[network]] if network in self._states else []
 
-    @staticmethod
-    def _clear_domain_memory(state: AdapterState) -> None:
-        """Forget what is kept per domain: ``safe``'s per-domain entropies and the safeguard's source gap."""
-        SafeChoice.clear(state)
-        CollapseSafeguard.clear_gap(state)
-
-    def _reset_states(self, network: nn.Module | None) -> None:
-        for state in self._states_of(network):
+    @torch.no_grad()
+    def _reset_states(self, states: list[AdapterState]) -> None:
+        """Parameters, optimizer, step and method state back to the source; the guards' :meth:`Guard.on_reset`."""
+        for state in states:
             for p, v in zip(state.params, state.snapshot):
                 p.copy_(v)
             state.optimizer = self._make_optimizer(state.params)
             state.step = 0
-            CollapseSafeguard.clear(state)
+            for guard, s in zip(self.guards, state.guards):
+                guard.on_reset(s)
             self.reset_state(state)
 
     def n_params(self, network: nn.Module) -> int:
         """Number of scalar parameters the adapter updates on ``network``."""
         return sum(p.numel() for p in self.state_for(network).params)
 
+    # ----------------------------------------------------------------- one case
+    def case_parts(self, inputs: torch.Tensor) -> CaseParts:
+        """The parts of the current case that the update computes its gradients on (the whole input outside a call
+        or in the whole-input plan)."""
+        return CaseParts() if self._case is None else self._case.parts(inputs)
+
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Adapt ``network`` to ``inputs`` and return the method's prediction (logits).
+        """Adapt ``network`` to ``inputs`` and return the method's prediction (logits); see :meth:`adapt_and_predict`.
 
         Args:
             inputs: a batch ``(B, C, *spatial)``; treated as one case (its statistics are shared). Not modified.
             network: the network to adapt; its normalisation layers are converted on first use.
             args: unused (accepted for the ``Inferer`` signature).
             kwargs: unused.
+        """
+        return self.adapt_and_predict(inputs, network)
 
-        An update whose loss, gradient or new parameters are not finite is undone (the previous state is kept) and
-        recorded in :attr:`last_stats` (``nonfinite``: which part was not finite).
+    def adapt_and_predict(self, inputs: torch.Tensor, network: nn.Module, case: Case | None = None) -> torch.Tensor:
+        """Adapt ``network`` to the case ``inputs`` following the plan ``case`` and return the prediction (logits).
+
+        Args:
+            inputs: a batch ``(B, C, *spatial)``; treated as one case. Not modified.
+            network: the network to adapt; its normalisation layers are converted on first use.
+            case: the plan of the call (:class:`~monai_tta.adapters.cases.Case`; e.g. the volume plan of
+                :class:`~monai_tta.inferers.SlidingWindowAdapter`); ``None``: the whole input, padded to the size
+                multiple the network needs (:class:`~monai_tta.adapters.cases.WholeCase`).
 
         Raises:
             InvalidCaseError: (a ``ValueError``) if ``inputs`` is not a floating-point tensor ``(B, C, *spatial)``
                 with the network's channel count and dimensionality, finite and not constant; the adapter's state is
                 then untouched.
             ValueError: on the first call with ``network``, if the method has nothing to update on it or needs
-                BatchNorm statistics it lacks.
+                BatchNorm statistics it lacks; for a guard that needs whole inputs on a case adapted on patches.
         """
         check_network_input(inputs, network)
         with self._lock:  # one case at a time per adapter (concurrent serving requests share the network)
-            logits = self._adapt_and_predict(inputs, network)
+            logits = self._run_case(inputs, network, case if case is not None else WholeCase(network, self.divisor))
         if isinstance(inputs, MetaTensor):
             logits = MetaTensor(logits, meta=inputs.meta, applied_operations=inputs.applied_operations)
         return logits
 
-    def _adapt_and_predict(self, inputs: torch.Tensor, network: nn.Module) -> torch.Tensor:
+    def _run_case(self, inputs: torch.Tensor, network: nn.Module, case: Case) -> torch.Tensor:
         state = self.state_for(network)
         episodic = self.setting == Setting.EPISODIC
         did_reset = episodic or self._pending_reset
-        if did_reset:
+        if did_reset:  # the setting's reset keeps what the guards keep per domain
             if self.seed is not None:
                 self.generator.manual_seed(self.seed)  # episodic: the same image gets the same random views
-            with torch.no_grad():  # an episodic reset keeps the domain-level memory (safe per domain)
-                self._reset_states(network)
+            self._reset_states([state])
             self._pending_reset = False
+        guards = list(zip(self.guards, state.guards))
         if self._domain_changed:
-            self._clear_domain_memory(state)
+            for guard, s in guards:
+                guard.on_domain_change(s)
             self._domain_changed = False
-        x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-        case = self._case_factory(network) if self._case_factory is not None else WholeCase(network, self.divisor)
-        if self.safe is not None and not case.whole:
-            raise ValueError(
-                f"{type(self).__name__}: safe chooses among whole-input predictions and cannot run on a volume "
-                "adapted on patches (SlidingWindowAdapter); turn safe off (safe=None) for sliding-window inference."
-            )
-        x = case.prepare(x)
+        for guard, _ in guards:
+            if guard.whole_inputs_only and not case.whole:
+                raise ValueError(
+                    f"{type(self).__name__}: the guard {type(guard).__name__} works on whole-input predictions and "
+                    "cannot run on a volume adapted on patches (SlidingWindowAdapter); leave it out for sliding-window "
+                    "inference (for SafeChoice: safe=None)."
+                )
+        x = case.prepare(inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs)
         state.seen += 1
         self.norm.apply(state.norms, state.seen)
-        guard = None if episodic else self.safeguard
-        probing = guard is not None and guard.source_gap is not None and case.whole
-        fallback = probing and CollapseSafeguard.in_fallback(state)
         stats: dict[str, Any] = {StatKeys.RESET: did_reset, StatKeys.N_PARAMS: sum(p.numel() for p in state.params)}
-        logits = None
+        ctx = GuardContext(
+            network=network,
+            inputs=x,
+            params=state.params,
+            snapshot=state.snapshot,
+            norms=state.norms,
+            stats=stats,
+            activation=self.activation,
+            episodic=episodic,
+            whole=case.whole,
+            plain_prediction=self.plain_prediction and not state.params,
+            forward=lambda z: self.candidate_forward(state, z, network),
+            statistics_weight=lambda: self.norm.source_weight(max(state.seen, 1)),
+        )
         self._case = case
         try:
             with case.statistics(state, network, x):
-                if self.steps > 0 and not fallback:
-                    guard_update = UpdateGuard(state)
-                    with torch.enable_grad(), only_requires_grad(network, state.params):
-                        for _ in range(self.steps):
-                            step_stats, reported = self.adapt(state, x, network)
-                            logits = reported if logits is None else logits
-                            stats.update(step_stats)
-                    bad = guard_update.check(state, stats)
-                    stats[StatKeys.NONFINITE] = bad is not None
-                    if bad is not None:
-                        guard_update.restore(state)
-                        stats[StatKeys.NONFINITE_PART] = bad
-                    else:
-                        state.step += 1
-                if fallback:  # the source state after the source gap fired: the source model predicts
-                    logits = source_forward(state, network, x)
-                elif logits is None or not case.whole:
-                    with torch.no_grad():
-                        logits = case.predict(self, state, x, network)
+                self._update(ctx, state, case, guards)
         finally:
             self._case = None
-        source_logits = None
-        if guard is not None:
-            signal = None
-            if probing and guard.probe_due(state):
-                logits, source_logits, signal = self._probe_source_gap(guard, state, network, x, logits, fallback)
-                stats[StatKeys.SAFEGUARD_GAP] = CollapseSafeguard.gap(state)
-            if signal is None and self.steps > 0 and not fallback:
-                signal = guard.check(state, logits, getattr(self, "activation", "sigmoid"))
-                if signal is not None:  # back to the source state for the next case
-                    with torch.no_grad():
-                        self._reset_states(network)
-            guard.record(stats, signal)
-            if probing:
-                stats[StatKeys.SAFEGUARD_FALLBACK] = CollapseSafeguard.in_fallback(state)
-        if self.safe is not None:
-            in_fallback = probing and CollapseSafeguard.in_fallback(state)  # the prediction is the source model's
-            logits, safe_stats = self.safe.choose(self, state, network, x, logits, source_logits, in_fallback)
-            stats.update(safe_stats)
+        for guard, s in guards:
+            if guard.choose(ctx, s) == Verdict.RESET:
+                self._reset_states([state])
         stats[StatKeys.STEP] = state.step
         self.last_stats = stats
-        return case.finish(logits.detach())
+        return case.finish(ctx.logits.detach())
 
-    def _probe_source_gap(
-        self,
-        guard: CollapseSafeguard,
-        state: AdapterState,
-        network: nn.Module,
-        x: torch.Tensor,
-        logits: torch.Tensor,
-        fallback: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, str | None]:
-        """One probe of the safeguard's source gap: the prediction to report, the source model's prediction, and
-        ``"source_gap"`` when the gap fired on this case (the adapter is then in the source state)."""
-        with torch.no_grad():
-            if fallback:  # the method's statistics regime on the source weights, against the source model
-                source_logits, adapted = logits, self.candidate_forward(state, x, network)
+    def _update(self, ctx: GuardContext, state: AdapterState, case: Case, guards: list[tuple[Guard, Any]]) -> None:
+        """The method's update of the case, as the guards allow, and its prediction (into ``ctx.logits``)."""
+        x, network = ctx.inputs, ctx.network
+        held = [guard.before_update(ctx, s) for guard, s in guards]
+        reported = None
+        if self.steps > 0 and Verdict.HOLD not in held:
+            saved = state.copy_update() if any(guard.may_undo for guard, _ in guards) else None
+            with torch.enable_grad(), only_requires_grad(network, state.params):
+                for _ in range(self.steps):
+                    step_stats, logits = self.adapt(state, x, network)
+                    reported = logits if reported is None else reported
+                    ctx.stats.update(step_stats)
+            ctx.updated = True
+            verdicts = [guard.after_update(ctx, s) for guard, s in guards]
+            if Verdict.UNDO in verdicts:
+                if saved is None:
+                    raise RuntimeError(f"{type(self).__name__}: a guard answered undo without setting may_undo.")
+                state.undo_update(saved)
             else:
-                source_logits, adapted = source_forward(state, network, x), logits
-            activation = getattr(self, "activation", "sigmoid")
-            h = torch.stack([mean_entropy(adapted, activation), mean_entropy(source_logits, activation)]).tolist()
-        now = guard.check_gap(state, h[0], h[1])
-        if now and not fallback:
-            with torch.no_grad():
-                self._reset_states(network)  # keeps the gap and the fallback flag
-            return source_logits, source_logits, "source_gap"
-        if fallback and not now:  # the gap cleared: the method adapts again from the next case
-            return adapted, source_logits, None
-        return logits, source_logits, None
+                state.step += 1
+            if Verdict.RESET in verdicts:
+                self._reset_states([state])
+        if ctx.logits is None:  # no guard gave the prediction
+            if reported is None or not ctx.whole:
+                with torch.no_grad():
+                    reported = case.predict(state, x, network, lambda z: self.predict(state, z, network))
+            ctx.logits = reported

@@ -8,23 +8,21 @@ is built (so the peak memory stays that of one group's forward and backward pass
 
 A :class:`Case` is the per-call plan the adapter follows: how the input is prepared (padded), which statistics the
 BatchNorm layers use while the case is adapted, which parts the update sees, and how the prediction is made.
-:class:`WholeCase` is the default; the sliding-window inferer provides the volume plan.
+:class:`WholeCase` is the default; the sliding-window inferer passes its volume plan to
+:meth:`~monai_tta.adapters.Adapter.adapt_and_predict`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from monai_tta.adapters.state import AdapterState
 from monai_tta.gradients import param_grads
 from monai_tta.padding import network_divisor, pad_to_multiple
-
-if TYPE_CHECKING:
-    from monai_tta.adapters.base import Adapter, AdapterState
 
 __all__ = ["PartIndex", "PartGroup", "CaseParts", "Case", "WholeCase"]
 
@@ -152,9 +150,15 @@ class Case:
         """The parts the update computes its gradients on."""
         return CaseParts()
 
-    def predict(self, adapter: Adapter, state: AdapterState, x: torch.Tensor, network: nn.Module) -> torch.Tensor:
-        """The reported prediction (under ``no_grad``): the method's own."""
-        return adapter.predict(state, x, network)
+    def predict(
+        self,
+        state: AdapterState,
+        x: torch.Tensor,
+        network: nn.Module,
+        method_predict: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """The reported prediction (under ``no_grad``): by default the method's own, ``method_predict(x)``."""
+        return method_predict(x)
 
     def finish(self, logits: torch.Tensor) -> torch.Tensor:
         """The logits returned to the caller."""

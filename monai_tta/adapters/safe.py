@@ -1,11 +1,12 @@
-"""``SafeNorm``: the ``safe`` choice without gradient, a choice of normalisation statistics per case (or domain).
+"""``SafeNorm``: the no-gradient adapter with the safe-choice guard, a choice of normalisation statistics per case
+(or domain).
 
-:class:`SafeNorm` is source inference with :class:`~monai_tta.adapters.safe_choice.SafeChoice` on: for each case it
-predicts with each candidate statistics (by default the source running statistics, a half-and-half mix and the
-image's own statistics) and reports the prediction of lowest mean per-pixel entropy (ties go to the earlier
-candidate: the source first). It is the no-gradient case of the ``safe`` option every method takes
-(``Tent(safe=True)``, ``GraTa(safe="domain")``, ...), which also offers the source model's prediction as a candidate.
-Cost: one forward per candidate, no gradient.
+:class:`SafeNorm` is source inference with the :class:`~monai_tta.guards.SafeChoice` guard: for each case it predicts
+with each candidate statistics (by default the source running statistics, a half-and-half mix and the image's own
+statistics) and reports the prediction of lowest mean per-pixel entropy (ties go to the earlier candidate: the source
+first). It is the no-gradient case of the ``safe`` option every method takes (``Tent(safe=True)``,
+``GraTa(safe="domain")``, ...), which also offers the source model's prediction as a candidate. Cost: one forward per
+candidate, no gradient.
 
 Measured on the embedded data: ``docs/reliability.md``.
 """
@@ -15,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from monai_tta.adapters.safe_choice import SafeChoice, mean_entropy
 from monai_tta.adapters.safe_options import SafePer
 from monai_tta.adapters.source_only import SourceOnly
+from monai_tta.guards import SafeChoice
 from monai_tta.norms.policy import NormRegime
 
-__all__ = ["SafeNorm", "SafeChoice", "mean_entropy"]
+__all__ = ["SafeNorm"]
 
 
 class SafeNorm(SourceOnly):
@@ -30,12 +31,13 @@ class SafeNorm(SourceOnly):
         priors: the candidates, as weights on the source statistics (1: source, 0: the image's own, between: a mix);
             the first one is the regime of the adapter's own prediction, the others are ``safe`` candidates.
         activation: ``"sigmoid"`` or ``"softmax"`` (how the entropy is read from the logits).
-        per: ``"case"`` or ``"domain"`` (see :class:`~monai_tta.adapters.safe_choice.SafeChoice`).
-        kwargs: :class:`~monai_tta.adapters.base.Adapter` arguments (not ``norm`` nor ``safe``: ``priors`` sets both).
+        per: ``"case"`` or ``"domain"`` (see :class:`~monai_tta.guards.SafeChoice`).
+        kwargs: :class:`~monai_tta.adapters.base.Adapter` arguments (not ``norm``, ``safe`` nor ``guards``:
+            ``priors`` sets them).
 
     Raises:
         ValueError: for no candidate, a prior outside ``[0, 1]``, an unknown activation or ``per``, or ``norm`` /
-            ``safe`` given.
+            ``safe`` / ``guards`` given.
     """
 
     requires_batch_norm = True
@@ -49,12 +51,11 @@ class SafeNorm(SourceOnly):
     ) -> None:
         if not priors or any(not 0.0 <= float(p) <= 1.0 for p in priors):
             raise ValueError(f"priors must be a non-empty list of weights in [0, 1], got {list(priors)}.")
-        for name in ("norm", "safe"):
+        for name in ("norm", "safe", "guards"):
             if kwargs.get(name) is not None:
                 raise ValueError(f"SafeNorm sets {name} from priors; do not pass {name}.")
             kwargs.pop(name, None)
         self.priors = tuple(float(p) for p in priors)
         choice = SafeChoice(priors=self.priors[1:], source=True, per=per, activation=activation)
         norm = {"regime": NormRegime.MIX.value, "prior": self.priors[0]}
-        super().__init__(norm=norm, safe=choice, **kwargs)
-        self.activation = choice.activation
+        super().__init__(norm=norm, activation=activation, safe=choice, **kwargs)

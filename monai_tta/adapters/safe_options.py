@@ -1,4 +1,4 @@
-"""Options and candidate labels of the ``safe`` choice (:class:`~monai_tta.adapters.safe_choice.SafeChoice`)."""
+"""Options and candidate labels of the ``safe`` choice (:class:`~monai_tta.guards.SafeChoice`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ __all__ = ["SafePer", "SafeCandidate"]
 
 
 class SafePer(StrEnum):
-    """How often the ``safe`` choice (:class:`~monai_tta.adapters.safe_choice.SafeChoice`) is made.
+    """How often the ``safe`` choice (:class:`~monai_tta.guards.SafeChoice`) is made.
 
     - ``case``: every case picks its own candidate.
     - ``domain``: one candidate per domain, from the entropies of the domain's cases so far.

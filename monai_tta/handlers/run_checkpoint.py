@@ -26,7 +26,6 @@ from monai.utils import IgniteInfo, min_version, optional_import
 
 from monai_tta import distributed
 from monai_tta.adapters.base import Adapter
-from monai_tta.adapters.checkpoint import adapter_state_dict, load_adapter_state_dict
 from monai_tta.data.checks import case_name
 from monai_tta.handlers.case_report import CaseReport
 from monai_tta.io import atomic_save
@@ -39,7 +38,7 @@ else:
 
 __all__ = ["RunCheckpoint"]
 
-_VERSION = 1
+_VERSION = 2  # 2: the adapter's state_dict holds its guards' states
 
 
 def _plain(value: Any) -> bool:
@@ -159,7 +158,7 @@ class RunCheckpoint:
                 "or give this run another output folder."
             )
         torch.set_rng_state(ckpt["rng"])
-        load_adapter_state_dict(self._adapter(engine), engine.network, ckpt["adapter"])
+        self._adapter(engine).load_state_dict(engine.network, ckpt["adapter"])
         self.report.rows = list(ckpt["rows"])
         self.report.indices = [int(i) for i in ckpt.get("indices", range(len(self.report.rows)))]
         self._metric_values = dict(ckpt.get("metrics", {}))
@@ -181,7 +180,7 @@ class RunCheckpoint:
                 "rows": list(self.report.rows),
                 "indices": list(self.report.indices),
                 "metrics": self._local_metric_values(),
-                "adapter": adapter_state_dict(self._adapter(engine), engine.network),
+                "adapter": self._adapter(engine).state_dict(engine.network),
                 "rng": torch.get_rng_state(),
             },
             self.path,

@@ -27,12 +27,15 @@
    statistics, under ``no_grad`` (the logits are detached), so the prediction does not depend on the order or the
    batching of the windows.
 
+The adapter runs the volume as one case with this plan (:class:`VolumeCase`, passed to
+:meth:`~monai_tta.adapters.Adapter.adapt_and_predict`): its setting, resets and guards apply unchanged.
+
 A volume smaller than ``roi_size`` is padded as MONAI's sliding window pads it and the output is cropped back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any
 
@@ -41,8 +44,9 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from monai.utils import BlendMode, PytorchPadMode, fall_back_tuple, look_up_option
 from torch import nn
 
-from monai_tta.adapters.base import Adapter, AdapterState
+from monai_tta.adapters.base import Adapter
 from monai_tta.adapters.cases import Case, CaseParts
+from monai_tta.adapters.state import AdapterState
 from monai_tta.inferers.patches import PATCH_SAMPLING, STATS_SOURCES, sample_patches, window_slices
 from monai_tta.norms import captured_statistics, case_statistics, per_sample_stats, pooled_statistics
 from monai_tta.padding import network_divisor, pad_to_size
@@ -151,6 +155,14 @@ class SlidingWindowAdapter(Inferer):
         """Forwarded to the adapter."""
         return self.adapter.state_for(network)
 
+    def state_dict(self, network: nn.Module) -> dict[str, Any]:
+        """Forwarded to the adapter."""
+        return self.adapter.state_dict(network)
+
+    def load_state_dict(self, network: nn.Module, values: dict[str, Any]) -> None:
+        """Forwarded to the adapter."""
+        self.adapter.load_state_dict(network, values)
+
     # ----------------------------------------------------------------- the call
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Adapt ``network`` to the volume ``inputs`` ``(B, C, *spatial)`` (one case) and predict all of it.
@@ -165,8 +177,7 @@ class SlidingWindowAdapter(Inferer):
             ValueError: as the adapter's call does, and if ``roi_size`` is not a multiple of the size the network
                 needs.
         """
-        with self.adapter.using_case(lambda net: VolumeCase(self, net)):
-            return self.adapter(inputs, network)
+        return self.adapter.adapt_and_predict(inputs, network, VolumeCase(self, network))
 
 
 class VolumeCase(Case):
@@ -251,8 +262,16 @@ class VolumeCase(Case):
     def parts(self, x: torch.Tensor) -> CaseParts:
         return self._parts if self._parts is not None else CaseParts()
 
-    def predict(self, adapter: Adapter, state: AdapterState, x: torch.Tensor, network: nn.Module) -> torch.Tensor:
-        refresh = self.owner.stats_after_update and adapter.steps > 0
+    def predict(
+        self,
+        state: AdapterState,
+        x: torch.Tensor,
+        network: nn.Module,
+        method_predict: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """MONAI's sliding window over the whole volume with the adapted weights and the fixed statistics (the
+        method's own prediction of a whole input, ``method_predict``, is not used)."""
+        refresh = self.owner.stats_after_update and self.owner.adapter.steps > 0
         refresh = refresh and any(layer.prior < 1.0 for layer in state.norms)
         with self._pooled(state, network, x) if refresh else nullcontext(), torch.no_grad():
             return self.owner.inferer(x, network).detach()

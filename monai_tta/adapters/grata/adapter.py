@@ -136,6 +136,8 @@ class GraTa(Adapter):
             than 1 in the exact mode), or a ``view_chunk`` that is not a positive integer.
     """
 
+    activations = ("sigmoid",)  # its entropy, pseudo-labels and consistency loss are sigmoid's
+
     def __init__(
         self,
         strong_augment: Callable[..., torch.Tensor] | None = None,

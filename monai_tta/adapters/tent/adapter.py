@@ -35,8 +35,7 @@ class Tent(Adapter):
     def __init__(self, activation: str = "sigmoid", predict_after_update: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("setting", Setting.CONTINUAL)
         kwargs.setdefault("lr", 1e-4)
-        super().__init__(**kwargs)
-        self.activation = activation
+        super().__init__(activation=activation, **kwargs)
         self.predict_after_update = predict_after_update
 
     def adapt(

@@ -218,12 +218,11 @@ class VPTTA(Adapter):
         return logits
 
     # ----------------------------------------------------------------- checkpoints
-    def state_dict(self, network: nn.Module) -> dict[str, Any]:
-        """Everything VPTTA keeps for ``network``: prompt, optimizer, bank, warm-up counter, step count.
+    def method_state_dict(self, state: AdapterState) -> dict[str, Any]:
+        """Everything VPTTA keeps for a network: prompt, optimizer, bank, warm-up counter, step count.
 
         The network itself is not included (it is never changed by the adapter).
         """
-        state = self.state_for(network)
         return {
             "prompt": state.extra[_PROMPT].prompt.detach().cpu().clone(),
             "optimizer": copy.deepcopy(state.optimizer.state_dict()) if state.optimizer is not None else None,
@@ -231,17 +230,13 @@ class VPTTA(Adapter):
             "seen": int(state.seen),
             "step": int(state.step),
             "needs_init": bool(state.extra[_NEEDS_INIT]),
-            # the safeguard's and safe's numbers (plain values)
-            "plain": {str(k): v for k, v in state.extra.items() if isinstance(v, (bool, int, float, str))},
         }
 
-    def load_state_dict(self, network: nn.Module, values: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned, for ``network`` (its norms are converted if needed)."""
-        state = self.state_for(network)
+    def load_method_state_dict(self, state: AdapterState, values: dict[str, Any]) -> None:
+        """Restore what :meth:`method_state_dict` returned."""
         state.extra[_PROMPT].load_prompt(values["prompt"])
         if values.get("optimizer") is not None and state.optimizer is not None:
             state.optimizer.load_state_dict(values["optimizer"])
         state.extra[_MEMORY].load_state_dict(values["memory"])
         state.seen, state.step = int(values["seen"]), int(values["step"])
-        state.extra.update(values.get("plain", {}))
         state.extra[_NEEDS_INIT] = bool(values.get("needs_init", True))
