@@ -10,11 +10,19 @@ intervals, targets), ``runner`` (orchestration), ``outputs`` (result files). Tab
 from __future__ import annotations
 
 from monai_tta.bench.cli import main, parse_args
-from monai_tta.bench.data import prepare_data, prepare_network
-from monai_tta.bench.methods import METHODS, SETTINGS, STREAM, MethodSpec, available_methods, make_adapter
+from monai_tta.bench.data import prepare
+from monai_tta.bench.methods import (
+    METHODS,
+    SETTINGS,
+    STREAM,
+    MethodSpec,
+    available_methods,
+    make_adapter,
+    method_parser,
+)
 from monai_tta.bench.outputs import write_outputs
-from monai_tta.bench.probes import PeakMemory, measure_memory, time_methods
-from monai_tta.bench.runner import run_benchmark, run_cases
+from monai_tta.bench.probes import CaseTimer, PeakMemory, measure_memory, time_methods
+from monai_tta.bench.runner import run_benchmark, run_cases, run_dims
 from monai_tta.bench.stats import check_targets, summarize_runs
 
 __all__ = [
@@ -26,8 +34,10 @@ __all__ = [
     "available_methods",
     "make_adapter",
     "parse_args",
-    "prepare_data",
-    "prepare_network",
+    "prepare",
+    "method_parser",
+    "CaseTimer",
+    "run_dims",
     "run_cases",
     "time_methods",
     "measure_memory",

@@ -109,15 +109,17 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from monai_tta.bench.data import DEFAULT_BUNDLE, NETWORKS
+from monai_tta.bench.data import DEFAULT_BUNDLE, NETWORKS, VOLUME_BUNDLE, window_overrides
 from monai_tta.bench.methods import DEFAULT_METHODS, METHODS, SETTINGS, available_methods
 from monai_tta.bench.probes import AMP
 from monai_tta.bench.runner import run_benchmark
 from monai_tta.bench.soak import SOAK_METHODS, run_soak
-from monai_tta.bench.volumes import VOLUME_BUNDLE, VOLUME_METHODS, window_overrides
 from monai_tta.reports import format_number
 
-__all__ = ["parse_args", "main"]
+__all__ = ["VOLUME_METHODS", "parse_args", "main"]
+
+#: the methods of the 3D runs when ``--vol-methods`` is not given.
+VOLUME_METHODS = ("source_only", "norm_adapt", "tent", "grata")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -184,13 +186,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of data generation, training and adapters")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    known = available_methods()
-    args.methods = list(args.methods or [m for m in DEFAULT_METHODS if m in known])
-    for name in args.methods + list(args.timing_methods or []) + list(args.vol_methods):
-        if name not in METHODS:
-            p.error(f"unknown method {name!r}; available: {list(METHODS)}")
-        if name not in known:
-            p.error(f"method {name!r} cannot be built here (optional module missing)")
+    args.methods = list(args.methods or DEFAULT_METHODS)
+    for dims, names in ((2, args.methods + list(args.timing_methods or [])), (3, list(args.vol_methods))):
+        for name in names:
+            if name not in METHODS:
+                p.error(f"unknown method {name!r}; available: {list(METHODS)}")
+            if name not in available_methods(dims):
+                p.error(f"method {name!r} has no {dims}D bundle to read (bundles/{METHODS[name].bundle}_...)")
     for s in args.settings + args.vol_settings:
         if s not in SETTINGS:
             p.error(f"unknown setting {s!r}; available: {list(SETTINGS)}")

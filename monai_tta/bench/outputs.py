@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from monai_tta.bench.methods import METHODS, REFERENCE, SETTINGS, STREAM
-from monai_tta.bench.volumes import VOLUME_PASSES
 from monai_tta.io import atomic_write_text
 from monai_tta.keys import DataKeys
 from monai_tta.reports import (
@@ -378,7 +377,7 @@ def _volume_markdown(
         f"{window.get('sw_batch_size')} at a time):",
         "",
     ]
-    lines += [f"- `{m}`: {VOLUME_PASSES.get(m, METHODS[m].description)}" for m in timing if m in METHODS]
+    lines += [f"- `{m}`: {METHODS[m].description}" for m in timing if m in METHODS]
     lines += ["", "## Targets", "", targets_table(targets)]
     lines += _dice_sections(summary, meta, domains, "voxels")
     channels = [k[len("dice_") :] for k in (rows[0] if rows else {}) if k.startswith("dice_") and k != "dice_mean"]
