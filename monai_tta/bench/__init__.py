@@ -1,10 +1,10 @@
 """Benchmark of the adaptation methods: Dice per domain and setting, and the cost per case of each method.
 
-Run ``python -m monai_tta.bench --help`` (the options, and how time and memory are measured, are described in
-:mod:`monai_tta.bench.cli`). One module per role: ``cli`` (command line), ``methods`` (method registry and settings),
-``data`` (data, network and device preparation), ``probes`` (timing and peak memory), ``stats`` (summaries, bootstrap
-intervals, targets), ``runner`` (orchestration), ``outputs`` (result files). Tables and plots come from
-:mod:`monai_tta.reports`, shared with the demo, the day/night runner and the case report.
+Run ``python -m monai_tta.bench --help``. Every Dice run is the method's bundle evaluation (its ``AdaptiveEvaluator``
+built from its configs with the setting and the variant as overrides). One module per role: ``cli`` (command line),
+``methods`` (which bundle and overrides each method is), ``data`` (data, network and device from the bundles),
+``probes`` (case timer, timing phase, peak memory), ``stats`` (summaries, bootstrap intervals, targets), ``runner``
+(orchestration), ``outputs`` (result files). Tables and plots come from :mod:`monai_tta.reports`.
 """
 
 from __future__ import annotations

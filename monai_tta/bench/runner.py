@@ -79,6 +79,7 @@ def run_cases(
         "network": prepare_copy(prepared["network"], channels_last, compile_net),
         "dataloader": CaseStream(GuardedDataset(stream)),
         "handlers": "$[@report]",
+        "report#plots": False,
         "evaluator#amp": amp is not None,
         "evaluator#amp_kwargs": {"dtype": amp} if amp is not None else None,
     }

@@ -119,8 +119,9 @@ class AdaptiveEvaluator(SupervisedEvaluator):
             raise TypeError(
                 f"inferer must be a monai_tta Adapter or SlidingWindowAdapter, got {type(inferer).__name__}."
             )
+        # registered before the workflow attaches the handlers, which may listen to them
+        kwargs["event_names"] = [*(kwargs.get("event_names") or []), CaseEvents]
         super().__init__(device=device, val_data_loader=val_data_loader, network=network, inferer=inferer, **kwargs)
-        self.register_events(*CaseEvents, event_to_attr={e: e.value for e in CaseEvents})
         self.domain_key = domain_key
         self.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._record_stats)
         # registered after the post-processing (which the workflow registered in its constructor)
@@ -161,7 +162,7 @@ class AdaptiveEvaluator(SupervisedEvaluator):
 
     def _iteration(self, engine: AdaptiveEvaluator, batchdata: dict[str, Any]) -> Any:
         if is_failure(batchdata):
-            engine.state.output = _failure_items(batchdata)
+            engine.state.batch = engine.state.output = _failure_items(batchdata)
         else:
             segmented = isinstance(batchdata, dict) and DataKeys.STREAM_SEGMENT in batchdata
             key = DataKeys.STREAM_SEGMENT if segmented else None

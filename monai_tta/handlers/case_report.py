@@ -82,6 +82,7 @@ class CaseReport:
             with the voxel size of the prediction's affine.
         expected_cases: number of cases of the whole stream, or a function returning it, checked at completion
             (``None``: not checked).
+        plots: also write ``dice_per_domain.png`` and ``stream.png`` at completion.
         name: logger name.
 
     Raises:
@@ -99,6 +100,7 @@ class CaseReport:
         compute_asd: bool = True,
         compute_hd95: bool = False,
         expected_cases: int | Callable[[], int] | None = None,
+        plots: bool = True,
         name: str = "monai_tta.report",
     ) -> None:
         if not channel_names:
@@ -110,6 +112,7 @@ class CaseReport:
         self.compute_asd = compute_asd
         self.compute_hd95 = compute_hd95
         self.expected_cases = expected_cases
+        self.plots = plots
         self.logger = logging.getLogger(name)
         self.rows: list[dict[str, Any]] = []
         self.indices: list[int] = []
@@ -238,6 +241,9 @@ class CaseReport:
         table = markdown_table(self.summary, cols, row_title="domain")
         atomic_write_text(f"# {self.method}\n\n{table}\n", self.output_dir / "summary.md")
         domains = [d for d in self.summary if d != "overall" and MEAN_DICE in self.summary[d]]
+        self.logger.info(f"{self.method}: per-domain summary\n{table}")
+        if not self.plots:
+            return
         plot_domain_dice(
             {self.method: {d: self.summary[d][MEAN_DICE] for d in domains}},
             domains,
@@ -245,4 +251,3 @@ class CaseReport:
             title=f"{self.method}: mean Dice per domain",
         )
         plot_stream_stats(self.rows, self.output_dir / "stream.png", title=f"{self.method}: along the stream")
-        self.logger.info(f"{self.method}: per-domain summary\n{table}")
