@@ -357,7 +357,9 @@ def _volume_markdown(
         f"({meta.get('network_parameters')} parameters), source weights `{meta.get('checkpoint')}` (trained on "
         f"{cfg['vol_num_source']} generated source cases, their training split). Every method runs through "
         f"`monai_tta.inferers.SlidingWindowAdapter` with the bundle's window (the adapter's defaults for the rest): "
-        f"{window_text}. AMP {cfg['amp']}, "
+        f"{window_text}. Each method's run is its bundle's evaluation (`inference.json` + `evaluate.json`): the "
+        "prediction is brought back to each input volume's own grid (Invertd) and scored there against the label as "
+        f"stored. AMP {cfg['amp']}, "
         f"compile {cfg['compile']}.",
         "",
         "## Cost per volume",
