@@ -269,38 +269,17 @@ def _cost_phase(
     reps: int,
     memory: bool,
     warmup: int = 2,
-    seed: int = 0,
-    amp: torch.dtype | None = None,
-    channels_last: bool = False,
     compile_net: bool = False,
-    window: Mapping[str, Any] | None = None,
+    **kwargs: Any,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """The timing phase (:func:`~monai_tta.bench.probes.time_methods`) and the memory probes (unless ``memory`` is
-    false) of ``names`` on ``image``: per method its times and peak memory, and every timed call."""
-    timing, calls = time_methods(
-        names,
-        network,
-        image,
-        device,
-        reps=reps,
-        warmup=warmup,
-        seed=seed,
-        amp=amp,
-        channels_last=channels_last,
-        compile_net=compile_net,
-        window=window,
-    )
-    if memory:
-        peaks = measure_memory(
-            names, network, image, device, seed=seed, amp=amp, channels_last=channels_last, window=window
-        )
-    else:
-        peaks = {
-            m: {"memory_kind": "not measured", "peak_extra_mb": math.nan, "peak_total_mb": math.nan} for m in timing
-        }
-    for name in timing:
-        timing[name].update(peaks[name])
+    false) of ``names`` on ``image``: per method its times and peak memory, and every timed call. ``kwargs``:
+    ``seed``, ``amp``, ``channels_last``, ``window``."""
+    timing, calls = time_methods(names, network, image, device, reps, warmup, compile_net=compile_net, **kwargs)
+    nan = {"memory_kind": "not measured", "peak_extra_mb": math.nan, "peak_total_mb": math.nan}
+    peaks = measure_memory(names, network, image, device, **kwargs) if memory else dict.fromkeys(timing, nan)
     for name, t in timing.items():
+        t.update(peaks[name])
         logger.info(f"timing {name:>14}: {t['median_ms']:.1f} ms/case, peak extra {t['peak_extra_mb']:.1f} MiB")
     return timing, calls
 
