@@ -269,3 +269,15 @@ def test_volume_source_only_is_monai_sliding_window():
     with torch.no_grad():
         expected = SlidingWindowInferer(**window)(x, net)
         assert torch.allclose(adapter(x, net), expected, atol=1e-6)
+
+
+def test_soak_runs_the_bundles_evaluator_in_blocks(tmp_path):
+    """The soak streams through each method's bundle evaluator (continual): one figure per block, RSS recorded."""
+    assert bench.main(["--soak", "5", "--soak-block", "2", "--soak-size", "32", "--soak-methods", "source_only",
+                       "tent", "--out", str(tmp_path)]) == 0  # fmt: skip
+    results = json.loads((tmp_path / "soak.json").read_text())["results"]
+    for method in ("source_only", "tent"):
+        blocks = results[method]["blocks"]
+        assert [b["cases"] for b in blocks] == [2, 4, 5] and all(b["median_ms"] > 0 for b in blocks)
+        assert results[method]["nonfinite"] == 0 and results[method]["rss_start_mib"] > 0
+    assert "| tent |" in (tmp_path / "soak.md").read_text()
