@@ -51,6 +51,7 @@ def test_runner_end_to_end(tmp_path):
     assert [int(r["round"]) for r in stream] == [1] * 4 + [2] * 4 + [3] * 4
     assert [r["domain"] for r in stream[:4]] == ["camera", "camera", "dim", "dim"]
     assert all(0.0 <= float(r["dice_mean"]) <= 100.0 and float(r["time_ms"]) > 0 for r in rows)
+    assert {r["status"] for r in rows} == {"ok"}  # the bundles' CaseReport row, with the benchmark's columns
 
     results = json.loads((out / "results.json").read_text())
     summary = results["summary"]
@@ -194,6 +195,23 @@ def test_make_adapter_and_arguments():
     assert args.settings == list(bench.SETTINGS)
 
 
+def test_methods_read_their_hyper_parameters_from_the_bundles():
+    """A method is its bundle's adapter block: a value of the bundle reaches the adapter, a variant overrides it."""
+    tent = json.loads((bench.methods.BUNDLES / "tent_fundus_segmentation/configs/inference.json").read_text())
+    vptta = json.loads((bench.methods.BUNDLES / "vptta_fundus_segmentation/configs/inference.json").read_text())
+    assert bench.make_adapter("tent", "domain", 32).lr == tent["inferer"]["lr"]
+    prompt = bench.make_adapter("vptta", "episodic", 32)
+    assert prompt.lr == vptta["inferer"]["lr"] and prompt.memory_size == vptta["inferer"]["memory_size"]
+    assert prompt.prompt_kwargs["image_size"] == 32 and prompt.safe is None  # the published method: no safe choice
+    assert bench.make_adapter("tent_safe", "domain", 32).safe is not None
+    parser = bench.method_parser("grata_approx", "stream", 3, {"inferer#roi_size": [8, 8, 8]})
+    assert parser["setting"] == "continual" and parser["adapter#mode"] == "approximate"
+    sw = parser.get_parsed_content("inferer")
+    assert list(sw.roi_size) == [8, 8, 8] and sw.adapter.mode == "approximate" and sw.adapter.setting == "continual"
+    with pytest.raises(ValueError, match="3D"):
+        bench.method_parser("vptta", "domain", 3)
+
+
 @pytest.mark.integration
 def test_volume_benchmark_smoke(tmp_path):
     """The 3D benchmark end to end on one tiny site: generated MR volumes, the 3D bundle's configs, one epoch of
@@ -210,14 +228,14 @@ def test_volume_benchmark_smoke(tmp_path):
         "--vol-window", "update_batch_size=2",
         "--out", str(out),
     ]  # fmt: skip
-    bundle_files = sorted(bench.volumes.VOLUME_BUNDLE.rglob("*"))
+    bundle_files = sorted(bench.data.VOLUME_BUNDLE.rglob("*"))
     assert bench.main(argv) == 0
     vol = out / "3d"
     for name in ("results.md", "results.json", "cases.csv", "timing.csv", "dice_domain.png", "time_per_case.png"):
         assert (vol / name).is_file(), name
     assert not (out / "results.md").exists()  # --dims 3 alone: no 2D run
     assert len(list((out / "cache").glob("source_mr_train2_e1_s0_*.pt"))) == 1
-    assert sorted(bench.volumes.VOLUME_BUNDLE.rglob("*")) == bundle_files  # nothing written into the bundle
+    assert sorted(bench.data.VOLUME_BUNDLE.rglob("*")) == bundle_files  # nothing written into the bundle
     rows = read_rows(vol / "cases.csv")
     assert [(r["method"], r["domain"], r["setting"]) for r in rows] == [
         ("source_only", "thick", "domain"),
@@ -253,3 +271,15 @@ def test_volume_source_only_is_monai_sliding_window():
     with torch.no_grad():
         expected = SlidingWindowInferer(**window)(x, net)
         assert torch.allclose(adapter(x, net), expected, atol=1e-6)
+
+
+def test_soak_runs_the_bundles_evaluator_in_blocks(tmp_path):
+    """The soak streams through each method's bundle evaluator (continual): one figure per block, RSS recorded."""
+    assert bench.main(["--soak", "5", "--soak-block", "2", "--soak-size", "32", "--soak-methods", "source_only",
+                       "tent", "--out", str(tmp_path)]) == 0  # fmt: skip
+    results = json.loads((tmp_path / "soak.json").read_text())["results"]
+    for method in ("source_only", "tent"):
+        blocks = results[method]["blocks"]
+        assert [b["cases"] for b in blocks] == [2, 4, 5] and all(b["median_ms"] > 0 for b in blocks)
+        assert results[method]["nonfinite"] == 0 and results[method]["rss_start_mib"] > 0
+    assert "| tent |" in (tmp_path / "soak.md").read_text()

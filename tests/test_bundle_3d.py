@@ -105,6 +105,11 @@ def test_evaluate_generates_trains_adapts_and_reports_per_site(tiny):
     rows = read_case_csv(out / "cases.csv")
     assert [r["domain"] for r in rows] == ["thick"] * 2 + ["sagittal"] * 2
     assert all(0.0 <= r["dice_mean"] <= 100.0 and r["hd95_mean"] >= 0.0 for r in rows)
+    # the same run saved the label maps in each input's grid, where it scored them
+    for row in rows:
+        site, name = row["domain"], f"{row['case_id']}.nii.gz"
+        saved = nib.load(Path(tiny["output_dir"]) / "masks" / name.replace(".nii.gz", "_GraTa.nii.gz"))
+        assert saved.shape == nib.load(Path(tiny["dataset_dir"]) / site / "imagesTs" / name).shape
     assert {"dice_peripheral", "dice_transition", "hd95_peripheral", "hd95_transition"} <= set(rows[0])
     assert [r["reset"] for r in rows] == [0, 0, 1, 0]  # reset at the site change only
     assert all(r["n_params"] > 0 for r in rows)

@@ -33,6 +33,10 @@ def test_evaluate_trains_source_on_first_use_adapts_and_reports(tiny):
     before = digest(ckpt)
     rows = read_case_csv(Path(tiny["output_dir"]) / "GraTa" / "cases.csv")
     assert [r["domain"] for r in rows] == ["camera"] * 3 + ["dim"] * 3
+    # the same run wrote the label maps, as inference.json writes them: one run, masks and per-case CSV
+    masks = sorted((Path(tiny["output_dir"]) / "masks").glob("*_GraTa.nii.gz"))
+    assert [m.name for m in masks] == [f"{r['case_id']}_GraTa.nii.gz" for r in rows]
+    assert np.asarray(nib.load(masks[0]).dataobj).dtype == np.uint8
     assert all(0.0 <= r["dice_mean"] <= 100.0 for r in rows)
     assert [r["reset"] for r in rows] == [0, 0, 0, 1, 0, 0]  # reset at the domain change only
     assert all(r["n_params"] > 0 and 0.0 <= r["lr"] <= 1e-4 for r in rows)
@@ -75,7 +79,7 @@ def test_inference_saves_masks_and_has_infer_properties(tiny):
     assert workflow.check_properties() in (None, [])
     workflow.run()
     workflow.finalize()
-    masks = sorted((Path(tiny["output_dir"]) / "masks").glob("*.nii.gz"))
+    masks = sorted((Path(tiny["output_dir"]) / "masks").glob("*_GraTa.nii.gz"))  # evaluate.json writes them too
     assert len(masks) == 6
     label_map = np.asarray(nib.load(masks[0]).dataobj)
     assert label_map.dtype == np.uint8 and label_map.shape[:2] == (32, 32)

@@ -118,3 +118,78 @@ def test_plots_write_png(tmp_path):
     assert path.stat().st_size > 0
     rows = [{"method": "m", "dice_mean": 50.0 + i, "domain": "ab"[i // 2], "round": 1, "position": i} for i in range(4)]
     assert plot_stream_dice(rows, tmp_path / "s.png").stat().st_size > 0
+
+
+def _row_run(tmp_path, handlers_before=()):
+    """Three cases through an AdaptiveEvaluator with a CaseReport: c0 and c2 scored, c1 fails to load."""
+    from monai.transforms import Activationsd, AsDiscreted, Compose
+
+    from monai_tta.adapters import SourceOnly
+    from monai_tta.data import CaseStream, GuardedDataset
+    from monai_tta.data.checks import InvalidCaseError
+    from monai_tta.engines import AdaptiveEvaluator
+    from monai_tta.handlers import CaseMean, CaseReport
+
+    def load(item):
+        if item["case_id"] == "c1":
+            raise InvalidCaseError("c1", "the image is empty", "check the file")
+        return item
+
+    net = torch.nn.Conv2d(1, 1, 1)  # logits = image - 0.5: the prediction is the image's mask
+    with torch.no_grad():
+        net.weight.fill_(1.0), net.bias.fill_(-0.5)
+    image, label = square(4, 10, 4, 10), square(5, 11, 4, 10)  # Dice 2 * 30 / (36 + 36) * 100
+    cases = [
+        {"image": image, "label": label, "case_id": "c0", "domain": "a"},
+        {"image": image, "label": image, "case_id": "c1", "domain": "a"},
+        {"image": image, "label": image, "case_id": "c2", "domain": "b"},
+    ]
+    report = CaseReport(tmp_path, "M", channel_names=["x"])
+    post = Compose([Activationsd("pred", sigmoid=True), AsDiscreted("pred", threshold=0.5)])
+    evaluator = AdaptiveEvaluator(
+        "cpu",
+        CaseStream(GuardedDataset(cases, load)),
+        net,
+        SourceOnly(setting="domain"),
+        postprocessing=post,
+        key_val_metric={"mean_dice": CaseMean(report)},
+        val_handlers=[*handlers_before, report],
+    )
+    evaluator.run()
+    return evaluator, report
+
+
+def test_case_report_writes_one_row_per_case_with_hand_computed_dice_and_failures(tmp_path):
+    from monai_tta.reports import read_case_csv
+
+    evaluator, report = _row_run(tmp_path)
+    assert [r["case_id"] for r in report.rows] == ["c0", "c1", "c2"]
+    c0, c1, c2 = report.rows
+    assert c0["status"] == "ok" and c0["dice_x"] == pytest.approx(2 * 30 / 72 * 100) == c0["dice_mean"]
+    assert c2["dice_mean"] == pytest.approx(100.0) and c0["asd_x"] == pytest.approx(brute_asd(
+        square(4, 10, 4, 10)[0].numpy(), square(5, 11, 4, 10)[0].numpy()))  # fmt: skip
+    assert c1 == {"case_id": "c1", "domain": "a", "method": "M", "status": "failed",
+                  "error": "the image is empty; check the file"}  # fmt: skip
+    assert c2["reset"] == 1.0 and all(type(c0[k]) is float for k in ("reset", "n_params", "dice_x"))
+    # the key metric is the rows' mean Dice over the scored cases, not a second computation
+    assert evaluator.state.metrics["mean_dice"] == pytest.approx((2 * 30 / 72 * 100 + 100.0) / 2)
+    assert evaluator.state.case_metrics["dice_mean"] == pytest.approx(100.0)
+    assert [r["status"] for r in read_case_csv(tmp_path / "cases.csv")] == ["ok", "failed", "ok"]
+
+
+def test_case_report_rows_do_not_depend_on_handler_order(tmp_path):
+    from monai_tta.reports import read_case_csv
+
+    class Early:
+        def __init__(self):
+            self.seen = []
+
+        def attach(self, engine):
+            from ignite.engine import Events
+
+            engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self.seen.append(e.state.case_metrics))
+
+    early = Early()
+    _, report = _row_run(tmp_path, handlers_before=[early])
+    assert [m.get("dice_mean") for m in early.seen] == [pytest.approx(2 * 30 / 72 * 100), None, pytest.approx(100.0)]
+    assert len(read_case_csv(tmp_path / "cases.csv")) == 3 == len(report.rows)

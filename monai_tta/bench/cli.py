@@ -1,105 +1,42 @@
 """Benchmark runner: every adaptation method on every target domain in every setting, with its cost.
 
-Run ``python -m monai_tta.bench --help``. With no option it uses the embedded synthetic fundus data (generated into a
-cache folder), trains the small source UNet on the source domain on first use (bundle ``grata_fundus_segmentation``'s
-``source_training.json``; the checkpoint goes to the cache folder, never into ``bundles/*/models``), and writes to
-``docs/benchmarks/``:
-
-- ``results.md``: the exact command and machine; the cost of each method per case (wall time and peak memory, in
-  milliseconds / MiB and as a ratio to source-only inference measured in the same run); the targets of the speed work
-  with what was measured; Dice (mean and 95% bootstrap interval, per domain and overall) and average surface distance
-  per setting; Dice per round of the 3-round stream;
-- ``results.json`` (the same numbers and the configuration), ``cases.csv`` (one row per case, method and setting:
-  Dice, ASD, wall time, the adapter's statistics) and ``timing.csv`` (every timed call of the timing phase);
-- plots: ``dice_<setting>.png`` (Dice per domain per method), ``stream_dice.png`` (Dice along the 3-round stream),
-  ``time_per_case.png`` (time and peak memory per case, as ratios to source-only).
-
-With ``--dims 3`` (the default runs ``2 3``) it also benchmarks 3D volumes and writes the same files into
-``<out>/3d/``: the embedded multi-site MR volumes (``monai_tta.data.generate_mr_sites``, into the cache folder), read,
-preprocessed and predicted with the 3D bundle's configs (``bundles/grata_prostate_mr_segmentation``: its
-preprocessing, 3D network and sliding-window options; source weights trained by its source-training config on the source
-site on first use, into the cache folder). Every method is wrapped in ``monai_tta.inferers.SlidingWindowAdapter``
-with the bundle's window, so one call adapts on the volume's patches and predicts the whole volume; the reference of
-every ratio, ``source_only``, is the source model through the same sliding window. Dice per site and method (setting
-``domain`` by default), and time and peak memory per volume (timing phase on one test volume, ``--vol-timing-reps``
-rounds after one warm-up call; memory probes as below); the targets of issue 9 (CPU): exact GraTa <= 12x and TENT
-<= 2.5x source-only per volume, extra peak memory <= 3x.
+Every Dice run is a bundle's own evaluation: the method's bundle (``bundles/<method>_fundus_segmentation`` in 2D,
+``bundles/<method>_prostate_mr_segmentation`` in 3D; :mod:`monai_tta.bench.methods`) is read with MONAI's
+``ConfigParser`` (``inference.json`` + ``evaluate.json``), the setting and the method's variant as overrides, and its
+``AdaptiveEvaluator`` runs the stream with its ``CaseReport`` (the same per-case row as the bundles write) and a
+:class:`~monai_tta.bench.probes.CaseTimer`. The data are the embedded ones (generated into ``--cache``), preprocessed
+once by the bundle; the source model is trained on first use by the bundle's source-training config (into the cache,
+never into a bundle); predictions are scored in each input's own grid, as ``evaluate.json`` does. 2D results go to
+``--out`` (``docs/benchmarks/``), 3D results to ``<out>/3d`` (``--vol-out``): ``results.md`` (command, machine, cost
+per case as ratios to source-only, targets, Dice with 95% bootstrap intervals per domain and setting, per round of
+the stream), ``results.json``, ``cases.csv`` (one row per case, method and setting), ``timing.csv`` and plots.
 
 Settings: ``episodic`` (reset before every case), ``domain`` (reset at each domain change), ``continual`` (never
-reset), each over one pass of the target domains, and ``stream``: a continual run over ``--rounds`` passes (3).
+reset), and ``stream``: a continual run over ``--rounds`` passes of the target domains.
 
-How time is measured: ``time.perf_counter`` around the adapter call alone (after the case is on the device; on CUDA
-with ``torch.cuda.synchronize`` before and after). Two figures per method: the median over every case of the
-setting runs, and the median of a separate *timing phase* where all methods are called in turn on the same image
-(``--timing-reps`` rounds, the order rotated every round, after warm-up calls), so that a load change on a shared
-machine hits every method alike. The ratios to source-only quoted as targets are those of the timing phase.
+Time: ``time.perf_counter`` around the adapter's call alone (the case on the device; on CUDA synchronised before and
+after). Two figures per method: the median over the cases of the Dice runs, and the median of a separate timing
+phase where every method is called in turn on the same image or volume (``--timing-reps`` rounds, the order rotated
+every round, after warm-up calls), so that a load change on a shared machine hits every method alike; the targets use
+the timing phase.
 
-How peak memory is measured (per method, on the timing image, after a warm-up call, median of 3 probes of one call
-each): on CUDA, ``torch.cuda.max_memory_allocated`` (tensors allocated by torch: weights, activations, workspace; the
-CUDA context is not counted); on a Linux CPU, the resident set size of a separate Python process started for the
-probes, whose high-water mark is reset before the call (``/proc/self/clear_refs``, after returning freed heap memory
-with ``malloc_trim``) and read after (``VmHWM``). That process fixes glibc's mmap threshold at 128 KiB from its start,
-so that freed tensors go back to the system and the resident set follows the live tensors (with glibc's default
-dynamic threshold freed blocks stay in the heap and a peak depends on what ran before; the timed process keeps the
-default, which is faster). Two figures: *extra*, the peak minus the memory in use just before the call (what one case
-of the method needs on top of the loaded model and data: activations, saved tensors, gradients, views; on CUDA the
-larger of that and the first call's, since a CUDA graph's memory pool is allocated then and kept), and *total*,
-the peak itself (process RSS on CPU: interpreter and libraries included). Python's ``tracemalloc`` does not see
-torch's allocations and is not used.
+Peak memory (per method, on the timing input, after a warm-up call, median of 3 one-call probes): on CUDA
+``torch.cuda.max_memory_allocated``; on a Linux CPU the resident set of a separate Python process (glibc's mmap
+threshold fixed at 128 KiB, the high-water mark reset before the call through ``/proc/self/clear_refs``, read from
+``VmHWM`` after). *extra*: the peak minus the memory in use before the call (on CUDA at least the first call's,
+where CUDA graphs allocate their pool); *total*: the peak itself.
 
-Options (defaults in brackets):
-
-- data: ``--data synthetic`` or the path of a MONAI datalist JSON with one section per domain (and
-  ``source_train`` to train a source model) [synthetic]; ``--domains`` target domains [all but the source];
-  ``--num-per-domain`` cases per target domain [16]; ``--num-source`` source cases for training (synthetic) [32];
-  ``--image-size`` side of the images of the Dice runs [128]; ``--cache`` folder of generated data and trained
-  checkpoints [``<out>/cache``];
-- model: ``--network small|resunet34`` [small]; ``--checkpoint`` source weights (trained on first use when missing)
-  [``<cache>/source_<network>_...pt``]; ``--source-epochs`` [30]; ``--bundle`` bundle that trains it
-  [bundles/grata_fundus_segmentation];
-- methods and settings: ``--methods`` [source_only norm_adapt tent grata grata_approx vptta]
-  (also ``grata_batched``, ``grata_eager``, ``grata_separate``, ``grata_joint``: the exact GraTa with the 6 views in
-  one forward, without CUDA graphs, with one forward per view and no graph (the reference's structure), with the
-  views and the strong view in one forward; same result); reliability variants ``<method>_<variant>`` of
-  ``source_only``, ``norm_adapt``, ``tent``, ``grata``, ``sar`` (and ``vptta``): ``_nosafeguard``, ``_safeguard``,
-  ``_probe`` (the safeguard's source-gap probe alone), ``_safe``, ``_safe_domain``, ``_source_stats``, ``_mix_stats``
-  (fixed regimes), and ``norm_mix``, ``safe_norm``, ``safe_norm_domain``, ``sar``; ``--settings`` [episodic domain
-  continual stream];
-  ``--rounds`` [3];
-- timing: ``--timing-size`` side of the timing image [256; 0 = ``--image-size``]; ``--timing-reps`` [7];
-  ``--timing-methods`` [``--methods`` plus source-only and the exact GraTa variants: ``grata_batched``, and on a GPU
-  ``grata_eager``, ``grata_separate`` and ``grata_joint``];
-- device and speed: ``--device auto|cpu|cuda|cuda:N`` [auto]; ``--amp none|bf16|fp16`` (``torch.autocast`` around
-  every method's call; not exact) [none]; ``--channels-last`` (network and inputs in channels-last memory format, all
-  methods); ``--compile`` (``torch.compile`` of each method's network copy; for GPUs); ``--cudnn-benchmark``
-  (``torch.backends.cudnn.benchmark``: cuDNN autotunes each convolution shape during the warm-up calls); ``--threads``
-  torch CPU threads [torch's default]. On CUDA, float32 convolutions run as PyTorch's defaults say (cuDNN may use TF32
-  on Ampere and later GPUs); ``results.md`` records those flags;
-- 3D volumes: ``--dims`` [2 3]; ``--vol-sites`` target MR sites [all but the source]; ``--vol-cases`` test volumes
-  per site [6]; ``--vol-num-source`` generated cases per site, the source's training split trains the source model
-  [16]; ``--vol-epochs`` [the bundle's]; ``--vol-checkpoint`` [``<cache>/source_mr_...pt``];
-  ``--vol-bundle`` [bundles/grata_prostate_mr_segmentation]; ``--vol-methods`` [source_only norm_adapt tent grata];
-  ``--vol-settings`` [domain]; ``--vol-patches`` patches each update is computed on (``num_patches`` of the
-  sliding-window adapter) [the bundle's inferer, else the adapter's default]; ``--vol-window KEY=VALUE ...``
-  other options of the sliding-window adapter (e.g. ``stats_from=tiles update_batch_size=1``; values read as JSON,
-  else as text) [the bundle's, else the adapter's defaults]; ``--vol-timing-reps`` [7];
-  ``--vol-out`` [``<out>/3d``];
-  ``--device``, ``--amp``, ``--compile``, ``--seed``, ``--rounds``, ``--timing-only``, ``--no-memory`` and
-  ``--no-plots`` apply to both;
-- output: ``--out`` [docs/benchmarks]; ``--timing-only`` (no Dice runs: the timing and memory phases alone, e.g. to
-  compare speed options); ``--no-asd``; ``--no-plots``; ``--no-memory`` (skip the memory probes);
-  ``--seed`` [0].
+Methods: ``--methods`` names from :data:`~monai_tta.bench.methods.METHODS` (the bundles' methods and their variants
+``<method>_<variant>``: ``_nosafeguard``, ``_safeguard``, ``_probe``, ``_gap0``, ``_safe``, ``_safe_domain``,
+``_source_stats``, ``_mix_stats``; GraTa's view modes ``grata_batched``, ``grata_eager``, ``grata_separate``,
+``grata_joint``; ``norm_mix``, ``safe_norm``, ``safe_norm_domain``, ``sar``). ``--soak N`` runs only the soak
+(:mod:`monai_tta.bench.soak`).
 
 Example (the committed results; see ``docs/benchmarks/README.md``)::
 
     python -m monai_tta.bench
     python -m monai_tta.bench --device cuda --network resunet34 --image-size 512 --timing-size 512 \\
         --checkpoint /path/to/resunet34_source.pt --data /path/to/fundus_datalist.json
-
-The package's modules, one per role: :mod:`~monai_tta.bench.cli` (this command line), :mod:`~monai_tta.bench.methods`
-(the method registry), :mod:`~monai_tta.bench.data` (data, network, device), :mod:`~monai_tta.bench.probes` (time and
-memory), :mod:`~monai_tta.bench.stats` (summaries, intervals, targets), :mod:`~monai_tta.bench.runner`
-(orchestration), :mod:`~monai_tta.bench.outputs` (result files); tables and plots come from :mod:`monai_tta.reports`.
 """
 
 from __future__ import annotations
@@ -109,15 +46,17 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from monai_tta.bench.data import DEFAULT_BUNDLE, NETWORKS
+from monai_tta.bench.data import DEFAULT_BUNDLE, NETWORKS, VOLUME_BUNDLE, window_overrides
 from monai_tta.bench.methods import DEFAULT_METHODS, METHODS, SETTINGS, available_methods
 from monai_tta.bench.probes import AMP
 from monai_tta.bench.runner import run_benchmark
 from monai_tta.bench.soak import SOAK_METHODS, run_soak
-from monai_tta.bench.volumes import VOLUME_BUNDLE, VOLUME_METHODS, window_overrides
 from monai_tta.reports import format_number
 
-__all__ = ["parse_args", "main"]
+__all__ = ["VOLUME_METHODS", "parse_args", "main"]
+
+#: the methods of the 3D runs when ``--vol-methods`` is not given.
+VOLUME_METHODS = ("source_only", "norm_adapt", "tent", "grata")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -184,13 +123,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of data generation, training and adapters")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    known = available_methods()
-    args.methods = list(args.methods or [m for m in DEFAULT_METHODS if m in known])
-    for name in args.methods + list(args.timing_methods or []) + list(args.vol_methods):
-        if name not in METHODS:
-            p.error(f"unknown method {name!r}; available: {list(METHODS)}")
-        if name not in known:
-            p.error(f"method {name!r} cannot be built here (optional module missing)")
+    args.methods = list(args.methods or DEFAULT_METHODS)
+    for dims, names in ((2, args.methods + list(args.timing_methods or [])), (3, list(args.vol_methods))):
+        for name in names:
+            if name not in METHODS:
+                p.error(f"unknown method {name!r}; available: {list(METHODS)}")
+            if name not in available_methods(dims):
+                p.error(f"method {name!r} has no {dims}D bundle to read (bundles/{METHODS[name].bundle}_...)")
     for s in args.settings + args.vol_settings:
         if s not in SETTINGS:
             p.error(f"unknown setting {s!r}; available: {list(SETTINGS)}")

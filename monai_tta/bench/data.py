@@ -1,43 +1,47 @@
-"""Data, network and device of the benchmark: the target cases preprocessed once, the source network with its
-weights (trained on first use), and the per-method network copies."""
+"""Data, network and device of the benchmark, all from the bundles' configs: the target cases (read and preprocessed
+once by the bundle's evaluation transform, labels as stored), the source network with its weights (trained on first
+use by the bundle's source-training config, into the cache folder), and the 3D bundle's sliding window."""
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import inspect
 import json
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from monai_tta.data.keys import DataKeys
+from monai_tta.bench.methods import BUNDLES, method_parser
 
 __all__ = [
     "NETWORKS",
     "DEFAULT_BUNDLE",
+    "VOLUME_BUNDLE",
     "resolve_device",
-    "bundle_parser",
-    "prepare_data",
-    "prepare_network",
-    "preprocess_cases",
     "training_config",
-    "load_source_weights",
+    "window_overrides",
+    "prepare",
     "prepare_copy",
     "to_device",
+    "first_image",
+    "window_record",
 ]
 
 logger = logging.getLogger("monai_tta.bench")
 
 #: the networks of ``--network``.
 NETWORKS = ("small", "resunet34")
-#: the bundle whose configs give the preprocessing and the network, and whose source-training config trains the
-#: source model.
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "grata_fundus_segmentation"
+#: the bundles whose source-training configs train the source models (2D, 3D).
+DEFAULT_BUNDLE = BUNDLES / "grata_fundus_segmentation"
+VOLUME_BUNDLE = BUNDLES / "grata_prostate_mr_segmentation"
+#: keys of the 3D bundle's ``inferer`` that are not sliding-window options.
+_NOT_WINDOW = ("_target_", "_desc_", "_requires_", "_disabled_", "_mode_", "adapter")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,198 +58,179 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def bundle_parser(bundle: Path, image_size: int, network: str) -> Any:
-    """A ``ConfigParser`` of the bundle's ``inference.json`` at ``image_size`` (and its ResUNet-34 variant)."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    files = [bundle / "configs" / "inference.json"]
-    if network == "resunet34" and (bundle / "configs" / "resunet34.json").is_file():
-        files.append(bundle / "configs" / "resunet34.json")
-    parser.read_config([str(f) for f in files])
-    parser.update({"bundle_root": str(bundle), "image_size": int(image_size)})
-    if network == "resunet34":
-        parser["network_def"] = {"_target_": "monai_tta.networks.ResUNet", "in_channels": 3, "out_channels": 2}
-    return parser
-
-
-def prepare_data(args: argparse.Namespace) -> dict[str, Any]:
-    """Generate (or read) the data, preprocess every target case once and keep it in memory.
-
-    Args:
-        args: the parsed command line (``data``, ``domains``, ``num_per_domain``, ``num_source``, ``image_size``,
-            ``network``, ``bundle``, ``cache``, ``seed``).
-
-    Returns:
-        ``{"datalist": path, "source_datalist": path or None, "domains": [...], "cases": {domain: [case, ...]},
-        "preprocessing": the bundle's labelled preprocessing, "channel_names": [...]}``; a case holds ``image``
-        ``(1, C, H, W)`` and ``label`` ``(C', H, W)`` tensors, ``domain`` and ``case_id``.
+def training_config(bundle: str | Path) -> Path:
+    """The bundle's source-training config (``source_training.json``, else ``train.json``).
 
     Raises:
-        ValueError: if a datalist file is given without ``--domains`` and has no ``domains`` list.
+        FileNotFoundError: if the bundle has neither.
     """
-    from monai_tta.data import SOURCE_DOMAIN, generate_fundus_domains, list_domains, load_datalist
+    for name in ("source_training.json", "train.json"):
+        if (Path(bundle) / "configs" / name).is_file():
+            return Path(bundle) / "configs" / name
+    raise FileNotFoundError(f"{Path(bundle) / 'configs'}: no source_training.json or train.json.")
 
-    cache = Path(args.cache)
-    parser = bundle_parser(Path(args.bundle), args.image_size, args.network)
-    # image and label (the bundle's "preprocessing" is the image only, what a served request has)
-    preprocessing = parser.get_parsed_content("labelled_preprocessing")
-    source_datalist = None
-    if args.data == "synthetic":
-        domains = list(args.domains or [d for d in list_domains() if d != SOURCE_DOMAIN])
-        tag = f"{args.image_size}_s{args.seed}"
-        datalist = generate_fundus_domains(
-            cache / f"synthetic_fundus_{tag}_n{args.num_per_domain}",
-            num_per_domain=args.num_per_domain,
-            image_size=args.image_size,
-            seed=args.seed,
-            domains=domains,
-        )
-        source_datalist = generate_fundus_domains(
-            cache / f"synthetic_fundus_{tag}_source{args.num_source}",
-            num_per_domain=args.num_source,
-            image_size=args.image_size,
-            seed=args.seed,
-            domains=[SOURCE_DOMAIN],
-        )
-        sections = load_datalist(datalist, domains)
-    else:
+
+def window_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--vol-window`` ``KEY=VALUE`` pairs as options of the sliding-window ``inferer`` (values read as JSON, else
+    kept as text).
+
+    Raises:
+        ValueError: for a pair without ``=`` or a key that the sliding-window adapter does not take.
+    """
+    from monai.inferers import SlidingWindowInferer
+
+    from monai_tta.inferers import SlidingWindowAdapter
+
+    known = set(inspect.signature(SlidingWindowAdapter).parameters) | set(
+        inspect.signature(SlidingWindowInferer).parameters
+    )
+    known -= {"adapter", "kwargs", "args"}
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"--vol-window {pair!r}: expected KEY=VALUE with KEY one of {sorted(known)}.")
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+    return options
+
+
+def _digest(bundle: Path, *extra: str) -> str:
+    """8 hex digits of the bundle's inference and source-training configs (and ``extra``): a cached source model is
+    retrained when they change."""
+    digest = hashlib.sha256("".join(extra).encode())
+    for path in (bundle / "configs" / "inference.json", training_config(bundle)):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:8]
+
+
+def _source_2d(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None, Path, list[str]]:
+    """The 2D run's overrides, source datalist, target datalist and domains (embedded data generated on first use)."""
+    from monai_tta.data import SOURCE_DOMAIN, generate_fundus_domains, list_domains
+
+    cache, overrides = Path(args.cache), {"image_size": int(args.image_size)}
+    if args.network == "resunet34":
+        overrides["network_def"] = {"_target_": "monai_tta.networks.ResUNet", "in_channels": 3, "out_channels": 2}
+    if args.data != "synthetic":
         datalist = Path(args.data)
         content = json.loads(datalist.read_text())
         domains = list(args.domains or content.get("domains") or [])
         if not domains:
             raise ValueError(f"{datalist}: pass --domains (the file has no 'domains' list).")
-        sections = load_datalist(datalist, domains)
-        sections = {d: items[: args.num_per_domain] for d, items in sections.items()}
-        if "source_train" in content:
-            source_datalist = datalist
-    cases = preprocess_cases({d: sections[d] for d in domains}, preprocessing)
-    channel_names = list(parser.get_parsed_content("channel_names"))
-    return {
-        "datalist": datalist,
-        "source_datalist": source_datalist,
-        "domains": domains,
-        "cases": cases,
-        "preprocessing": preprocessing,
-        "channel_names": channel_names,
-        "parser": parser,
-    }
+        return overrides, datalist if "source_train" in content else None, datalist, domains
+    domains = list(args.domains or [d for d in list_domains() if d != SOURCE_DOMAIN])
+    tag = f"{args.image_size}_s{args.seed}"
+    kwargs = {"image_size": args.image_size, "seed": args.seed}
+    target = generate_fundus_domains(
+        cache / f"synthetic_fundus_{tag}_n{args.num_per_domain}", args.num_per_domain, domains=domains, **kwargs
+    )
+    source = generate_fundus_domains(
+        cache / f"synthetic_fundus_{tag}_source{args.num_source}", args.num_source, domains=[SOURCE_DOMAIN], **kwargs
+    )
+    return overrides, source, target, domains
 
 
-def prepare_network(args: argparse.Namespace, data: Mapping[str, Any], device: torch.device) -> tuple[nn.Module, Path]:
-    """The source network with its weights (trained by the bundle's source-training config when missing).
+def prepare(args: argparse.Namespace, dims: int, device: torch.device) -> dict[str, Any]:
+    """The target cases, preprocessed once, and the source network of a ``dims``-D run.
 
-    Args:
-        args: the parsed command line (``checkpoint``, ``network``, ``image_size``, ``num_source``,
-            ``source_epochs``, ``bundle``, ``cache``, ``seed``).
-        data: what :func:`prepare_data` returned.
-        device: where the network goes.
+    The cases go through the evaluation transform of the bundle (``evaluate.json``'s ``dataset#transform``: the
+    label as stored, the image preprocessed) and stay in memory for every method and setting; the source network is
+    the bundle's ``network_def`` with weights from the checkpoint, trained on first use by the bundle's source-training
+    config (the overrides of its own ``source_training`` block, ``epochs`` from the command line).
+
+    Returns:
+        ``{"cases": {domain: [item, ...]}, "domains", "channel_names", "network", "checkpoint", "overrides"`` (what
+        every method's parser gets), ``"window"`` (3D: the sliding-window options), ``"datalist"}``.
 
     Raises:
-        FileNotFoundError: if the checkpoint is missing and no source training data is known.
+        ValueError: for an unknown target site.
+        FileNotFoundError: if a checkpoint is missing and no source training data is known.
     """
     from monai.utils import set_determinism
 
-    parser = data["parser"]
-    set_determinism(seed=args.seed)  # torch's default generator is seeded at random: seed the initial weights
-    network = parser.get_parsed_content("network_def").to(device)
-    if args.checkpoint:
-        checkpoint = Path(args.checkpoint)
-    else:
-        name = f"source_{args.network}_{args.image_size}_n{args.num_source}_e{args.source_epochs}_s{args.seed}.pt"
-        checkpoint = Path(args.cache) / name
-    overrides = {
-        "epochs": int(args.source_epochs),
-        "network": network,
-        "labelled_preprocessing": data["preprocessing"],
-        "datalist_file": str(data["source_datalist"]),
-        "generate_data": False,  # the data is this run's (nothing is written into the bundle folder)
-        "output_dir": str(Path(args.cache) / "source_training_runs"),
-        "device": device,
-        "seed": int(args.seed),
-    }
-    load_source_weights(network, checkpoint, args.bundle, overrides if data["source_datalist"] else None)
-    set_determinism(seed=None)
-    return network.eval(), checkpoint
-
-
-def preprocess_cases(
-    sections: Mapping[str, Sequence[Mapping[str, Any]]], preprocessing: Callable[[dict], Mapping[str, Any]]
-) -> dict[str, list[dict[str, Any]]]:
-    """Preprocess every case of every domain once, to keep them in memory for all methods and settings.
-
-    Args:
-        sections: ``{domain: [datalist item, ...]}``.
-        preprocessing: the bundle's preprocessing (a dictionary transform).
-
-    Returns:
-        ``{domain: [case, ...]}``; a case holds ``image`` (a batch of one, ``(1, C, *spatial)``), ``label``
-        (``(C', *spatial)`` or ``None``), ``domain`` and ``case_id``.
-    """
-    cases: dict[str, list[dict[str, Any]]] = {}
-    for domain, items in sections.items():
-        cases[domain] = []
-        for item in items:
-            data = preprocessing(dict(item))
-            image = torch.as_tensor(data[DataKeys.IMAGE]).float()
-            label = torch.as_tensor(data[DataKeys.LABEL]).float() if DataKeys.LABEL in data else None
-            cases[domain].append(
-                {
-                    "image": image.unsqueeze(0).contiguous(),
-                    "label": label,
-                    "domain": domain,
-                    "case_id": str(item.get(DataKeys.CASE_ID, len(cases[domain]))),
-                }
-            )
-    return cases
-
-
-def training_config(bundle: str | Path) -> Path:
-    """The bundle's source-training config: ``configs/source_training.json``, or ``configs/train.json`` in a bundle
-    without it.
-
-    Raises:
-        FileNotFoundError: if the bundle has neither.
-    """
-    configs = Path(bundle) / "configs"
-    for name in ("source_training.json", "train.json"):
-        if (configs / name).is_file():
-            return configs / name
-    raise FileNotFoundError(f"{configs}: no source_training.json or train.json to train the source model with.")
-
-
-def load_source_weights(
-    network: nn.Module, checkpoint: Path, bundle: str | Path, training: Mapping[str, Any] | None
-) -> None:
-    """Load the source weights into ``network``, training them first with the bundle's ``inference.json`` and its
-    source-training config (:func:`training_config`) when ``checkpoint`` is missing (into ``checkpoint``, never into
-    the bundle's ``models``).
-
-    Args:
-        network: the source network (trained in place when the checkpoint is missing).
-        checkpoint: the source weights.
-        bundle: the bundle folder that trains the source model.
-        training: overrides of the training run (``epochs``, ``network``, ``datalist_file``, ...); ``None`` when no
-            source training data is known.
-
-    Raises:
-        FileNotFoundError: if the checkpoint is missing and no source training data is known.
-    """
+    from monai_tta.data import SOURCE_DOMAIN, generate_mr_sites, list_mr_sites, load_datalist
     from monai_tta.networks import load_reference_state_dict
     from monai_tta.zoo.source import ensure_source_checkpoint
 
-    checkpoint = Path(checkpoint)
+    cache = Path(args.cache)
+    if dims == 2:
+        overrides, source, datalist, domains = _source_2d(args)
+        sections = {d: items[: args.num_per_domain] for d, items in load_datalist(datalist, domains).items()}
+        bundle, epochs = Path(args.bundle), int(args.source_epochs)
+        name = f"source_{args.network}_{args.image_size}_n{args.num_source}_e{epochs}_s{args.seed}.pt"
+        checkpoint = Path(args.checkpoint) if args.checkpoint else cache / name
+    else:
+        known = list_mr_sites("all")  # the default sites and the content sites (selectable by name)
+        domains = list(args.vol_sites or [s for s in list_mr_sites() if s != SOURCE_DOMAIN])
+        if any(s not in known or s == SOURCE_DOMAIN for s in domains):
+            raise ValueError(f"--vol-sites {domains}: choose from {[s for s in known if s != SOURCE_DOMAIN]}.")
+        root = cache / f"mr_sites_s{args.seed}_train{args.vol_num_source}_test{args.vol_cases}"
+        datalist = generate_mr_sites(
+            root,
+            num_train=args.vol_num_source,
+            num_test=args.vol_cases,
+            seed=args.seed,
+            sites=[SOURCE_DOMAIN, *domains],
+        )
+        source, bundle = datalist, Path(args.vol_bundle)
+        overrides = {"dataset_dir": str(root), "datalist_file": str(datalist), "output_dir": f"{root}_runs"}
+        sections = {s: load_datalist(datalist, [f"{s}_test"])[f"{s}_test"] for s in domains}
+        epochs = args.vol_epochs
+        from monai_tta.data import MR_GENERATOR_VERSION
+
+        tag = _digest(bundle, str(MR_GENERATOR_VERSION))
+        checkpoint = Path(args.vol_checkpoint) if args.vol_checkpoint else None
+    overrides.update({"generate_data": False, "device": device})
+    parser = method_parser("source_only", "domain", dims, overrides, args.seed)
+    transform = parser.get_parsed_content("dataset#transform")
+    preprocessing = parser.get_parsed_content("preprocessing")
+    cases = {
+        d: [
+            {**transform(dict(item)), "domain": d, "case_id": str(item.get("case_id", i))} for i, item in enumerate(its)
+        ]
+        for d, its in sections.items()
+    }
+    set_determinism(seed=args.seed)  # torch's default generator is seeded at random: seed the initial weights
+    network = parser.get_parsed_content("network_def").to(device)
+    training = dict(parser.get_parsed_content("source_training"))
+    if epochs is None:
+        from monai.bundle import ConfigParser
+
+        epochs = int(ConfigParser.load_config_file(str(training_config(bundle)))["epochs"])
+    training.update(epochs=int(epochs), network=network, datalist_file=str(source), seed=int(args.seed))
+    training["output_dir"] = str(cache / "source_training_runs") if dims == 2 else training["output_dir"]
+    if checkpoint is None:
+        checkpoint = cache / f"source_mr_train{args.vol_num_source}_e{epochs}_s{args.seed}_{tag}.pt"
     if not checkpoint.is_file():
-        if training is None:
+        if source is None:
             raise FileNotFoundError(
                 f"source checkpoint {checkpoint} is missing and the datalist has no source_train section: pass the "
                 "source weights (--checkpoint) or a datalist with source_train."
             )
-        logger.info(f"training the source model ({training.get('epochs', 'default')} epochs) into {checkpoint}")
-        start = time.perf_counter()
+        logger.info(f"training the source model ({epochs} epochs) into {checkpoint}")
         ensure_source_checkpoint(checkpoint, bundle, training, configs=("inference.json", training_config(bundle).name))
-        logger.info(f"source training took {time.perf_counter() - start:.0f} s")
     load_reference_state_dict(network, str(checkpoint))
+    set_determinism(seed=None)
+    window = {}
+    if dims == 3:
+        raw = parser.get("inferer")
+        window = {k: parser.get_parsed_content(f"inferer#{k}") for k in raw if k not in _NOT_WINDOW}
+        window.update(getattr(args, "vol_window", None) or {})
+        if args.vol_patches:
+            window["num_patches"] = int(args.vol_patches)
+    return {
+        "cases": cases,
+        "domains": domains,
+        "channel_names": list(parser.get_parsed_content("channel_names")),
+        "network": network.eval(),
+        "checkpoint": checkpoint,
+        # the transform the cases went through: the evaluators invert it (Invertd checks the transforms' identity)
+        "overrides": {**{k: v for k, v in overrides.items() if k != "device"}, "preprocessing": preprocessing},
+        "window": window,
+        "datalist": datalist,
+    }
 
 
 def prepare_copy(network: nn.Module, channels_last: bool = False, compile_net: bool = False) -> nn.Module:
@@ -253,12 +238,26 @@ def prepare_copy(network: nn.Module, channels_last: bool = False, compile_net: b
     net = copy.deepcopy(network)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    if compile_net:
-        net = torch.compile(net, dynamic=False)
-    return net
+    return torch.compile(net, dynamic=False) if compile_net else net
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
     """``x`` on ``device`` (a 4D batch in channels-last memory format when asked)."""
     x = x.to(device)
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def first_image(cases: Mapping[str, Sequence[Mapping[str, Any]]]) -> torch.Tensor:
+    """The first target case's preprocessed image as a batch of one (the timing and memory phases' input)."""
+    return torch.as_tensor(next(iter(cases.values()))[0]["image"]).float()[None].contiguous()
+
+
+def window_record(window: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option of the sliding-window adapter built with ``window`` (its defaults included), as recorded."""
+    from monai_tta.adapters import SourceOnly
+    from monai_tta.inferers import SlidingWindowAdapter
+
+    sw = SlidingWindowAdapter(SourceOnly(), **dict(window))
+    names = ("roi_size", "sw_batch_size", "overlap", "mode", "num_patches", "patch_sampling", "stats_from")
+    options = {name: getattr(sw, name) for name in (*names, "update_batch_size", "stats_passes", "stats_after_update")}
+    return {k: v if isinstance(v, (int, float, bool, type(None), list)) else str(v) for k, v in options.items()}

@@ -1,13 +1,22 @@
-"""The benchmark's methods and settings: a registry of adapter factories, and the reference method of every ratio."""
+"""The benchmark's methods: each is a bundle's adapter block, read from the bundle, with overrides for its variants.
+
+The hyper-parameters live in the bundles only (``bundles/<method>_<family>_segmentation``: the ``inferer`` block of
+the fundus family, the ``adapter`` block inside the sliding-window ``inferer`` of the prostate MR family). A method
+of the registry names the bundle it reads and what it changes (the variants: another regime, the safeguard, the safe
+choice, another GraTa view mode); the few methods without a bundle of their own (``norm_adapt``, ``norm_mix``,
+``safe_norm``, ``sar``) replace the block by their class at its defaults. The setting and the seed are the bundle's
+``setting`` and ``seed``; ``safe`` is off unless a variant asks for it (the published methods).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from monai_tta.adapters import SAR, GraTa, NormAdapt, SafeNorm, SourceOnly, Tent
-from monai_tta.adapters.base import Adapter
+from monai.bundle import ConfigParser
+
 from monai_tta.adapters.settings import Setting
 
 __all__ = [
@@ -15,20 +24,28 @@ __all__ = [
     "SETTINGS",
     "REFERENCE",
     "DEFAULT_METHODS",
+    "BUNDLES",
+    "FAMILIES",
     "MethodSpec",
     "METHODS",
     "available_methods",
+    "bundle_of",
+    "method_parser",
     "make_adapter",
 ]
 
-#: the 3-round continual stream (a setting name of the benchmark, not of the adapters).
+#: the multi-round continual stream (a setting name of the benchmark, not of the adapters).
 STREAM = "stream"
 #: settings of the benchmark: the adapters' three, and the multi-round continual stream.
 SETTINGS = (Setting.EPISODIC.value, Setting.DOMAIN.value, Setting.CONTINUAL.value, STREAM)
 #: the method every cost ratio divides by.
 REFERENCE = "source_only"
-#: the methods of a run when ``--methods`` is not given (those that can be built here).
+#: the methods of a run when ``--methods`` is not given.
 DEFAULT_METHODS = ("source_only", "norm_adapt", "tent", "grata", "grata_approx", "vptta")
+#: the bundles folder.
+BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+#: spatial dimensions -> (bundle family, key of the adapter block in its configs).
+FAMILIES = {2: ("fundus", "inferer"), 3: ("prostate_mr", "adapter")}
 
 
 @dataclass(frozen=True)
@@ -36,166 +53,144 @@ class MethodSpec:
     """A method of the benchmark.
 
     Attributes:
-        factory: ``factory(setting, image_size, seed) -> Adapter``.
+        bundle: the method whose bundle gives the adapter block (``<bundle>_<family>_segmentation``).
+        overrides: keys of the block to change (merged into it).
+        block: a whole block replacing the bundle's (a class without a bundle, at its defaults).
         description: one line for the report.
     """
 
-    factory: Callable[[str, int, int], Adapter]
-    description: str
+    bundle: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    block: Mapping[str, Any] | None = None
+    description: str = ""
 
 
-def _vptta(setting: str, image_size: int, seed: int) -> Adapter:
-    from monai_tta.adapters.vptta.adapter import VPTTA  # optional: the benchmark runs without it
-
-    return VPTTA(image_size=image_size, setting=setting, seed=seed)
+def _own(cls: str, **options: Any) -> dict[str, Any]:
+    return {"_target_": f"monai_tta.adapters.{cls}", "setting": "@setting", "seed": "@seed", **options}
 
 
+_SAFE = {"safe": "@safe"}
 METHODS: dict[str, MethodSpec] = {
-    "source_only": MethodSpec(
-        lambda s, i, r: SourceOnly(setting=s, seed=r), "source model, source BatchNorm statistics (no adaptation)"
+    "source_only": MethodSpec("source_only", description="source model, source BatchNorm statistics"),
+    "norm_adapt": MethodSpec("source_only", block=_own("NormAdapt", **_SAFE), description="per-image BN statistics"),
+    "norm_mix": MethodSpec(
+        "source_only", block=_own("NormAdapt", norm={"regime": "mix", "prior": 0.5}), description="BN half source"
     ),
-    "norm_adapt": MethodSpec(
-        lambda s, i, r: NormAdapt(setting=s, seed=r), "per-image BatchNorm statistics, no gradient step"
-    ),
-    "tent": MethodSpec(lambda s, i, r: Tent(setting=s, seed=r), "TENT: entropy, BN affine, Adam 1e-4, 1 fwd + 1 bwd"),
-    "grata": MethodSpec(
-        lambda s, i, r: GraTa(setting=s, seed=r),
-        "GraTa exact (the published update; defaults: on a GPU the 6 views in 3 forwards of 2 with per-sample "
-        "statistics and the update and the prediction replayed as CUDA graphs, on a CPU one forward per view), "
-        "9 fwd + 2 bwd",
-    ),
-    "grata_eager": MethodSpec(
-        lambda s, i, r: GraTa(setting=s, seed=r, cuda_graph=False),
-        "GraTa exact, the default view mode without CUDA graphs (same result as grata)",
-    ),
+    "safe_norm": MethodSpec("source_only", block=_own("SafeNorm"), description="lowest-entropy of 3 BN regimes"),
+    "safe_norm_domain": MethodSpec("source_only", block=_own("SafeNorm", per="domain"), description="per domain"),
+    "tent": MethodSpec("tent", description="TENT: entropy, BN affine, 1 fwd + 1 bwd"),
+    "sar": MethodSpec("tent", block=_own("SAR", **_SAFE), description="SAR: reliable entropy, SAM, recovery"),
+    "grata": MethodSpec("grata", description="GraTa exact (the published update), 9 fwd + 2 bwd"),
+    "grata_eager": MethodSpec("grata", {"cuda_graph": False}, description="GraTa exact without CUDA graphs"),
     "grata_batched": MethodSpec(
-        lambda s, i, r: GraTa(setting=s, seed=r, view_mode="batched", view_chunk=None),
-        "GraTa exact, the 6 views in one forward with per-sample statistics (same result as grata)",
+        "grata", {"view_mode": "batched", "view_chunk": None}, description="GraTa exact, 6 views in one forward"
     ),
     "grata_separate": MethodSpec(
-        lambda s, i, r: GraTa(setting=s, seed=r, view_mode="separate", cuda_graph=False),
-        "GraTa exact, one forward per view, no CUDA graph (the reference's structure; same result as grata)",
+        "grata", {"view_mode": "separate", "cuda_graph": False}, description="GraTa exact, one forward per view"
     ),
-    "grata_joint": MethodSpec(
-        lambda s, i, r: GraTa(setting=s, seed=r, view_mode="joint"),
-        "GraTa exact, the 6 views and the strong view in one forward (same result as grata)",
-    ),
+    "grata_joint": MethodSpec("grata", {"view_mode": "joint"}, description="GraTa exact, views + strong in one"),
     "grata_approx": MethodSpec(
-        lambda s, i, r: GraTa(setting=s, seed=r, mode="approximate"),
-        "GraTa approximate (NOT the published algorithm): pseudo-label and reported prediction from the entropy "
-        "pass, strong pass at half size; about 1.25 fwd + 1.25 bwd",
+        "grata", {"mode": "approximate"}, description="GraTa approximate (NOT the published algorithm)"
     ),
     "grata_approx_nosafeguard": MethodSpec(
-        lambda s, i, r: GraTa(setting=s, seed=r, mode="approximate", safeguard=False),
-        "GraTa approximate without the collapse safeguard (no source-gap probe)",
+        "grata", {"mode": "approximate", "safeguard": False}, description="GraTa approximate, no safeguard"
     ),
-    "vptta": MethodSpec(_vptta, "VPTTA: Fourier prompt + memory bank, warm-up BN statistics, frozen network"),
-    "norm_mix": MethodSpec(
-        lambda s, i, r: NormAdapt(setting=s, seed=r, norm={"regime": "mix", "prior": 0.5}),
-        "BatchNorm statistics half source, half image, no gradient step",
-    ),
-    "safe_norm": MethodSpec(
-        lambda s, i, r: SafeNorm(setting=s, seed=r),
-        "safe: per case, the lowest-entropy prediction of source / mix / image statistics (3 forwards)",
-    ),
-    "safe_norm_domain": MethodSpec(
-        lambda s, i, r: SafeNorm(setting=s, seed=r, per="domain"),
-        "safe per domain: the statistics of lowest mean entropy over the domain's cases so far (3 forwards)",
-    ),
-    "sar": MethodSpec(lambda s, i, r: SAR(setting=s, seed=r), "SAR: reliable entropy, SAM step, model recovery (SGD)"),
+    "vptta": MethodSpec("vptta", description="VPTTA: Fourier prompt + memory bank, frozen network"),
 }
 """Registry of the benchmark's methods, name -> :class:`MethodSpec`."""
 
-_REGIMES = {"source": "source", "mix": {"regime": "mix", "prior": 0.5}}
-_VARIANTS = {
-    "nosafeguard": ({"safeguard": False}, "without the collapse safeguard"),
-    "safeguard": ({"safeguard": True}, "with the collapse safeguard (source gap included)"),
-    "safe": ({"safe": "case"}, "with safe per case (method / source, mix, image statistics / source model)"),
-    "safe_domain": ({"safe": "domain"}, "with safe per domain"),
-    "gap0": (
-        {"safeguard": {"source_gap": 0.0}},
-        "with the source gap's margin at 0 instead of -0.01 (falls back only when the source is more confident)",
-    ),
-    "probe": (
-        {"safeguard": {"source_gap": 1.0}},
-        "with the source-gap probe on every case but a margin it cannot reach (the probe's cost, never a fallback)",
-    ),
-    **{
-        f"{name}_stats": (
-            {"norm": regime, "safeguard": False},
-            f"in the fixed {name} statistics regime ({regime}), without the safeguard",
-        )
-        for name, regime in _REGIMES.items()
-    },
+_VARIANTS: dict[str, dict[str, Any]] = {
+    "nosafeguard": {"safeguard": False},
+    "safeguard": {"safeguard": True},
+    "safe": {"safe": "case"},
+    "safe_domain": {"safe": "domain"},
+    "gap0": {"safeguard": {"source_gap": 0.0}},
+    "probe": {"safeguard": {"source_gap": 1.0}},
+    "source_stats": {"norm": "source", "safeguard": False},
+    "mix_stats": {"norm": {"regime": "mix", "prior": 0.5}, "safeguard": False},
 }
-_BASES = {"source_only": SourceOnly, "norm_adapt": NormAdapt, "tent": Tent, "grata": GraTa, "sar": SAR}
-
-
-def _variant(cls: type[Adapter], options: Mapping[str, Any]) -> Callable[[str, int, int], Adapter]:
-    return lambda s, i, r: cls(setting=s, seed=r, **dict(options))
-
-
-def _vptta_variant(options: Mapping[str, Any]) -> Callable[[str, int, int], Adapter]:
-    def factory(setting: str, image_size: int, seed: int) -> Adapter:
-        from monai_tta.adapters.vptta.adapter import VPTTA
-
-        return VPTTA(image_size=image_size, setting=setting, seed=seed, **dict(options))
-
-    return factory
-
-
-# every method with and without the safeguard, with safe per case and per domain, and in each fixed statistics regime
-# (``<method>_<variant>``; the regimes only for the methods that keep their weights' statistics choice free)
-for _base, _cls in _BASES.items():
-    for _suffix, (_options, _text) in _VARIANTS.items():
-        gradient_free = _base in ("source_only", "norm_adapt")
-        if _suffix.endswith("_stats") and gradient_free:
-            continue  # their regime is their definition: source_only, norm_mix, norm_adapt
-        if _suffix == ("nosafeguard" if gradient_free else "safeguard") or (
-            _suffix in ("probe", "gap0") and gradient_free
+for _base in ("source_only", "norm_adapt", "tent", "grata", "sar", "vptta"):
+    _free = _base in ("source_only", "norm_adapt")
+    for _suffix, _options in _VARIANTS.items():
+        if (
+            (_base == "vptta" and _suffix not in ("nosafeguard", "safe", "safe_domain"))
+            or (_free and (_suffix.endswith("_stats") or _suffix in ("nosafeguard", "probe", "gap0")))
+            or (not _free and _suffix == "safeguard")
         ):
-            continue  # their default already, or nothing to measure
-        METHODS.setdefault(f"{_base}_{_suffix}", MethodSpec(_variant(_cls, _options), f"{_base} {_text}"))
-for _suffix in ("nosafeguard", "safe", "safe_domain"):
-    METHODS[f"vptta_{_suffix}"] = MethodSpec(_vptta_variant(_VARIANTS[_suffix][0]), f"vptta {_VARIANTS[_suffix][1]}")
+            continue  # a regime that defines the method, its default already, or nothing to measure
+        _spec = METHODS[_base]
+        _block = None if _spec.block is None else {**_spec.block, **_options}
+        METHODS.setdefault(
+            f"{_base}_{_suffix}",
+            MethodSpec(_spec.bundle, {**_spec.overrides, **_options}, _block, f"{_base} with {_options}"),
+        )
 
 
-def available_methods() -> list[str]:
-    """Names of :data:`METHODS` whose adapter can be built here (VPTTA is optional)."""
-    names = []
-    for name, spec in METHODS.items():
-        try:
-            spec.factory(Setting.CONTINUAL.value, 128, 0)
-        except ImportError:
-            continue
-        names.append(name)
-    return names
+def bundle_of(name: str, dims: int = 2) -> Path:
+    """The bundle folder whose configs method ``name`` reads (``dims``: 2 fundus images, 3 MR volumes).
+
+    Raises:
+        ValueError: for an unknown method, or one whose bundle does not exist for ``dims``.
+    """
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {list(METHODS)}.")
+    path = BUNDLES / f"{METHODS[name].bundle}_{FAMILIES[dims][0]}_segmentation"
+    if not path.is_dir():
+        raise ValueError(f"method {name!r} reads bundle {path.name}, which does not exist: not available in {dims}D.")
+    return path
 
 
-def make_adapter(
-    name: str, setting: str, image_size: int, seed: int = 0, window: Mapping[str, Any] | None = None
-) -> Adapter:
-    """Build the adapter of method ``name`` for a benchmark ``setting`` (``stream`` is a continual run).
-
-    Args:
-        name: a key of :data:`METHODS`.
-        setting: one of :data:`SETTINGS`.
-        image_size: side of the images the adapter sees (VPTTA's prompt is sized by it).
-        seed: the adapter's seed.
-        window: for volumes, the options of :class:`monai_tta.inferers.SlidingWindowAdapter` (``roi_size``,
-            ``sw_batch_size``, ``overlap``, ``mode``, ...): the adapter is wrapped in it, so that one call adapts on
-            the volume's patches and predicts the whole volume with MONAI's sliding window. ``None``: whole inputs.
+def method_parser(
+    name: str, setting: str, dims: int = 2, overrides: Mapping[str, Any] | None = None, seed: int = 0
+) -> ConfigParser:
+    """A ``ConfigParser`` of method ``name``'s bundle (``inference.json`` + ``evaluate.json``) with the setting, the
+    seed and the method's variant applied (``stream`` runs ``continual``), and ``overrides`` (e.g. the data, the
+    network, ``image_size``, ``inferer#roi_size``) on top.
 
     Raises:
         ValueError: for an unknown method or setting.
     """
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {list(METHODS)}.")
     if setting not in SETTINGS:
         raise ValueError(f"unknown setting {setting!r}; available: {list(SETTINGS)}.")
-    adapter = METHODS[name].factory(Setting.CONTINUAL.value if setting == STREAM else setting, image_size, seed)
-    if window is None:
-        return adapter
-    from monai_tta.inferers import SlidingWindowAdapter
+    bundle, spec, key = bundle_of(name, dims), METHODS[name], FAMILIES[dims][1]
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / f) for f in ("inference.json", "evaluate.json")])
+    parser.update({"bundle_root": str(bundle), "seed": int(seed), "safe": None})
+    parser["setting"] = Setting.CONTINUAL.value if setting == STREAM else setting
+    if spec.block is not None:
+        parser[key] = dict(spec.block)
+    for option, value in {"setting": "@setting", **spec.overrides}.items():
+        parser[f"{key}#{option}"] = value
+    parser.update(dict(overrides or {}))
+    return parser
 
-    return SlidingWindowAdapter(adapter, **dict(window))
+
+def available_methods(dims: int = 2) -> list[str]:
+    """Names of :data:`METHODS` whose bundle exists for ``dims``."""
+    return [m for m in METHODS if (BUNDLES / f"{METHODS[m].bundle}_{FAMILIES[dims][0]}_segmentation").is_dir()]
+
+
+def make_adapter(
+    name: str,
+    setting: str,
+    image_size: int,
+    seed: int = 0,
+    window: Mapping[str, Any] | None = None,
+) -> Any:
+    """The adapter of method ``name`` as its bundle builds it, for a benchmark ``setting``.
+
+    Args:
+        name: a key of :data:`METHODS`.
+        setting: one of :data:`SETTINGS`.
+        image_size: side of the images (the fundus bundles' ``image_size``: VPTTA's prompt).
+        seed: the adapter's seed.
+        window: for volumes, options of the 3D bundle's sliding-window ``inferer`` over the bundle's (the adapter
+            comes wrapped in it); ``None``: a 2D adapter.
+
+    Raises:
+        ValueError: for an unknown method or setting.
+    """
+    if window is None:
+        return method_parser(name, setting, 2, {"image_size": int(image_size)}, seed).get_parsed_content("inferer")
+    overrides = {f"inferer#{k}": v for k, v in window.items()}
+    return method_parser(name, setting, 3, overrides, seed).get_parsed_content("inferer")

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from monai_tta.bench.methods import METHODS, REFERENCE, SETTINGS, STREAM
-from monai_tta.bench.volumes import VOLUME_PASSES
 from monai_tta.data.keys import DataKeys
 from monai_tta.io import atomic_write_text
 from monai_tta.reports import (
@@ -358,7 +357,9 @@ def _volume_markdown(
         f"({meta.get('network_parameters')} parameters), source weights `{meta.get('checkpoint')}` (trained on "
         f"{cfg['vol_num_source']} generated source cases, their training split). Every method runs through "
         f"`monai_tta.inferers.SlidingWindowAdapter` with the bundle's window (the adapter's defaults for the rest): "
-        f"{window_text}. AMP {cfg['amp']}, "
+        f"{window_text}. Each method's run is its bundle's evaluation (`inference.json` + `evaluate.json`): the "
+        "prediction is brought back to each input volume's own grid (Invertd) and scored there against the label as "
+        f"stored. AMP {cfg['amp']}, "
         f"compile {cfg['compile']}.",
         "",
         "## Cost per volume",
@@ -378,7 +379,7 @@ def _volume_markdown(
         f"{window.get('sw_batch_size')} at a time):",
         "",
     ]
-    lines += [f"- `{m}`: {VOLUME_PASSES.get(m, METHODS[m].description)}" for m in timing if m in METHODS]
+    lines += [f"- `{m}`: {METHODS[m].description}" for m in timing if m in METHODS]
     lines += ["", "## Targets", "", targets_table(targets)]
     lines += _dice_sections(summary, meta, domains, "voxels")
     channels = [k[len("dice_") :] for k in (rows[0] if rows else {}) if k.startswith("dice_") and k != "dice_mean"]

@@ -26,6 +26,7 @@ from monai_tta.bench.methods import make_adapter
 
 __all__ = [
     "AMP",
+    "CaseTimer",
     "amp_name",
     "PeakMemory",
     "reset_rss_peak",
@@ -120,6 +121,43 @@ class PeakMemory:
             self.peak = torch.cuda.max_memory_allocated(self.device) / 2**20
         elif self.kind == "process_rss":
             self.peak = _proc_status_kb("VmHWM") / 1024
+
+
+class CaseTimer:
+    """Wall time of the adapter's call of every case of an :class:`~monai_tta.engines.AdaptiveEvaluator`: from
+    :attr:`~monai_tta.engines.CaseEvents.ADAPT_STARTED` (the case is on the device) to ``FORWARD_COMPLETED``
+    (``perf_counter``; on CUDA synchronised at both ends).
+
+    Args:
+        device: the evaluator's device.
+
+    Attributes:
+        times: milliseconds per case, in stream order (reset when the engine starts).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def attach(self, engine: Any) -> None:
+        """Register on ``engine``'s events."""
+        from ignite.engine import Events
+        from monai.engines.utils import IterationEvents
+
+        from monai_tta.engines import CaseEvents
+
+        engine.add_event_handler(Events.STARTED, lambda _: self.times.clear())
+        engine.add_event_handler(CaseEvents.ADAPT_STARTED, self._started)
+        engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._completed)
+
+    def _started(self, _engine: Any) -> None:
+        _sync(self.device)
+        self._start = time.perf_counter()
+
+    def _completed(self, _engine: Any) -> None:
+        _sync(self.device)
+        self.times.append((time.perf_counter() - self._start) * 1000.0)
 
 
 @contextmanager

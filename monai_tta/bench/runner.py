@@ -1,5 +1,6 @@
-"""Orchestration of the benchmark: every method in every setting over the target cases, then the timing and memory
-phases, the summaries and the outputs."""
+"""Orchestration of the benchmark: every method in every setting over the target cases, each run the method's own
+bundle evaluator (:class:`~monai_tta.engines.AdaptiveEvaluator` built from its configs, the setting and the variant
+as overrides), then the timing and memory phases, the summaries and the outputs."""
 
 from __future__ import annotations
 
@@ -17,18 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from monai_tta.adapters.stats import StatKeys
-from monai_tta.bench.data import prepare_copy, prepare_data, prepare_network, resolve_device, to_device
-from monai_tta.bench.methods import REFERENCE, STREAM, make_adapter
+from monai_tta.bench.data import first_image, prepare, prepare_copy, resolve_device, window_record
+from monai_tta.bench.methods import REFERENCE, STREAM, method_parser
 from monai_tta.bench.outputs import write_outputs
-from monai_tta.bench.probes import AMP, measure_memory, time_methods, timed_call
+from monai_tta.bench.probes import AMP, CaseTimer, measure_memory, time_methods
 from monai_tta.bench.stats import check_targets, check_volume_targets, summarize_runs
+from monai_tta.data import CaseStream, GuardedDataset
 from monai_tta.data.keys import DataKeys
-from monai_tta.metrics import asd_per_channel, dice_per_channel
 
-__all__ = ["run_cases", "timing_methods", "environment", "run_benchmark", "run_image_benchmark", "run_volume_benchmark"]
+__all__ = ["run_cases", "timing_methods", "environment", "run_benchmark", "run_dims"]
 
 logger = logging.getLogger("monai_tta.bench")
 
@@ -36,76 +35,71 @@ logger = logging.getLogger("monai_tta.bench")
 def run_cases(
     method: str,
     setting: str,
-    network: nn.Module,
-    cases: Mapping[str, Sequence[Mapping[str, Any]]],
+    prepared: Mapping[str, Any],
     device: torch.device,
+    dims: int = 2,
     rounds: int = 3,
-    image_size: int = 128,
     seed: int = 0,
     amp: torch.dtype | None = None,
     channels_last: bool = False,
     compile_net: bool = False,
     compute_asd: bool = True,
-    channel_names: Sequence[str] = ("disc", "cup"),
-    window: Mapping[str, Any] | None = None,
+    output_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Run one method in one setting over the target domains (``rounds`` passes for ``"stream"``); one row per case.
+    """Run one method in one setting over the target domains (``rounds`` passes for ``"stream"``) with the method's
+    bundle evaluator; one row per case (the bundle's :class:`~monai_tta.handlers.CaseReport` row, with the setting,
+    the round, the position in the stream and the adapter call's wall time).
 
-    The adapter gets a fresh copy of the source network and is told each case's domain before the call, as
-    :class:`~monai_tta.engines.AdaptiveEvaluator` does. A case's prediction is its sigmoid channels at 0.5 (the
-    bundles' multi-label outputs), scored per channel against its label's channels.
+    The evaluator is the bundle's (``inference.json`` + ``evaluate.json``) with a fresh copy of the source network,
+    the preprocessed cases of ``prepared`` as its stream, the report as its only handler, a :class:`CaseTimer`, and no
+    mask saving.
 
     Args:
         method: a key of :data:`~monai_tta.bench.methods.METHODS`.
         setting: one of :data:`~monai_tta.bench.methods.SETTINGS`.
-        network: the source network (copied, never changed).
-        cases: ``{domain: [case, ...]}`` (:func:`~monai_tta.bench.data.preprocess_cases`).
+        prepared: what :func:`~monai_tta.bench.data.prepare` returned.
         device: where the method runs.
+        dims: 2 (fundus images) or 3 (MR volumes, through the bundle's sliding window).
         rounds: passes over the domains of the ``stream`` setting.
-        image_size: side of the images (VPTTA's prompt).
         seed: the adapter's seed.
-        amp: autocast dtype around each call (``None``: none).
-        channels_last: channels-last network and inputs.
+        amp: autocast dtype around each call (``None``: none; MONAI's evaluator applies it on CUDA).
+        channels_last: channels-last network copy.
         compile_net: ``torch.compile`` the network copy.
-        compute_asd: also the average surface distance.
-        channel_names: one name per output channel (CSV columns).
-        window: for volumes, the sliding-window options (see :func:`~monai_tta.bench.methods.make_adapter`).
+        compute_asd: also the average surface distance (2D).
+        output_dir: folder of the run's report (``cases.csv``, summary); default a temporary one under the cache.
     """
-    net = prepare_copy(network, channels_last, compile_net)
-    adapter = make_adapter(method, setting, image_size, seed, window)
     n_rounds = rounds if setting == STREAM else 1
-    rows: list[dict[str, Any]] = []
-    for round_index in range(n_rounds):
-        for domain, items in cases.items():
-            for case in items:
-                x = to_device(case["image"], device, channels_last)
-                adapter.set_domain(domain)
-                logits, ms = timed_call(adapter, x, net, device, amp)
-                row: dict[str, Any] = {
-                    "setting": setting,
-                    "method": method,
-                    "round": round_index + 1,
-                    "position": len(rows),
-                    DataKeys.DOMAIN.value: domain,
-                    DataKeys.CASE_ID.value: case["case_id"],
-                    "time_ms": ms,
-                }
-                label = case.get("label")
-                if label is not None:
-                    pred = (torch.sigmoid(logits.float()) > 0.5)[0].cpu()
-                    dice = dice_per_channel(pred, label)
-                    row.update({f"dice_{c}": v for c, v in zip(channel_names, dice)})
-                    row["dice_mean"] = float(np.mean(dice))
-                    if compute_asd:
-                        asd = asd_per_channel(pred, label)
-                        row.update({f"asd_{c}": v for c, v in zip(channel_names, asd)})
-                        row["asd_mean"] = float(np.mean(asd))
-                for key, value in adapter.last_stats.items():
-                    if isinstance(value, (int, float)):  # flags (reset, safeguard, safe_source, ...) as 0 / 1
-                        row[str(key)] = float(value)
-                    elif key in (StatKeys.SAFE_CHOICE, StatKeys.SAFEGUARD_SIGNAL):
-                        row[str(key)] = str(value)
-                rows.append(row)
+    stream = [item for _ in range(n_rounds) for items in prepared["cases"].values() for item in items]
+    overrides = {
+        **prepared["overrides"],
+        **{f"inferer#{k}": v for k, v in prepared.get("window", {}).items()},
+        "device": device,
+        "method": method,
+        "output_dir": str(output_dir or Path(prepared["cache"]) / "runs" / f"{dims}d" / setting),
+        "network": prepare_copy(prepared["network"], channels_last, compile_net),
+        "dataloader": CaseStream(GuardedDataset(stream)),
+        "handlers": "$[@report]",
+        "report#plots": False,
+        "evaluator#amp": amp is not None,
+        "evaluator#amp_kwargs": {"dtype": amp} if amp is not None else None,
+    }
+    if dims == 2:
+        overrides["report#compute_asd"] = bool(compute_asd)
+    parser = method_parser(method, setting, dims, overrides, seed)
+    transforms = parser.get("postprocessing#transforms")
+    for i, step in enumerate(transforms):
+        if isinstance(step, Mapping) and step.get("_target_") == "SaveImaged":
+            parser[f"postprocessing#transforms#{i}#_disabled_"] = True
+    evaluator = parser.get_parsed_content("evaluator")
+    timer = CaseTimer(device)
+    timer.attach(evaluator)
+    evaluator.run()
+    per_round = len(stream) // n_rounds
+    rows = []
+    for position, (row, ms) in enumerate(zip(parser.get_parsed_content("report").rows, timer.times)):
+        head = {"setting": setting, "method": method, "round": position // per_round + 1, "position": position}
+        head.update({DataKeys.DOMAIN.value: row[DataKeys.DOMAIN], DataKeys.CASE_ID.value: row[DataKeys.CASE_ID]})
+        rows.append({**head, "time_ms": ms, **{k: v for k, v in row.items() if k not in head}})
     return rows
 
 
@@ -184,178 +178,108 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     ignore = Path(args.cache) / ".gitignore"
     if not ignore.exists():
         ignore.write_text("# generated data and trained checkpoints of the benchmark\n*\n")
-    results = {}
-    if 2 in args.dims:
-        results["2d"] = run_image_benchmark(args, device)
-    if 3 in args.dims:
-        results["3d"] = run_volume_benchmark(args, device)
-    return results
+    return {f"{dims}d": run_dims(args, dims, device) for dims in args.dims}
 
 
-def run_image_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """The 2D benchmark: every method in every setting on the fundus images, then the timing and memory phases.
+def run_dims(args: argparse.Namespace, dims: int, device: torch.device) -> dict[str, Any]:
+    """The benchmark of one dimensionality: every method in every setting on the fundus images (2) or, through the
+    3D bundle's sliding window, on the MR sites' volumes (3); then the timing and memory phases, on one image (at
+    ``--timing-size``) or one volume, as ratios to source-only; written to ``--out`` (2D) or ``--vol-out``
+    (default ``<out>/3d``).
 
     Returns:
         ``{"summary", "timing", "targets", "rows", "files"}``.
     """
     start, loadavg_start = time.perf_counter(), _loadavg()
     amp = AMP[args.amp]
-    data = prepare_data(args)
     train_start = time.perf_counter()
-    network, checkpoint = prepare_network(args, data, device)
+    prepared = {**prepare(args, dims, device), "cache": args.cache}
     train_s = time.perf_counter() - train_start
-    cases = data["cases"]
+    cases, window = prepared["cases"], prepared["window"] or None
     logger.info(f"{sum(len(v) for v in cases.values())} target cases in {list(cases)}; device {device}")
-    options = {"seed": args.seed, "amp": amp, "channels_last": args.channels_last, "compile_net": args.compile}
-    rows = _dice_runs(
-        args.methods,
-        [] if args.timing_only else args.settings,
-        network,
-        cases,
-        device,
-        rounds=args.rounds,
-        image_size=args.image_size,
-        compute_asd=not args.no_asd,
-        channel_names=data["channel_names"],
-        **options,
-    )
-    first = next(iter(cases.values()))[0]["image"]
-    timing_size = args.timing_size or args.image_size
-    image = (
-        first
-        if timing_size == first.shape[-1]
-        else F.interpolate(first, size=(timing_size, timing_size), mode="bilinear")
-    )
-    timing, calls = _cost_phase(
-        timing_methods(args, device), network, image, device, args.timing_reps, not args.no_memory, **options
-    )
-    domains = list(cases)
-    summary = summarize_runs(rows, domains)
-    targets = check_targets(timing, summary, device)
-    meta = _meta(args, device, checkpoint, timing, rows, args.methods, start, loadavg_start, train_s)
-    meta["timing_size"] = timing_size
-    out = Path(args.out)
-    files = write_outputs(out, rows, summary, timing, calls, targets, meta, domains, plots=not args.no_plots)
-    logger.info(f"wrote {', '.join(p.name for p in files)} to {out} in {meta['total_s']:.0f} s")
-    return {"summary": summary, "timing": timing, "targets": targets, "rows": rows, "files": files}
-
-
-def run_volume_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """The 3D benchmark: every ``--vol-methods`` method through the sliding-window adapter on the MR sites' test
-    volumes (Dice per site), then the timing and memory phases on one volume, as ratios to source-only
-    sliding-window inference; written to ``--vol-out`` (default ``<out>/3d``).
-
-    Returns:
-        ``{"summary", "timing", "targets", "rows", "files"}``.
-    """
-    from monai_tta.bench.volumes import adapter_options, prepare_volume_network, prepare_volumes
-
-    start, loadavg_start = time.perf_counter(), _loadavg()
-    amp = AMP[args.amp]
-    data = prepare_volumes(args, device)
-    train_start = time.perf_counter()
-    network, checkpoint = prepare_volume_network(args, data, device)
-    train_s = time.perf_counter() - train_start
-    cases, window = data["cases"], data["window"]
-    logger.info(f"{sum(len(v) for v in cases.values())} target volumes in {list(cases)}; window {window}")
-    options = {"seed": args.seed, "amp": amp, "channels_last": False, "compile_net": args.compile, "window": window}
-    roi = window.get("roi_size")
-    rows = _dice_runs(
-        args.vol_methods,
-        [] if args.timing_only else args.vol_settings,
-        network,
-        cases,
-        device,
-        rounds=args.rounds,
-        image_size=int(roi[0]) if isinstance(roi, (list, tuple)) else int(roi or 0),
-        compute_asd=False,
-        channel_names=data["channel_names"],
-        **options,
-    )
-    volume = next(iter(cases.values()))[0]["image"]
-    names = [REFERENCE] + [m for m in args.vol_methods if m != REFERENCE]
-    timing, calls = _cost_phase(
-        names, network, volume, device, args.vol_timing_reps, not args.no_memory, warmup=1, **options
-    )
-    domains = list(cases)
-    summary = summarize_runs(rows, domains)
-    targets = check_volume_targets(timing, device)
-    meta = _meta(args, device, checkpoint, timing, rows, args.vol_methods, start, loadavg_start, train_s)
-    meta.update(
-        volume_shape=list(volume.shape[2:]),
-        window=adapter_options(window),
-        network=type(network).__name__,
-        network_parameters=sum(p.numel() for p in network.parameters()),
-        datalist=str(data["datalist"]),
-    )
-    out = Path(args.vol_out) if args.vol_out else Path(args.out) / "3d"
-    files = write_outputs(
-        out, rows, summary, timing, calls, targets, meta, domains, plots=not args.no_plots, volumes=True
-    )
-    logger.info(f"wrote {', '.join(p.name for p in files)} to {out} in {meta['total_s']:.0f} s")
-    return {"summary": summary, "timing": timing, "targets": targets, "rows": rows, "files": files}
-
-
-def _dice_runs(
-    methods: Sequence[str],
-    settings: Sequence[str],
-    network: nn.Module,
-    cases: Mapping[str, Sequence[Mapping[str, Any]]],
-    device: torch.device,
-    **kwargs: Any,
-) -> list[dict[str, Any]]:
-    """:func:`run_cases` for every setting and method, logged; the rows of all of them."""
+    methods = args.methods if dims == 2 else args.vol_methods
+    settings = [] if args.timing_only else (args.settings if dims == 2 else args.vol_settings)
+    options = {"seed": args.seed, "amp": amp, "compile_net": args.compile}
+    channels_last = args.channels_last and dims == 2
     rows: list[dict[str, Any]] = []
     for setting in settings:
         for method in methods:
             t0 = time.perf_counter()
-            new = run_cases(method, setting, network, cases, device, **kwargs)
+            new = run_cases(
+                method,
+                setting,
+                prepared,
+                device,
+                dims,
+                args.rounds,
+                channels_last=channels_last,
+                compute_asd=not args.no_asd,
+                **options,
+            )
             rows += new
             dice = np.mean([r["dice_mean"] for r in new]) if new and "dice_mean" in new[0] else math.nan
             logger.info(f"{setting:>10} {method:>14}: Dice {dice:.2f}, {time.perf_counter() - t0:.1f} s")
-    return rows
+    image = first_image(cases)
+    if dims == 2:
+        size = args.timing_size or args.image_size
+        image = image if size == image.shape[-1] else F.interpolate(image, size=(size, size), mode="bilinear")
+        names, reps, warmup = timing_methods(args, device), args.timing_reps, 2
+    else:
+        names, reps, warmup = [REFERENCE] + [m for m in methods if m != REFERENCE], args.vol_timing_reps, 1
+    timing, calls = _cost_phase(
+        names,
+        prepared["network"],
+        image,
+        device,
+        reps,
+        not args.no_memory,
+        warmup,
+        channels_last=channels_last,
+        window=window,
+        **options,
+    )
+    domains = list(cases)
+    summary = summarize_runs(rows, domains)
+    targets = check_targets(timing, summary, device) if dims == 2 else check_volume_targets(timing, device)
+    meta = _meta(args, device, prepared["checkpoint"], timing, rows, methods, start, loadavg_start, train_s)
+    if dims == 2:
+        meta["timing_size"] = int(image.shape[-1])
+    else:
+        network = prepared["network"]
+        meta.update(
+            volume_shape=list(image.shape[2:]),
+            window=window_record(window or {}),
+            network=type(network).__name__,
+            network_parameters=sum(p.numel() for p in network.parameters()),
+            datalist=str(prepared["datalist"]),
+        )
+    out = Path(args.out) if dims == 2 else (Path(args.vol_out) if args.vol_out else Path(args.out) / "3d")
+    files = write_outputs(
+        out, rows, summary, timing, calls, targets, meta, domains, plots=not args.no_plots, volumes=dims == 3
+    )
+    logger.info(f"wrote {', '.join(p.name for p in files)} to {out} in {meta['total_s']:.0f} s")
+    return {"summary": summary, "timing": timing, "targets": targets, "rows": rows, "files": files}
 
 
 def _cost_phase(
     names: Sequence[str],
-    network: nn.Module,
+    network: torch.nn.Module,
     image: torch.Tensor,
     device: torch.device,
     reps: int,
     memory: bool,
     warmup: int = 2,
-    seed: int = 0,
-    amp: torch.dtype | None = None,
-    channels_last: bool = False,
     compile_net: bool = False,
-    window: Mapping[str, Any] | None = None,
+    **kwargs: Any,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """The timing phase (:func:`~monai_tta.bench.probes.time_methods`) and the memory probes (unless ``memory`` is
-    false) of ``names`` on ``image``: per method its times and peak memory, and every timed call."""
-    timing, calls = time_methods(
-        names,
-        network,
-        image,
-        device,
-        reps=reps,
-        warmup=warmup,
-        seed=seed,
-        amp=amp,
-        channels_last=channels_last,
-        compile_net=compile_net,
-        window=window,
-    )
-    if memory:
-        peaks = measure_memory(
-            names, network, image, device, seed=seed, amp=amp, channels_last=channels_last, window=window
-        )
-    else:
-        peaks = {
-            m: {"memory_kind": "not measured", "peak_extra_mb": math.nan, "peak_total_mb": math.nan} for m in timing
-        }
-    for name in timing:
-        timing[name].update(peaks[name])
+    false) of ``names`` on ``image``: per method its times and peak memory, and every timed call. ``kwargs``:
+    ``seed``, ``amp``, ``channels_last``, ``window``."""
+    timing, calls = time_methods(names, network, image, device, reps, warmup, compile_net=compile_net, **kwargs)
+    nan = {"memory_kind": "not measured", "peak_extra_mb": math.nan, "peak_total_mb": math.nan}
+    peaks = measure_memory(names, network, image, device, **kwargs) if memory else dict.fromkeys(timing, nan)
     for name, t in timing.items():
+        t.update(peaks[name])
         logger.info(f"timing {name:>14}: {t['median_ms']:.1f} ms/case, peak extra {t['peak_extra_mb']:.1f} MiB")
     return timing, calls
 

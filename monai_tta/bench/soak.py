@@ -12,8 +12,8 @@ network is the small UNet with its initial weights (what it computes does not ch
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,9 @@ from typing import Any
 import torch
 
 from monai_tta.adapters.settings import Setting
-from monai_tta.bench.methods import make_adapter
+from monai_tta.bench.methods import method_parser
+from monai_tta.bench.probes import CaseTimer
+from monai_tta.data import CaseStream, GuardedDataset
 from monai_tta.data.synthetic import SOURCE_DOMAIN, SYNTHETIC_FUNDUS_DOMAINS, synthesize_fundus_case
 from monai_tta.io import atomic_write_json, atomic_write_text
 from monai_tta.networks import SmallUNet
@@ -59,27 +61,42 @@ def image_pool(size: int, per_domain: int = 4, seed: int = 0) -> list[torch.Tens
 
 
 def soak_method(name: str, n_images: int, pool: Sequence[torch.Tensor], block: int, seed: int = 0) -> dict[str, Any]:
-    """Stream ``n_images`` (cycling over ``pool``) through method ``name`` (continual); per-block figures.
+    """Stream ``n_images`` (cycling over ``pool``) through method ``name``'s bundle evaluator (continual, no report,
+    no post-processing); per-block figures from a :class:`~monai_tta.bench.probes.CaseTimer` and the process's RSS.
 
     Returns:
         ``{"blocks": [{"cases", "median_ms", "rss_mib"}...], "rss_start_mib", "nonfinite"}``.
     """
+    from ignite.engine import Events
+
     torch.manual_seed(seed)
-    network = SmallUNet(in_channels=3, out_channels=2).eval()
-    adapter = make_adapter(name, Setting.CONTINUAL.value, int(pool[0].shape[-1]), seed)
-    adapter(pool[0], network)  # first call: norms converted, optimizer built
-    start_rss = rss_mib()
-    blocks, times, nonfinite = [], [], 0
-    for i in range(n_images):
-        x = pool[i % len(pool)]
-        t0 = time.perf_counter()
-        adapter(x, network)
-        times.append(time.perf_counter() - t0)
-        nonfinite += bool(adapter.last_stats.get("nonfinite", False))
-        if len(times) == block or i == n_images - 1:
-            blocks.append({"cases": i + 1, "median_ms": 1000 * statistics.median(times), "rss_mib": rss_mib()})
-            times = []
-    return {"blocks": blocks, "rss_start_mib": start_rss, "nonfinite": nonfinite}
+    stream = [{"image": pool[i % len(pool)][0], "domain": "soak", "case_id": str(i)} for i in range(n_images)]
+    overrides = {
+        "image_size": int(pool[0].shape[-1]),
+        "network": SmallUNet(in_channels=3, out_channels=2).eval(),
+        "device": torch.device("cpu"),
+        "dataloader": CaseStream(GuardedDataset(stream)),
+        "handlers": [],
+        "postprocessing": None,
+        "evaluator#key_val_metric": None,
+    }
+    evaluator = method_parser(name, Setting.CONTINUAL.value, 2, overrides, seed).get_parsed_content("evaluator")
+    timer = CaseTimer(torch.device("cpu"))
+    timer.attach(evaluator)
+    result: dict[str, Any] = {"blocks": [], "rss_start_mib": math.nan, "nonfinite": 0}
+
+    def record(engine: Any) -> None:
+        done = engine.state.iteration
+        result["nonfinite"] += bool(engine.state.adapt.get("nonfinite", False))
+        if done == 1:  # after the first call (norms converted, optimizer built)
+            result["rss_start_mib"] = rss_mib()
+        if done % block == 0 or done == n_images:
+            times = timer.times[len(result["blocks"]) * block :]
+            result["blocks"].append({"cases": done, "median_ms": statistics.median(times), "rss_mib": rss_mib()})
+
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, record)
+    evaluator.run()
+    return result
 
 
 def run_soak(args: argparse.Namespace) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 :class:`GuardedDataset` catches the error of a case's transform (missing or unreadable file, corrupt image, a failed
 :class:`~monai_tta.transforms.validation.ValidateCased` check) and returns a small failure record instead of raising.
-:class:`CaseStream` iterates such a dataset one case at a time, hands the good cases to the engine and keeps the
-failures for the report (:class:`~monai_tta.handlers.CaseReport` drains them in stream order). It can also start after
+:class:`CaseStream` iterates such a dataset one case at a time and hands every case to the engine, a failure as its
+record (:class:`~monai_tta.engines.AdaptiveEvaluator` skips the network for it and
+:class:`~monai_tta.handlers.CaseReport` writes its row, in stream order). It can also start after
 the first ``skip`` cases without loading them, which is how an interrupted run resumes
 (:class:`~monai_tta.handlers.RunCheckpoint`). A :class:`GuardedDataset` over a list is also indexable
 (``dataset[i]``), for a runner that reads its cases by position (DyNA's
@@ -89,11 +90,14 @@ class GuardedDataset(IterableDataset):
             return apply_transform(self.transform, item) if self.transform is not None else item
         except Exception as e:  # noqa: BLE001 - every failure of a case is recorded, none stops the run
             info = item if isinstance(item, Mapping) else {}
-            return {
+            record = {
                 DataKeys.CASE_ID.value: case_name(info, default=str(index)),
                 DataKeys.DOMAIN.value: str(info.get(DataKeys.DOMAIN, "all")),
                 FAILURE_KEY: failure_reason(e, info),
             }
+            if DataKeys.STREAM_INDEX in info:
+                record[DataKeys.STREAM_INDEX.value] = int(info[DataKeys.STREAM_INDEX])
+            return record
 
     def __iter__(self) -> Iterator[Any]:
         for index, item in enumerate(self.data):
@@ -112,10 +116,11 @@ def is_failure(item: Any) -> bool:
 
 
 class CaseStream:
-    """Iterate a :class:`GuardedDataset` one case at a time, in order; failed cases are kept aside, not yielded.
+    """Iterate a :class:`GuardedDataset` one case at a time, in order.
 
-    Each good case is yielded as a batch of one (collated). Loading runs in this process: a case is one batch and
-    adaptation, not loading, sets the pace.
+    Each case is yielded as a batch of one (collated); a case that failed to load or validate as its failure record
+    (``case_id``, ``domain``, ``failure``: the reason, as strings), which :func:`is_failure` recognises.
+    Loading runs in this process: a case is one batch and adaptation, not loading, sets the pace.
 
     Args:
         dataset: the cases.
@@ -131,7 +136,6 @@ class CaseStream:
         self.dataset = dataset
         self.skip = 0
         self.position = 0
-        self._failures: list[dict[str, Any]] = []
 
     def cases(self) -> list[Any]:
         """The data items of the stream (not loaded)."""
@@ -139,7 +143,6 @@ class CaseStream:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.position = 0
-        self._failures = []
         for index, item in enumerate(self.dataset.data):
             self.position = index + 1
             if index < self.skip:
@@ -148,11 +151,5 @@ class CaseStream:
             if is_failure(out):
                 failure = {str(k): str(v) for k, v in out.items()}
                 logger.warning(f"case {failure[DataKeys.CASE_ID]!r} skipped: {failure[FAILURE_KEY]}")
-                self._failures.append(failure)
-                continue
+                out = failure
             yield list_data_collate([out])
-
-    def pop_failures(self) -> list[dict[str, Any]]:
-        """The failure records seen since the last call, in stream order."""
-        failures, self._failures = self._failures, []
-        return failures

@@ -1,7 +1,7 @@
-"""Workflows that run adapters over streams of cases."""
+"""The adaptive evaluator: a MONAI ``SupervisedEvaluator`` that runs an adapter over a stream of cases."""
 
 from __future__ import annotations
 
-from monai_tta.engines.evaluator import ADAPT_KEY, AdaptiveEvaluator, batch_domain, stats_to_batch
+from monai_tta.engines.evaluator import ADAPT_KEY, AdaptiveEvaluator, CaseEvents, batch_domain, numeric_stats
 
-__all__ = ["AdaptiveEvaluator", "ADAPT_KEY", "batch_domain", "stats_to_batch"]
+__all__ = ["AdaptiveEvaluator", "ADAPT_KEY", "batch_domain", "numeric_stats", "CaseEvents"]

@@ -1,4 +1,5 @@
-"""Per-case records (Dice, surface distances, adaptation statistics) and a per-domain summary for an evaluator."""
+"""The per-case row of an adaptive evaluator (status and reason, Dice, surface distances, the adapter's statistics),
+written as the run goes, and a per-domain summary at the end: one schema for the bundles and the benchmark."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from monai.data import MetaTensor
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from monai_tta import distributed
-from monai_tta.data.guarded import FAILURE_KEY
+from monai_tta.data.guarded import FAILURE_KEY, is_failure
 from monai_tta.data.keys import CaseStatus, DataKeys
-from monai_tta.engines.evaluator import ADAPT_KEY, CASE_METRICS
+from monai_tta.engines.evaluator import ADAPT_KEY, CASE_METRICS, CaseEvents
 from monai_tta.io import atomic_write_json, atomic_write_text
 from monai_tta.metrics import asd_per_channel, dice_per_channel, hd95_per_channel
 from monai_tta.reports import MEAN_DICE, markdown_table, plot_domain_dice, plot_stream_stats, summarize, write_case_csv
@@ -25,20 +26,39 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
-__all__ = ["CaseReport", "SUMMARY_FILES"]
+__all__ = ["CaseReport", "SUMMARY_FILES", "REASON", "row_stats"]
+
+#: column of the reason of a failed case (absent from a scored case's row).
+REASON = CaseStatus.ERROR.value
 
 #: files written only once every case is scored (removed at the start of a run, so none is ever stale or partial).
 SUMMARY_FILES = ("summary.json", "summary.md", "dice_per_domain.png", "stream.png")
 
 
-class CaseReport:
-    """Write one CSV row per case as the evaluator goes, and a per-domain summary at the end.
+def row_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """The adapter's statistics as row columns: numbers (flags as 0 / 1) as Python floats, text as it is."""
+    kept = (bool, int, float, str)
+    return {str(k): float(v) if not isinstance(v, str) else v for k, v in stats.items() if isinstance(v, kept)}
 
-    Rows hold ``case_id``, ``domain``, ``method``, ``status`` (``ok`` or ``failed``), Dice and average surface distance
-    (in voxels) per channel and their means, optionally the 95th-percentile Hausdorff distance (``hd95_*``, in the
-    prediction's physical units when it is a ``MetaTensor``, else in voxels), and the adapter's statistics. A case that
-    failed to load or validate (reported by the engine's :class:`~monai_tta.data.CaseStream`) gets a row with
-    ``status=failed`` and its ``error``, in stream order. The CSV is rewritten (atomically) after every case, so an
+
+class CaseReport:
+    """Write one row per case as the evaluator goes, and a per-domain summary at the end.
+
+    The row schema (one for the bundles and the benchmark): ``case_id``, ``domain``, ``method``, ``status`` (``ok``
+    or ``failed``), ``error`` (the reason a case failed; only in a failed case's row), Dice per channel
+    (``dice_<channel>``, percent, :func:`~monai_tta.metrics.dice_per_channel`) and their mean ``dice_mean``, the
+    average surface distance in voxels
+    (``asd_*``, when ``compute_asd``), the 95th-percentile Hausdorff distance (``hd95_*``, when ``compute_hd95``; in
+    the prediction's physical units when it is a ``MetaTensor``, else in voxels), then the adapter's statistics as the
+    adapter gave them (numbers as floats, flags as 0 / 1, text as text). A case without a label has no score columns.
+    Dice is computed here only: the evaluator's key metric (:class:`~monai_tta.handlers.CaseMean`) and the trackers
+    read the rows.
+
+    The row is computed at :attr:`~monai_tta.engines.CaseEvents.CASE_COMPLETED` (after post-processing, before
+    ``ITERATION_COMPLETED``), so every per-iteration handler sees it whatever the order of the handlers; it is the one
+    writer of ``engine.state.case_metrics`` (the row's numbers, logged by the trackers). A case that failed to load or
+    validate reaches it through the engine (:class:`~monai_tta.engines.AdaptiveEvaluator`) and gets a row with
+    ``status=failed`` and its reason, in stream order. The CSV is rewritten (atomically) after every case, so an
     interrupted run keeps the cases it scored. At completion it writes ``summary.json`` (per domain: the means over the
     scored cases, ``n`` and ``n_failed``), ``summary.md``, ``dice_per_domain.png`` and ``stream.png`` (Dice and
     adaptation statistics along the stream, per domain) and logs the per-domain table. Each case's scalars also go to
@@ -62,6 +82,7 @@ class CaseReport:
             with the voxel size of the prediction's affine.
         expected_cases: number of cases of the whole stream, or a function returning it, checked at completion
             (``None``: not checked).
+        plots: also write ``dice_per_domain.png`` and ``stream.png`` at completion.
         name: logger name.
 
     Raises:
@@ -79,6 +100,7 @@ class CaseReport:
         compute_asd: bool = True,
         compute_hd95: bool = False,
         expected_cases: int | Callable[[], int] | None = None,
+        plots: bool = True,
         name: str = "monai_tta.report",
     ) -> None:
         if not channel_names:
@@ -90,6 +112,7 @@ class CaseReport:
         self.compute_asd = compute_asd
         self.compute_hd95 = compute_hd95
         self.expected_cases = expected_cases
+        self.plots = plots
         self.logger = logging.getLogger(name)
         self.rows: list[dict[str, Any]] = []
         self.indices: list[int] = []
@@ -105,7 +128,8 @@ class CaseReport:
     def attach(self, engine: Engine) -> None:
         """Register on ``engine``'s events."""
         engine.add_event_handler(Events.STARTED, self._started)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        event = CaseEvents.CASE_COMPLETED if CaseEvents.CASE_COMPLETED in engine._allowed_events else None
+        engine.add_event_handler(event or Events.ITERATION_COMPLETED, self)
         engine.add_event_handler(Events.COMPLETED, self._completed)
 
     def _started(self, engine: Engine) -> None:
@@ -123,7 +147,7 @@ class CaseReport:
             path.unlink(missing_ok=True)
 
     def __call__(self, engine: Engine) -> None:
-        self._add_failures(engine)
+        """Compute and write the rows of the engine's current cases."""
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
         new = []
@@ -132,54 +156,40 @@ class CaseReport:
             self.indices.append(int(data.get(DataKeys.STREAM_INDEX, len(self.rows))))
             self.rows.append(new[-1])
         write_case_csv(self.rows_path, self.rows)
-        metrics = getattr(engine.state, CASE_METRICS, None) or {}
+        metrics = {}
         for key in new[0] if new else []:
             values = [row[key] for row in new if isinstance(row.get(key), float)]
             if len(values) == len(new):
                 metrics[key] = sum(values) / len(values)
         setattr(engine.state, CASE_METRICS, metrics)
 
-    def _add_failures(self, engine: Engine) -> None:
-        """Rows for the cases the engine's data stream could not load or validate since the last case."""
-        pop = getattr(engine.data_loader, "pop_failures", None)
-        for failure in pop() if callable(pop) else []:
-            self.indices.append(int(failure.get(DataKeys.STREAM_INDEX, len(self.rows))))
-            self.rows.append(
-                {
-                    DataKeys.CASE_ID.value: failure[DataKeys.CASE_ID],
-                    DataKeys.DOMAIN.value: failure[DataKeys.DOMAIN],
-                    "method": self.method,
-                    CaseStatus.KEY.value: CaseStatus.FAILED.value,
-                    CaseStatus.ERROR.value: failure[FAILURE_KEY],
-                }
-            )
-
     def record(self, item: dict[str, Any], data: dict[str, Any], index: int) -> dict[str, Any]:
-        """One CSV row for a decollated output ``item`` and its input ``data``."""
-        pred, label = item[self.pred_key], item.get(self.label_key)
+        """The row of a decollated output ``item`` (or a failure record) and its input ``data``."""
         row: dict[str, Any] = {
             DataKeys.CASE_ID.value: str(data.get(DataKeys.CASE_ID, index)),
             DataKeys.DOMAIN.value: str(data.get(DataKeys.DOMAIN, "all")),
             "method": self.method,
             CaseStatus.KEY.value: CaseStatus.OK.value,
         }
+        if is_failure(item):
+            row.update({CaseStatus.KEY.value: CaseStatus.FAILED.value, REASON: str(item[FAILURE_KEY])})
+            return row
+        pred, label = item[self.pred_key], item.get(self.label_key)
         if label is not None:
             if len(pred) != len(self.channel_names):
                 raise ValueError(f"prediction has {len(pred)} channels but {len(self.channel_names)} names were given.")
-            dice = dice_per_channel(pred, label)
-            row.update({f"dice_{c}": v for c, v in zip(self.channel_names, dice)})
-            row[MEAN_DICE] = sum(dice) / len(dice)
+            self._scores(row, "dice", dice_per_channel(pred, label))
             if self.compute_asd:
-                asd = asd_per_channel(pred, label)
-                row.update({f"asd_{c}": v for c, v in zip(self.channel_names, asd)})
-                row["asd_mean"] = sum(asd) / len(asd)
+                self._scores(row, "asd", asd_per_channel(pred, label))
             if self.compute_hd95:
                 spacing = pred.pixdim.tolist() if isinstance(pred, MetaTensor) else None
-                hd95 = hd95_per_channel(pred, label, spacing)
-                row.update({f"hd95_{c}": v for c, v in zip(self.channel_names, hd95)})
-                row["hd95_mean"] = sum(hd95) / len(hd95)
-        row.update({k: float(v) for k, v in item.get(ADAPT_KEY, {}).items()})
+                self._scores(row, "hd95", hd95_per_channel(pred, label, spacing))
+        row.update(row_stats(item.get(ADAPT_KEY) or {}))
         return row
+
+    def _scores(self, row: dict[str, Any], name: str, values: Sequence[float]) -> None:
+        row.update({f"{name}_{c}": float(v) for c, v in zip(self.channel_names, values)})
+        row[f"{name}_mean"] = sum(values) / len(values)
 
     def _gather(self) -> bool:
         """On rank 0 of a sharded run, replace ``self.rows`` with every rank's rows in stream order and write them.
@@ -210,7 +220,6 @@ class CaseReport:
         return True
 
     def _completed(self, engine: Engine) -> None:
-        self._add_failures(engine)
         if not self._gather() or not self.rows:
             return
         write_case_csv(self.output_dir / "cases.csv", self.rows)
@@ -232,6 +241,9 @@ class CaseReport:
         table = markdown_table(self.summary, cols, row_title="domain")
         atomic_write_text(f"# {self.method}\n\n{table}\n", self.output_dir / "summary.md")
         domains = [d for d in self.summary if d != "overall" and MEAN_DICE in self.summary[d]]
+        self.logger.info(f"{self.method}: per-domain summary\n{table}")
+        if not self.plots:
+            return
         plot_domain_dice(
             {self.method: {d: self.summary[d][MEAN_DICE] for d in domains}},
             domains,
@@ -239,4 +251,3 @@ class CaseReport:
             title=f"{self.method}: mean Dice per domain",
         )
         plot_stream_stats(self.rows, self.output_dir / "stream.png", title=f"{self.method}: along the stream")
-        self.logger.info(f"{self.method}: per-domain summary\n{table}")

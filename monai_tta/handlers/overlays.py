@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from monai_tta.data.guarded import is_failure
 from monai_tta.data.keys import DataKeys
 from monai_tta.reports import plot_overlay
 
@@ -68,6 +69,8 @@ class OverlaySaver:
         position = getattr(engine.data_loader, "position", None)
         start = position - len(batch) if isinstance(position, int) else self.count
         for offset, (item, data) in enumerate(zip(outputs, batch)):
+            if is_failure(item):  # a case that failed to load: nothing to draw
+                continue
             index = int(data.get(DataKeys.STREAM_INDEX, start + offset))
             self.count += 1
             if index >= self.num_cases:

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from monai_tta import distributed
 from monai_tta.adapters.base import Adapter
 from monai_tta.data.checks import case_name
 from monai_tta.handlers.case_report import CaseReport
@@ -55,9 +54,10 @@ class RunCheckpoint:
     Args:
         path: the checkpoint file (e.g. ``<output_dir>/<method>/progress.pt``).
         report: the run's case report.
-        metrics: the evaluator's MONAI metric handlers by name (``key_val_metric``, e.g. ``MeanDice``); their per-case
-            values of this process are checkpointed and restored, so that the metric of a resumed run covers every
-            case. ``None``: not restored (the metric then covers the cases run after the resumption only).
+        metrics: MONAI metric handlers of the evaluator by name (e.g. ``MeanDice``) whose per-case values of this
+            process are checkpointed and restored, so that the metric of a resumed run covers every case. The bundles'
+            key metric, :class:`~monai_tta.handlers.CaseMean`, reads the report's rows, which are restored anyway:
+            it needs no entry here. ``None``: none.
         adapter: the adapter whose state is checkpointed; default: the evaluator's inferer (give it when the inferer
             wraps the adapter, e.g. :class:`~monai_tta.inferers.SlidingWindowAdapter`).
         name: logger name.
@@ -163,10 +163,8 @@ class RunCheckpoint:
         self.report.indices = [int(i) for i in ckpt.get("indices", range(len(self.report.rows)))]
         self._metric_values = dict(ckpt.get("metrics", {}))
         self._stream(engine).skip = self.resumed_at = int(ckpt["position"])
-        if self.resumed_at >= len(self._fp["cases"]):  # finished before: only the summary (and key metric) again
+        if self.resumed_at >= len(self._fp["cases"]):  # finished before: an empty epoch, the summary and key metric
             self.logger.info(f"{self.report.method}: all {self.resumed_at} cases were done before ({self.path}).")
-            if distributed.get_world_size() == 1 and not self._metric_values:
-                engine.terminate()  # nothing to recompute the metric from; sharded, the collectives need the epoch
             return
         self.logger.info(f"resuming {self.report.method} after case {self.resumed_at} ({self.path}).")
 
