@@ -19,8 +19,9 @@ from torch.utils.data import Dataset
 
 from monai_tta.adapters.dyna import ITERATION_KEY, SEED_KEY, derived_seed
 from monai_tta.io import atomic_save, atomic_write_json
-from monai_tta.keys import DataKeys
-from monai_tta.keys import DayNightKeys as K
+from monai_tta.keys import DataKeys, DayNightKeys
+
+K = DayNightKeys  # short name of the keys in this module
 
 __all__ = ["DayImageStore", "NightBatches", "night_schedule", "plain_tensor"]
 

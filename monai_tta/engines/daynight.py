@@ -40,11 +40,12 @@ from monai_tta.data.guarded import FAILURE_KEY, is_failure
 from monai_tta.distributed import get_rank, get_world_size
 from monai_tta.engines.day_store import DayImageStore, NightBatches, night_schedule, plain_tensor
 from monai_tta.io import atomic_save, atomic_write_json
-from monai_tta.keys import CaseStatus, DataKeys, StatKeys
-from monai_tta.keys import DayNightKeys as K
+from monai_tta.keys import CaseStatus, DataKeys, DayNightKeys, StatKeys
 from monai_tta.norms import norm_layers
 from monai_tta.reports.tables import write_case_csv
 from monai_tta.validation import InvalidCaseError, case_name
+
+K = DayNightKeys  # short name of the keys in this module
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 logger = logging.getLogger(__name__)

@@ -3,8 +3,8 @@ make the zoo CI's checks offline (``python -m monai_tta.zoo --help``)."""
 
 from __future__ import annotations
 
-from monai_tta.zoo.checks import SCHEMA_FILE, SCHEMA_MD5, ZOO_CHECKS, run_checks
-from monai_tta.zoo.export import export_bundle
+from monai_tta.zoo.checks import SCHEMA_FILE, SCHEMA_MD5, ZOO_CHECKS, check_code_format, run_checks
+from monai_tta.zoo.export import export_bundle, exported_requirements
 from monai_tta.zoo.generate import (
     FAMILIES_DIR,
     RUNTIME_DIRS,
@@ -16,13 +16,16 @@ from monai_tta.zoo.generate import (
     generate_bundle,
     merge_config,
 )
+from monai_tta.zoo.style import format_for_zoo, zoo_json_text, zoo_python_text
 
 __all__ = [
     "SCHEMA_FILE",
     "SCHEMA_MD5",
     "ZOO_CHECKS",
+    "check_code_format",
     "run_checks",
     "export_bundle",
+    "exported_requirements",
     "FAMILIES_DIR",
     "RUNTIME_DIRS",
     "BundleFamily",
@@ -32,4 +35,7 @@ __all__ = [
     "generate_all",
     "generate_bundle",
     "merge_config",
+    "format_for_zoo",
+    "zoo_json_text",
+    "zoo_python_text",
 ]
