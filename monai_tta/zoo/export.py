@@ -1,20 +1,25 @@
 """Export a bundle as the Model Zoo wants it: one self-contained folder.
 
-``python -m monai_tta.zoo export bundles/grata_fundus_segmentation out/grata_fundus_segmentation`` writes::
+``python -m monai_tta.zoo export bundles/grata_fundus_segmentation out/grata_fundus_segmentation --url <URL>`` writes::
 
-    configs/, docs/, LICENSE       the bundle's files (docs/README.md follows the zoo's README template)
+    configs/, docs/, LICENSE       the bundle's files, JSON in the zoo's pretty-format-json style
     scripts/__init__.py            puts scripts/ on sys.path, so that ``monai_tta`` resolves to the copy below
-    scripts/monai_tta/             this package's source (pure Python), imported by the configs' ``_target_``s
-    models/model.pt                the source model: trained by source_training.json, or the checkpoint given
+    scripts/monai_tta/             this package's source (pure Python, without ``monai_tta.zoo``), isort + black
+                                   formatted with the zoo's settings (:mod:`monai_tta.zoo.style`)
+    models/model.pt                the checkpoint given, else made by the bundle's own run (:data:`MODEL_CONFIGS`)
     models/model.ts                TorchScript of network_def with model.pt (MONAI's ckpt_export, torch.jit.script)
-    large_files.yml                path, url and md5 of the two model files
+    large_files.yml                path, ``<URL>/<file name>`` and md5 of the two model files
+
+The folder is written under a temporary name next to the destination and renamed onto it at the end; a failure
+removes it. Without a URL the export refuses before writing anything (the zoo's CI downloads what large_files.yml
+lists).
 
 Why bundle-local code and not a wheel: the zoo installs a bundle's requirements with ``pip install`` of
 ``name==version`` lines made from ``required_packages_version`` (``ci/get_bundle_requirements.py``), so a package
 that is not on PyPI (``monai_tta``) cannot be listed there, and a wheel file has no place in that step; code in
 ``scripts/`` is the zoo's way for bundle-local Python (the zoo puts the bundle folder on ``sys.path``). The exported
-metadata therefore drops ``monai_tta`` from ``required_packages_version`` and pins the third-party packages the copied
-code imports, at the versions installed where the export ran.
+metadata therefore lists, instead of ``monai_tta``, the distributions that the copied code and the configs import, at
+the versions installed where the export ran, plus ``fire`` (:func:`exported_requirements`).
 """
 
 from __future__ import annotations
