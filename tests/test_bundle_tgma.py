@@ -20,7 +20,7 @@ SITES = ["source", "thick", "bias"]
 
 def test_leave_one_site_out_from_source_training_to_the_report(tmp_path):
     overrides = tiny_tgma_overrides(tmp_path, SITES)
-    run_bundle(TGMA, ["inference.json"], overrides, logging_file=False)
+    run_bundle(TGMA, ["adapt.json"], overrides, logging_file=False)
     models = {s: tmp_path / "models" / f"{s}.pt" for s in SITES}
     assert all(p.is_file() for p in models.values())
     digests = {s: digest(p) for s, p in models.items()}
@@ -40,6 +40,6 @@ def test_leave_one_site_out_from_source_training_to_the_report(tmp_path):
     first = (out / "loso.md").read_text()
     # a user's own data set is read through overrides alone: the same folder, now as existing data; nothing is
     # retrained, the finished runs are reused and the sources are never written
-    run_bundle(TGMA, ["inference.json"], {**overrides, "generate_data": False}, logging_file=False)
+    run_bundle(TGMA, ["adapt.json"], {**overrides, "generate_data": False}, logging_file=False)
     assert {s: digest(p) for s, p in models.items()} == digests
     assert (out / "loso.md").read_text() == first

@@ -11,9 +11,18 @@ import pytest
 import torch
 import yaml
 
-from monai_tta.zoo import SCHEMA_FILE, SCHEMA_MD5, BundleFamily, compare_generated, export_bundle, merge_config
+from monai_tta.zoo import (
+    SCHEMA_FILE,
+    SCHEMA_MD5,
+    BundleFamily,
+    compare_generated,
+    export_bundle,
+    merge_config,
+    zoo_json_text,
+)
 from monai_tta.zoo.checks import (
     bundle_on_path,
+    check_code_format,
     check_infer_properties,
     check_net_in_out,
     check_schema,
@@ -25,6 +34,8 @@ from monai_tta.zoo.checks import (
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 NAMES = sorted(BundleFamily.load(BUNDLES / "families" / "fundus").bundles)
+URL = "https://example.org/zoo"
+TGMA = "tgma_prostate_mr_segmentation"
 
 
 def test_committed_bundles_are_the_generated_ones():
@@ -92,11 +103,11 @@ def exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo")
     tiny_training = {"epochs": 1, "image_size": 32, "num_per_domain": 2, "train#handlers#1#_disabled_": True}
     grata = "grata_fundus_segmentation"
-    first = export_bundle(BUNDLES / grata, root / grata, None, tiny_training)
+    first = export_bundle(BUNDLES / grata, root / grata, None, tiny_training, url=f"{URL}/{grata}")
     out = {"grata_fundus_segmentation": first}
     for name in NAMES:
         if name not in out:
-            out[name] = export_bundle(BUNDLES / name, root / name, checkpoint=first / "models" / "model.pt")
+            out[name] = export_bundle(BUNDLES / name, root / name, first / "models" / "model.pt", url=f"{URL}/{name}")
     return root, out
 
 
@@ -107,9 +118,13 @@ def test_export_writes_what_the_zoo_wants(exports):
     large = yaml.safe_load((folder / "large_files.yml").read_text())["large_files"]
     assert [item["path"] for item in large] == ["models/model.pt", "models/model.ts"]
     assert all(item["hash_val"] == file_hash(folder / item["path"]) for item in large)
+    assert [item["url"] for item in large] == [f"{URL}/vptta_fundus_segmentation/model.{e}" for e in ("pt", "ts")]
     meta = json.loads((folder / "configs" / "metadata.json").read_text())
     packages = meta["required_packages_version"]
-    assert "monai_tta" not in packages and "pytorch-ignite" in packages
+    # what the copied code and the configs import, plus fire (`python -m monai.bundle run`); monai, torch and numpy
+    # have their own fields
+    assert sorted(packages) == ["fire", "matplotlib", "nibabel", "pillow", "pytorch-ignite", "scipy"]
+    assert not (folder / "scripts" / "monai_tta" / "zoo").exists()
     assert json.loads((folder / "configs" / "inference.json").read_text())["imports"][0] == "$import scripts"
     assert (folder / "scripts" / "monai_tta" / "adapters" / "vptta.py").is_file()
     state = torch.load(folder / "models" / "model.pt", weights_only=True)
@@ -134,3 +149,55 @@ def test_zoo_checks_pass_on_the_export(exports, name, tmp_path):
     results = run_checks(out[name], workflow_overrides=overrides)
     assert results == dict.fromkeys(results, "pass") and len(results) == 6, results
     assert len(list((tmp_path / "eval" / "masks").glob("*.nii.gz"))) == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_export_passes_the_zoos_code_format_checks(exports, name):
+    """black, isort, flake8 and the text pre-commit hooks with the zoo's settings, on the export at models/<name>/."""
+    _, out = exports
+    tools = ["black", "isort", "flake8", "pretty-format-json", "trailing-whitespace", "end-of-file-fixer"]
+    assert check_code_format(out[name]) == dict.fromkeys([*tools, "mixed-line-ending"], "pass")
+
+
+def test_committed_bundles_fail_pretty_format_json_and_the_export_fixes_it():
+    """The repository keeps its compact JSON; the zoo's hook wants json.dumps(indent=4): one element per line."""
+    expected = '{\n    "a": [\n        1,\n        2\n    ],\n    "b": "\\u00e9"\n}\n'
+    assert zoo_json_text({"a": [1, 2], "b": "é"}) == expected
+    assert "pretty-format-json" in {k for k, v in check_code_format(BUNDLES / NAMES[0]).items() if v != "pass"}
+
+
+def test_export_refuses_hosted_files_without_a_url_and_leaves_nothing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="--url"):
+        export_bundle(BUNDLES / NAMES[0], out, None, url=None)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_export_removes_its_folder(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "zoo" / "x"
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch raises on a file that is not a checkpoint
+        export_bundle(BUNDLES / NAMES[0], out, bad, url=URL)
+    assert list((tmp_path / "zoo").iterdir()) == []  # neither the folder nor its temporary twin
+
+
+def test_tgma_exports_its_adapted_target_model_and_serves_it(tmp_path):
+    """The TGMA export ships the adapted target model of its offline adaptation (tiny: 3 sites, 2 epochs) as
+    models/model.pt; the zoo's checks pass and inference.json runs on the target site's volumes."""
+    sites = ["source", "thick", "endorectal"]
+    tiny = {"data_sites": sites, "num_train": 3, "num_test": 1, "voxel_scale": 2.0, "pixdim": [4.0, 4.0, 6.0]}
+    tiny.update({"slice_size": [16, 16], "source_training#epochs": 1, "tgma#epochs": 2})
+    out = export_bundle(BUNDLES / TGMA, tmp_path / TGMA, None, tiny, url=URL)
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["model.pt", "model.ts"]
+    assert not (out / "eval").exists() and not (out / "data").exists()
+    state = torch.load(out / "models" / "model.pt", weights_only=True)
+    assert {k.split(".")[0] for k in state} == {"net"} and "net.weights" in state
+    assert abs(float(state["net.weights"].sum()) - 1) < 1e-6  # the normalised DTM weights of the selection
+    overrides = {"dataset_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "eval"), **tiny}
+    overrides = {k: v for k, v in overrides.items() if "#" not in k}
+    results = run_checks(out, workflow_overrides=overrides)
+    assert results == dict.fromkeys(results, "pass") and len(results) == 6, results
+    (mask,) = (tmp_path / "eval" / "masks").glob("*.nii.gz")
+    assert "endorectal" in mask.name
+    assert check_code_format(out) == dict.fromkeys(check_code_format(out), "pass")

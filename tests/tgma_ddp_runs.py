@@ -3,7 +3,7 @@
 Usage: ``torchrun --nproc_per_node 2 tests/tgma_ddp_runs.py <output_dir> <results_dir> [crash=<k>] [bundle=<json>]``.
 Every rank saves what its ``run`` returned to ``<results_dir>/results.rank<r>.pt``. With ``crash=<k>``, rank 0 raises
 right after writing the checkpoint of iteration ``k`` (the run then fails as a crash would). With ``bundle=<json>``
-(a file of overrides), the TGMA bundle then runs with ``multi_gpu_inference.json`` in the same process group.
+(a file of overrides), the TGMA bundle then runs with ``multi_gpu_adapt.json`` in the same process group.
 """
 
 from __future__ import annotations
@@ -35,5 +35,5 @@ if __name__ == "__main__":
     torch.save(results, Path(sys.argv[2]) / f"results.rank{get_rank()}.pt")
     if "bundle" in options:
         overrides = {**json.loads(Path(options["bundle"]).read_text()), "finalize": []}  # one process group for all
-        run_bundle(TGMA, ["inference.json", "multi_gpu_inference.json"], overrides, logging_file=False)
+        run_bundle(TGMA, ["adapt.json", "multi_gpu_adapt.json"], overrides, logging_file=False)
     destroy_distributed()

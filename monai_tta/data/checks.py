@@ -38,9 +38,12 @@ class InvalidCaseError(ValueError):
     """
 
     def __init__(self, case: str, problem: str, fix: str = "") -> None:
+        super().__init__(case, problem, fix)  # all arguments: the error pickles and copies (flake8-bugbear B042)
         self.case = str(case)
         self.reason = f"{problem}{'; ' + fix if fix else ''}"
-        super().__init__(f"case {self.case!r}: {self.reason}")
+
+    def __str__(self) -> str:
+        return f"case {self.case!r}: {self.reason}"
 
 
 def case_name(data: Any, default: str = "input") -> str:

@@ -23,6 +23,7 @@ from monai_tta.tgma.lftm import (
 from monai_tta.tgma.loso import leave_one_site_out
 from monai_tta.tgma.report import evaluate_tgma, foreground_label, spearman, write_loso_summary, write_tgma_report
 from monai_tta.tgma.runner import TGMARunner
+from monai_tta.tgma.serving import SliceWiseNetwork, save_target_model
 from monai_tta.tgma.transferability import (
     ModelSelection,
     corrected_pseudo_label,
@@ -36,6 +37,7 @@ from monai_tta.tgma.transferability import (
 __all__ = [
     "EnsembleDiceLoss",
     "ModelSelection",
+    "SliceWiseNetwork",
     "TGMARunner",
     "WeightedEnsemble",
     "attention_mask",
@@ -50,6 +52,7 @@ __all__ = [
     "lftm",
     "lftm_terms",
     "perturb_unattended",
+    "save_target_model",
     "pool_by_case",
     "select_models",
     "soft_dice_from_terms",

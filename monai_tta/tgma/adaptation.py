@@ -27,7 +27,6 @@ from monai.utils import look_up_option
 from torch import nn
 
 from monai_tta.data_parallel import all_reduce_sum
-from monai_tta.losses import activate
 from monai_tta.tgma.lftm import ACTIVATIONS, foreground, soft_dice_from_terms, soft_dice_terms
 
 __all__ = ["WeightedEnsemble", "EnsembleDiceLoss", "tgma_trainer"]
@@ -57,9 +56,14 @@ class WeightedEnsemble(nn.Module):
         self.activation = look_up_option(activation, ACTIVATIONS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = 0
-        for w, member in zip(self.weights, self.members):
-            out = out + w * activate(member(x), self.activation)
+        terms = []
+        for k, member in enumerate(self.members):  # enumerate, not zip: scriptable (the served model is TorchScript)
+            y = member(x)
+            y = torch.softmax(y, dim=1) if self.activation == "softmax" else torch.sigmoid(y)
+            terms.append(self.weights[k] * y)
+        out = terms[0]
+        for term in terms[1:]:
+            out = out + term
         return out
 
 

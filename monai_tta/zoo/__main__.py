@@ -4,7 +4,8 @@ Examples::
 
     python -m monai_tta.zoo generate              # write bundles/<name>/ from bundles/families/*
     python -m monai_tta.zoo generate --check      # exit 1 and list the differences if a committed file is stale
-    python -m monai_tta.zoo export bundles/grata_fundus_segmentation /tmp/zoo/grata_fundus_segmentation
+    python -m monai_tta.zoo export bundles/grata_fundus_segmentation /tmp/zoo/grata_fundus_segmentation \
+        --url https://example.org/models/grata_fundus_segmentation
     python -m monai_tta.zoo check /tmp/zoo/grata_fundus_segmentation
 """
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("bundle", type=Path)
     exp.add_argument("out", type=Path)
     exp.add_argument("--checkpoint", type=Path, default=None, help="ship these source weights instead of training")
-    exp.add_argument("--url", default=None, help="where models/ will be hosted (for large_files.yml)")
+    exp.add_argument("--url", default=None, help="required: the folder URL where model.pt and model.ts will be hosted")
     exp.add_argument("--train", default="{}", help="JSON overrides of the source training, e.g. '{\"epochs\": 5}'")
     chk = sub.add_parser("check", help="run the Model Zoo CI's checks on an exported bundle")
     chk.add_argument("bundle", type=Path)
@@ -47,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"generated {folder}")
         return 0
     if args.command == "export":
-        out = export_bundle(args.bundle, args.out, args.checkpoint, json.loads(args.train), args.url)
+        try:
+            out = export_bundle(args.bundle, args.out, args.checkpoint, json.loads(args.train), args.url)
+        except (ValueError, FileExistsError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(f"exported {out}")
         return 0
     results = run_checks(args.bundle)

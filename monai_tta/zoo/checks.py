@@ -8,7 +8,9 @@ scripts; the code is ours. Differences from the zoo's CI, all deliberate:
 - ``large_files.yml`` is checked against the files present (each listed file exists and has the listed hash) instead of
   downloading them;
 - the TorchScript check exports to a temporary folder, not to ``models/verify_model.ts`` inside the bundle;
-- the version check does not look for the version in the zoo's ``model_info.json`` (which only the zoo holds).
+- the version check does not look for the version in the zoo's ``model_info.json`` (which only the zoo holds);
+- the code-format check (:func:`check_code_format`) runs the zoo's tools with the zoo's settings
+  (:mod:`monai_tta.zoo.style`) on a copy of the bundle laid out as ``models/<name>/`` in a temporary folder.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +36,7 @@ __all__ = [
     "check_torchscript",
     "check_infer_properties",
     "check_workflow",
+    "check_code_format",
     "run_checks",
     "file_hash",
     "snapshot",
@@ -218,6 +223,46 @@ def check_workflow(bundle: str | Path, overrides: Mapping[str, Any]) -> None:
         raise ValueError(f"{Path(bundle).name}: inference.json lacks the InferProperties {missing}.")
     workflow.run()
     workflow.finalize()
+
+
+def _format_commands(json_files: list[str], text_files: list[str]) -> dict[str, list[str]]:
+    """The zoo's code-format commands, run from the root of a zoo-like folder holding ``models/``."""
+    from monai_tta.zoo.style import BLACK_ARGS, FLAKE8_ARGS, ISORT_ARGS
+
+    py, hooks = [sys.executable, "-m"], "pre_commit_hooks."
+    return {
+        "black": [*py, "black", "--check", "--quiet", *BLACK_ARGS, "models"],
+        "isort": [*py, "isort", "--check-only", "--settings-path", ".", *ISORT_ARGS, "models"],
+        "flake8": [*py, "flake8", "--isolated", *FLAKE8_ARGS, "models"],
+        "pretty-format-json": [*py, hooks + "pretty_format_json", "--no-sort-keys", "--indent=4", *json_files],
+        "trailing-whitespace": [*py, hooks + "trailing_whitespace_fixer", *text_files],
+        "end-of-file-fixer": [*py, hooks + "end_of_file_fixer", *text_files],
+        "mixed-line-ending": [*py, hooks + "mixed_line_ending", "--fix=no", *text_files],
+    }
+
+
+def check_code_format(bundle: str | Path) -> dict[str, str]:
+    """The zoo's code-format checks (black, isort, flake8 and the text pre-commit hooks, with the zoo's settings of
+    :mod:`monai_tta.zoo.style`), run on a copy of ``bundle`` at ``models/<name>/`` of a temporary folder (the layout of
+    the zoo's repository; the hooks that fix files fix only the copy).
+
+    Returns:
+        ``{tool: "pass" or "fail: <its output>"}``; a tool that is not installed fails.
+    """
+    bundle = Path(bundle)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(bundle, Path(tmp) / "models" / bundle.name, ignore=shutil.ignore_patterns("__pycache__"))
+        texts = [
+            p.relative_to(tmp).as_posix()
+            for p in sorted((Path(tmp) / "models").rglob("*"))
+            if p.is_file() and p.suffix in (".py", ".json", ".md", ".yml", ".yaml", ".conf", ".txt", "")
+        ]
+        for tool, command in _format_commands([f for f in texts if f.endswith(".json")], texts).items():
+            done = subprocess.run(command, cwd=tmp, capture_output=True, text=True)
+            output = (done.stdout + done.stderr).strip()
+            results[tool] = "pass" if done.returncode == 0 else f"fail: {output[:2000]}"
+    return results
 
 
 #: the checks of :func:`run_checks`, by name (the workflow check needs overrides and is run separately).

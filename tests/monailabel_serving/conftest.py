@@ -109,3 +109,36 @@ def served3d(tmp_path_factory):
         image = data / datalist[site][0]["image"]
         shutil.copyfile(image, studies / image.name)
     return {"app": app, "studies": studies, "masks": masks}
+
+
+TGMA = "tgma_prostate_mr_segmentation"
+#: the TGMA test copy: three tiny sites; the served model is adapted to endorectal from the source and thick models.
+TINY_TGMA = {"num_train": 3, "num_test": 2, "voxel_scale": 2.0, "pixdim": [4.0, 4.0, 6.0], "slice_size": [16, 16]}
+TINY_TGMA["data_sites"] = ["source", "thick", "endorectal"]
+
+
+@pytest.fixture(scope="session")
+def served_tgma(tmp_path_factory):
+    """An app folder with the TGMA bundle under ``model/`` (inference.json edited to the tiny sites; its run adapts the
+    served target model first, 1 source epoch and 2 adaptation epochs), the target site's test volumes as studies, and
+    the masks ``monai.bundle run`` of inference.json wrote for them."""
+    from monai_tta.zoo.run import run_bundle
+
+    root = tmp_path_factory.mktemp("monailabel_tgma")
+
+    def tiny(config: dict) -> None:
+        config.update(TINY_TGMA)
+        config["adaptation"].update({"models_dir": str(root / "sources"), "source_training#epochs": 1})
+        config["adaptation"]["tgma#epochs"] = 2
+
+    app = app_with_bundles(root, [TGMA], tiny)
+    data = root / "data"
+    overrides = {"dataset_dir": str(data), "output_dir": str(root / "eval")}
+    run_bundle(app / "model" / TGMA, ["inference.json"], overrides, logging_file=False)
+    datalist = json.loads((data / "datalist.json").read_text())
+    studies = root / "studies"
+    studies.mkdir()
+    for item in datalist["endorectal_test"]:
+        image = data / item["image"]
+        shutil.copyfile(image, studies / image.name)
+    return {"app": app, "studies": studies, "masks": root / "eval" / "masks"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import BUNDLES_3D, sha256
+from conftest import BUNDLES_3D, TGMA, sha256
 from monailabel_server import get, running_server
 
 pytest.importorskip("monailabel", reason="MONAI Label environment absent: build it with tools/monailabel_env.sh")
@@ -64,3 +64,34 @@ def test_server_infers_a_nifti_label_map(served3d, tmp_path):
         expected = bundle_mask(served3d["masks"][name], volume)
         np.testing.assert_array_equal(np.asarray(answer.dataobj).astype(np.uint8), np.asarray(expected.dataobj))
         np.testing.assert_allclose(answer.affine, nib.load(volume).affine, atol=1e-4)
+
+
+def test_bundle_infer_task_serves_tgmas_adapted_target_model(served_tgma, tmp_path):
+    """TGMA's inference.json through MONAI Label: the adapted target model (made by the bundle's run) gives the
+    bundle run's masks, in the volume's grid and affine; the server lists and serves it."""
+    from monailabel.tasks.infer.bundle import BundleInferTask
+
+    bundle = served_tgma["app"] / "model" / TGMA
+    checkpoint = bundle / "models" / "model.pt"
+    before = sha256(checkpoint)
+    task = BundleInferTask(str(bundle), {})
+    assert task.is_valid() and task.labels == LABELS and task.dimension == 3
+    volumes = sorted(served_tgma["studies"].glob("*.nii.gz"))
+    answers = [nib.load(task({"image": str(v), "device": "cpu"})[0]) for v in [*volumes, volumes[0]]]
+    for volume, answer in zip(volumes, answers):
+        source = nib.load(volume)
+        served = np.asarray(answer.dataobj)
+        assert served.dtype == np.uint8 and served.shape == source.shape
+        np.testing.assert_allclose(answer.affine, source.affine, atol=1e-4)
+        expected = np.asarray(bundle_mask(served_tgma["masks"], volume).dataobj).astype(np.uint8)
+        np.testing.assert_array_equal(served, expected)
+    np.testing.assert_array_equal(np.asarray(answers[-1].dataobj), np.asarray(answers[0].dataobj))
+    assert sha256(checkpoint) == before
+    with running_server(served_tgma["app"], served_tgma["studies"], [TGMA], tmp_path / "server.log") as (base, info):
+        assert list(info["models"]) == [TGMA] and info["models"][TGMA]["dimension"] == 3
+        study = volumes[0].name[: -len(".nii.gz")]
+        body = get(f"{base}/infer/{TGMA}?image={study}&output=image", data=b"{}")
+        answer_file = tmp_path / ("answer.nii.gz" if body[:2] == b"\x1f\x8b" else "answer.nii")
+        answer_file.write_bytes(body)
+        expected = np.asarray(bundle_mask(served_tgma["masks"], volumes[0]).dataobj).astype(np.uint8)
+        np.testing.assert_array_equal(np.asarray(nib.load(answer_file).dataobj).astype(np.uint8), expected)

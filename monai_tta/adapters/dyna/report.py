@@ -8,11 +8,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from monai_tta.adapters.dyna.keys import DayNightKeys as K
+from monai_tta.adapters.dyna.keys import DayNightKeys
 from monai_tta.adapters.dyna.layout import CASES_NAME, PLOT_NAME, REPORT_NAME, SUMMARY_NAME
 from monai_tta.adapters.stats import StatKeys
 from monai_tta.io import atomic_write_text
 from monai_tta.reports import format_cell, markdown_table, plot_day_night
+
+K = DayNightKeys  # short name of the keys in this module
 
 __all__ = ["write_daynight_summary"]
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from monai_tta.adapters.base import Adapter, build_optimizer
-from monai_tta.adapters.dyna.keys import DayNightKeys as K
+from monai_tta.adapters.dyna.keys import DayNightKeys
 from monai_tta.adapters.dyna.layout import CASES_NAME, CHECKPOINT_NAME, REPORT_NAME, STORE_NAME
 from monai_tta.adapters.dyna.night import NightTrainer, derived_seed, ema_update_
 from monai_tta.adapters.dyna.store import DayImageStore, NightBatches, night_schedule, plain_tensor
@@ -36,6 +36,8 @@ from monai_tta.distributed import get_rank, get_world_size
 from monai_tta.io import atomic_save, atomic_write_json
 from monai_tta.norms import norm_layers
 from monai_tta.reports.tables import write_case_csv
+
+K = DayNightKeys  # short name of the keys in this module
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 logger = logging.getLogger(__name__)

@@ -17,10 +17,12 @@ import torch
 from monai.data import MetaTensor
 from torch.utils.data import Dataset
 
-from monai_tta.adapters.dyna.keys import DayNightKeys as K
+from monai_tta.adapters.dyna.keys import DayNightKeys
 from monai_tta.adapters.dyna.night import ITERATION_KEY, SEED_KEY, derived_seed
 from monai_tta.data.keys import DataKeys
 from monai_tta.io import atomic_save, atomic_write_json
+
+K = DayNightKeys  # short name of the keys in this module
 
 __all__ = ["DayImageStore", "NightBatches", "night_schedule", "plain_tensor"]
 
