@@ -146,9 +146,12 @@ class Adapter(Inferer):
             a dict of its fields, ``"case"`` or ``"domain"``, or ``True`` for the defaults): among the method's own
             prediction, the adapted state with source / mixed / image statistics and the source model, the most
             confident one, per case or per domain. The update is unchanged. ``None``/``False``: off (default).
+        activation: how the network's logits become probabilities in every objective and signal of the method:
+            ``"sigmoid"`` (multi-label: one independent probability per channel) or ``"softmax"`` (mutually
+            exclusive classes over the channels, background included: MONAI bundles that end in softmax or argmax).
 
     Raises:
-        ValueError: for an unknown setting, optimizer or parameter set, or ``steps < 0``.
+        ValueError: for an unknown setting, optimizer, parameter set or activation, or ``steps < 0``.
     """
 
     #: regime used when ``norm`` is ``None``.
@@ -180,8 +183,10 @@ class Adapter(Inferer):
         divisor: int | Sequence[int] | None = None,
         safeguard: CollapseSafeguard | dict | bool | None = None,
         safe: SafeChoice | dict | bool | str | None = None,
+        activation: str = "sigmoid",
     ) -> None:
         super().__init__()
+        self.activation = look_up_option(activation, ("sigmoid", "softmax"))
         self.safe: SafeChoice | None = SafeChoice.from_any(safe)
         if safeguard is None or safeguard is True:
             safeguard = CollapseSafeguard() if (self.uses_optimizer or safeguard) else None

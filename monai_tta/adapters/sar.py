@@ -73,11 +73,10 @@ class SAR(Adapter):
         kwargs.setdefault("optimizer", "sgd")
         kwargs.setdefault("lr", 0.00025 / 64 * 2 * 2)
         kwargs.setdefault("momentum", 0.9)
-        super().__init__(**kwargs)
+        super().__init__(activation=activation, **kwargs)
         if rho <= 0:
             raise ValueError(f"rho must be > 0, got {rho}.")
         self.rho, self.margin, self.reset_threshold = rho, margin, reset_threshold
-        self.activation = look_up_option(activation, _ACTIVATIONS)
         self.exclude = tuple(exclude)
 
     def select_params(self, network: nn.Module) -> list[nn.Parameter]:

@@ -26,7 +26,8 @@ class Tent(Adapter):
     sliding-window prediction made after the update (our choice: a pre-update prediction would need one more pass).
 
     Args:
-        activation: ``"sigmoid"`` (multi-label heads) or ``"softmax"``.
+        activation: ``"sigmoid"`` (multi-label heads; the default, as the GraTa/VPTTA authors run TENT) or
+            ``"softmax"`` (exclusive classes, background included: categorical entropy, as in TENT's paper).
         predict_after_update: report a fresh forward after the update instead of the reference's pre-update forward.
         kwargs: :class:`~monai_tta.adapters.base.Adapter` arguments (``lr`` defaults to 1e-4, ``setting`` to continual).
     """
@@ -34,8 +35,7 @@ class Tent(Adapter):
     def __init__(self, activation: str = "sigmoid", predict_after_update: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("setting", Setting.CONTINUAL)
         kwargs.setdefault("lr", 1e-4)
-        super().__init__(**kwargs)
-        self.activation = activation
+        super().__init__(activation=activation, **kwargs)
         self.predict_after_update = predict_after_update
 
     def adapt(
