@@ -17,6 +17,7 @@ __all__ = [
     "activate",
     "entropy_loss",
     "consistency_loss",
+    "pseudo_target",
     "DiceBCELoss",
     "dice_bce_loss",
     "bn_alignment_loss",
@@ -34,10 +35,22 @@ def activate(logits: torch.Tensor, activation: str = "sigmoid") -> torch.Tensor:
         activation: ``"sigmoid"`` or ``"softmax"``.
 
     Raises:
-        ValueError: for an unknown activation.
+        ValueError: for an unknown activation, or ``"softmax"`` on logits with fewer than 2 channels.
     """
     activation = look_up_option(activation, _ACTIVATIONS)
-    return torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, dim=1)
+    if activation == "softmax":
+        _check_softmax_channels(logits)
+        return torch.softmax(logits, dim=1)
+    return torch.sigmoid(logits)
+
+
+def _check_softmax_channels(logits: torch.Tensor) -> None:
+    """A softmax over one channel is the constant 1: no objective, no gradient. Say so instead of adapting nothing."""
+    if logits.dim() >= 2 and logits.shape[1] < 2:
+        raise ValueError(
+            f"activation='softmax' needs logits with at least 2 channels (the classes, background included), got "
+            f"shape {tuple(logits.shape)}: a 1-channel head is a sigmoid (binary) output, use activation='sigmoid'."
+        )
 
 
 def entropy_map(logits: torch.Tensor, activation: str = "sigmoid", eps: float = 1e-6) -> torch.Tensor:
@@ -69,19 +82,43 @@ def entropy_loss(logits: torch.Tensor, activation: str = "sigmoid", eps: float =
     return entropy_map(logits, activation, eps).mean()
 
 
-def consistency_loss(logits: torch.Tensor, soft_target: torch.Tensor) -> torch.Tensor:
-    """GraTa's pseudo loss: BCE with logits against a soft target in ``[0, 1]``, mean over all elements.
+def pseudo_target(probs: torch.Tensor, activation: str = "sigmoid") -> torch.Tensor:
+    """GraTa's pseudo-label from (view-averaged) probabilities ``(B, C, *spatial)``.
+
+    ``"sigmoid"``: the probabilities themselves (a soft multi-label target, as published). ``"softmax"``: the one-hot
+    of their argmax over the classes (background included), the hard label of exclusive classes.
+
+    Raises:
+        ValueError: for an unknown activation.
+    """
+    activation = look_up_option(activation, _ACTIVATIONS)
+    if activation == "sigmoid":
+        return probs
+    return F.one_hot(probs.argmax(1), probs.shape[1]).movedim(-1, 1).to(probs.dtype)
+
+
+def consistency_loss(logits: torch.Tensor, soft_target: torch.Tensor, activation: str = "sigmoid") -> torch.Tensor:
+    """GraTa's pseudo loss of the strong view's logits against the pseudo-label (probabilities of the same shape).
+
+    ``"sigmoid"``: BCE with logits against a target in ``[0, 1]``, mean over all elements (as published).
+    ``"softmax"``: cross-entropy ``-sum_c t_c log softmax(z)_c`` against a target that sums to 1 over the channels
+    (one-hot or soft), mean over the batch and the voxels.
 
     Args:
         logits: ``(B, C, *spatial)`` logits of the strong view.
         soft_target: pseudo-label of the same shape.
+        activation: ``"sigmoid"`` or ``"softmax"``.
 
     Raises:
-        ValueError: if the shapes differ.
+        ValueError: if the shapes differ, for an unknown activation, or ``"softmax"`` with fewer than 2 channels.
     """
+    activation = look_up_option(activation, _ACTIVATIONS)
     if logits.shape != soft_target.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(soft_target.shape)} differ in shape.")
-    return F.binary_cross_entropy_with_logits(logits, soft_target)
+    if activation == "sigmoid":
+        return F.binary_cross_entropy_with_logits(logits, soft_target)
+    _check_softmax_channels(logits)
+    return F.cross_entropy(logits, soft_target)
 
 
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:

@@ -255,8 +255,13 @@ def test_activation_is_validated_against_the_methods_objective():
     assert NormAdapt(activation="softmax").activation == "softmax"
     with pytest.raises(ValueError, match="sigmoid"):
         Tent(activation="tanh")
-    with pytest.raises(ValueError, match="GraTa's objective is defined for sigmoid outputs"):
-        GraTa(activation="softmax")
+    assert GraTa(activation="softmax").activation == "softmax"  # GraTa's objective has both forms (issue 19)
+
+    class SigmoidOnly(Tent):
+        activations = ("sigmoid",)
+
+    with pytest.raises(ValueError, match="SigmoidOnly's objective is defined for sigmoid outputs"):
+        SigmoidOnly(activation="softmax")
 
 
 def test_a_guard_that_needs_whole_inputs_is_refused_on_patches_before_anything_changes():

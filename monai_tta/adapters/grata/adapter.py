@@ -44,7 +44,7 @@ from monai_tta.adapters.grata.graphs import CapturedCall
 from monai_tta.adapters.settings import Setting
 from monai_tta.adapters.stats import StatKeys
 from monai_tta.gradients import global_cosine, perturb, restore, set_grads
-from monai_tta.losses import consistency_loss, entropy_loss
+from monai_tta.losses import activate, consistency_loss, entropy_loss, pseudo_target
 from monai_tta.norms import AdaptiveBatchNorm, per_sample_stats
 from monai_tta.transforms.intensity import StrongStyle
 from monai_tta.transforms.spatial import FLIP_ROT_VIEWS, VIEW_DIMS, apply_view, invert_view, views_preserve_shape
@@ -77,6 +77,11 @@ class GraTa(Adapter):
     4. ``cos`` = one cosine over all updated parameters flattened together.
     5. Restore ``theta``, set the lr to ``base * (cos + 1)^2 / 4``, one optimizer step with ``g_pse``.
     6. Predict with the updated weights.
+
+    The published method is multi-label (``activation="sigmoid"``, the default; above). For networks whose classes are
+    mutually exclusive (``activation="softmax"``: MONAI bundles ending in softmax/argmax, background channel included;
+    our adaptation) step 1 uses the softmax entropy, the pseudo-label is the one-hot argmax of the views' mean softmax
+    probability and the loss of step 3 is the cross-entropy against it.
 
     Defaults are the reference's: BatchNorm affine parameters (``params="norm"``: on networks with other normalisation
     layers, their affine parameters too, our choice), per-image statistics, Adam lr 1e-4 betas (0.9, 0.999), reset at
@@ -136,8 +141,6 @@ class GraTa(Adapter):
             than 1 in the exact mode), or a ``view_chunk`` that is not a positive integer.
     """
 
-    activations = ("sigmoid",)  # its entropy, pseudo-labels and consistency loss are sigmoid's
-
     def __init__(
         self,
         strong_augment: Callable[..., torch.Tensor] | None = None,
@@ -189,11 +192,15 @@ class GraTa(Adapter):
         return mode
 
     def _mean_probability(self, view_logits: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
-        probs = [torch.sigmoid(invert_view(z.float(), v, VIEW_DIMS)) for z, v in zip(view_logits, self.views)]
-        return torch.stack(probs).mean(0)
+        """The pseudo-label: the views' probabilities averaged (in probability space), then
+        :func:`~monai_tta.losses.pseudo_target` (soft for sigmoid, one-hot argmax for softmax)."""
+        views = zip(view_logits, self.views)
+        probs = [activate(invert_view(z.float(), v, VIEW_DIMS), self.activation) for z, v in views]
+        return pseudo_target(torch.stack(probs).mean(0), self.activation)
 
     def pseudo_label(self, inputs: torch.Tensor, network: nn.Module, norms: list[AdaptiveBatchNorm]) -> torch.Tensor:
-        """Soft pseudo-label: mean over the views of ``sigmoid(inverse_view(f(view(x))))``, without gradient.
+        """Pseudo-label: mean over the views of ``p(inverse_view(f(view(x))))`` (``p`` the :attr:`activation`; with
+        softmax, the one-hot of its argmax), without gradient.
 
         When :meth:`resolved_view_mode` batches (a single square image, not on the CPU by default), all views run as
         one batch with per-sample statistics (identical to one forward per view); a batch of several images is one
@@ -214,7 +221,8 @@ class GraTa(Adapter):
     def _pseudo_loss(
         self, state: AdapterState, inputs: torch.Tensor, network: nn.Module, strong: torch.Tensor
     ) -> torch.Tensor:
-        """BCE of the strong view against the 6-view soft pseudo-label, both at the current (perturbed) weights."""
+        """Consistency loss of the strong view against the 6-view pseudo-label, both at the current (perturbed)
+        weights: BCE (sigmoid) or cross-entropy (softmax)."""
         if self.resolved_view_mode(inputs) == "joint":
             batch = [apply_view(inputs, v, VIEW_DIMS) for v in self.views] + [strong]
             with per_sample_stats(state.norms):
@@ -222,9 +230,9 @@ class GraTa(Adapter):
             n = len(self.views)
             with torch.no_grad():
                 pseudo = self._mean_probability(logits[:n].detach().split(1))
-            return consistency_loss(logits[n:].float(), pseudo)
+            return consistency_loss(logits[n:].float(), pseudo, self.activation)
         pseudo = self.pseudo_label(inputs, network, state.norms)
-        return consistency_loss(network(strong).float(), pseudo)
+        return consistency_loss(network(strong).float(), pseudo, self.activation)
 
     def _scaled_size(self, spatial: Sequence[int], network: nn.Module) -> tuple[int, ...]:
         """Spatial size of the approximate mode's strong pass: a multiple of the network's ``size_divisor``, at least
@@ -259,7 +267,7 @@ class GraTa(Adapter):
             logits = network(parts.take(inputs, group))
             if keep_logits:
                 aux_logits.append(logits.detach())
-            return entropy_loss(logits.float())
+            return entropy_loss(logits.float(), self.activation)
 
         g_aux, aux_loss, _ = parts.grads(aux_fn, params)
         theta = perturb(params, g_aux, scale=-1.0)
@@ -270,11 +278,11 @@ class GraTa(Adapter):
             if self.mode == "exact":
                 return self._pseudo_loss(state, x, network, s)
             # approximate: the pseudo-label is the entropy pass's own prediction (one view, at theta)
-            pseudo = torch.sigmoid(next(own).float())
+            pseudo = activate(next(own).float(), self.activation)
             size = self._scaled_size(x.shape[2:], network)
             if size != tuple(x.shape[2:]):
                 s, pseudo = F.interpolate(s, size=size, mode="area"), F.interpolate(pseudo, size, mode="area")
-            return consistency_loss(network(s).float(), pseudo)
+            return consistency_loss(network(s).float(), pseudo_target(pseudo, self.activation), self.activation)
 
         g_pse, pse_loss, _ = parts.grads(pse_fn, params)
         restore(params, theta)

@@ -27,7 +27,8 @@ class Tent(Adapter):
     sliding-window prediction made after the update (our choice: a pre-update prediction would need one more pass).
 
     Args:
-        activation: ``"sigmoid"`` (multi-label heads) or ``"softmax"``.
+        activation: ``"sigmoid"`` (multi-label heads; the default, as the GraTa/VPTTA authors run TENT) or
+            ``"softmax"`` (exclusive classes, background included: categorical entropy, as in TENT's paper).
         predict_after_update: report a fresh forward after the update instead of the reference's pre-update forward.
         kwargs: :class:`~monai_tta.adapters.base.Adapter` arguments (``lr`` defaults to 1e-4, ``setting`` to continual).
     """
