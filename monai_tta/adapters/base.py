@@ -24,6 +24,7 @@ whatever came before. ``"continual"`` serving (the state carries over between re
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Sequence
@@ -46,6 +47,16 @@ from monai_tta.networks.inputs import check_network_input
 from monai_tta.norms import AdaptiveBatchNorm, NormPolicy, convert_norms
 from monai_tta.params import ParamSelection, nothing_to_update_message, select_parameters
 
+logger = logging.getLogger(__name__)
+
+
+def names_a_case(inputs: Any) -> bool:
+    """Whether ``inputs`` says which case it is: a ``MetaTensor`` whose metadata name its source file."""
+    if not isinstance(inputs, MetaTensor):
+        return False
+    name = inputs.meta.get("filename_or_obj")
+    return bool(name) and not (isinstance(name, (list, tuple)) and not any(name))
+
 __all__ = ["Adapter", "AdapterState", "build_optimizer", "set_lr"]
 
 
@@ -62,7 +73,11 @@ class Adapter(Inferer):
 
     Args:
         setting: when to return to the source state: ``"episodic"`` (before each case, the seeded random generator
-            included), ``"domain"`` (when the domain given to :meth:`set_domain` changes) or ``"continual"`` (never).
+            included), ``"domain"`` (when the domain given to :meth:`set_domain` changes; while no domain has been
+            given, before each input that names its case (a ``MetaTensor`` with a file name, as the Model Zoo's
+            evaluators and MONAI Label give): such a caller gets per-patient adaptation, never weights carried from
+            one patient to the next; plain tensors without a domain are one stream) or ``"continual"`` (never: the
+            explicit opt-in to carry adaptation over).
         norm: normalisation regime (a :class:`~monai_tta.norms.NormPolicy`, a regime name or a dict of its fields);
             ``None`` gives the method's published regime.
         optimizer: ``"adam"`` or ``"sgd"``.
@@ -160,6 +175,7 @@ class Adapter(Inferer):
         self._domain: Any = None
         self._pending_reset = False
         self._domain_changed = False
+        self._said_per_patient = False
         self._lock = threading.RLock()
         self.last_stats: dict[str, Any] = {}
         self._case: Case | None = None
@@ -384,7 +400,17 @@ class Adapter(Inferer):
     def _run_case(self, inputs: torch.Tensor, network: nn.Module, case: Case) -> torch.Tensor:
         state = self.state_for(network)
         episodic = self.setting == Setting.EPISODIC
-        did_reset = episodic or self._pending_reset
+        # no domain signalled and the input names its file (a MONAI evaluator's or MONAI Label's case): per patient
+        per_patient = self.setting == Setting.DOMAIN and self._domain is None and names_a_case(inputs)
+        if per_patient and not self._said_per_patient:
+            self._said_per_patient = True
+            logger.warning(
+                "%s (setting 'domain'): no domain was given with set_domain, so each case is adapted from the source "
+                "model (per patient). Give each case's domain (an evaluator's batch 'domain' key) to adapt per domain, "
+                "or setting='continual' to carry adaptation from case to case.",
+                type(self).__name__,
+            )
+        did_reset = episodic or per_patient or self._pending_reset
         if did_reset:  # the setting's reset keeps what the guards keep per domain
             if self.seed is not None:
                 self.generator.manual_seed(self.seed)  # episodic: the same image gets the same random views

@@ -25,7 +25,7 @@ class _ReachedConv(Exception):
     """Raised by the pre-hook of :func:`input_conv` to stop the dry run at the first convolution called."""
 
     def __init__(self, conv: _ConvNd) -> None:
-        super().__init__()
+        super().__init__(conv)  # all arguments (flake8-bugbear B042, the zoo's check)
         self.conv = conv
 
 

@@ -58,7 +58,8 @@ class SAR(Adapter):
         activation: ``"sigmoid"`` or ``"softmax"``.
         exclude: module name prefixes whose parameters stay frozen.
         kwargs: :class:`~monai_tta.adapters.base.Adapter` arguments; defaults here: SGD, momentum 0.9,
-            ``lr = 0.00025 / 64 * 2 * 2`` (the reference's rule at batch size 1), continual.
+            ``lr = 0.00025 / 64 * 2 * 2`` (the reference's rule at batch size 1); ``setting`` defaults to
+            ``"domain"`` (the reference runs continual: ``setting="continual"``).
     """
 
     def __init__(
@@ -70,7 +71,7 @@ class SAR(Adapter):
         exclude: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("setting", Setting.CONTINUAL)
+        kwargs.setdefault("setting", Setting.DOMAIN)
         kwargs.setdefault("optimizer", "sgd")
         kwargs.setdefault("lr", 0.00025 / 64 * 2 * 2)
         kwargs.setdefault("momentum", 0.9)

@@ -22,7 +22,9 @@ class Tent(Adapter):
 
     Defaults follow the medical variant of the spec: sigmoid entropy ``-sum_c p_c log p_c``, Adam lr 1e-4, the affine
     parameters of the normalisation layers (``params="norm"``: on a BatchNorm network exactly TENT's BN affine set),
-    per-image statistics, one step per case, continual. The reference returns the forward made *before* the update.
+    per-image statistics, one step per case. The published protocol is continual (``setting="continual"``); our
+    default is ``"domain"``, which without a domain signal adapts each case from the source model (per patient).
+    The reference returns the forward made *before* the update.
     A volume adapted on patches takes one step on the mean entropy gradient of its patches and reports the
     sliding-window prediction made after the update (our choice: a pre-update prediction would need one more pass).
 
@@ -30,11 +32,12 @@ class Tent(Adapter):
         activation: ``"sigmoid"`` (multi-label heads; the default, as the GraTa/VPTTA authors run TENT) or
             ``"softmax"`` (exclusive classes, background included: categorical entropy, as in TENT's paper).
         predict_after_update: report a fresh forward after the update instead of the reference's pre-update forward.
-        kwargs: :class:`~monai_tta.adapters.base.Adapter` arguments (``lr`` defaults to 1e-4, ``setting`` to continual).
+        kwargs: :class:`~monai_tta.adapters.base.Adapter` arguments (``lr`` defaults to 1e-4, ``setting`` to
+            ``"domain"``).
     """
 
     def __init__(self, activation: str = "sigmoid", predict_after_update: bool = False, **kwargs: Any) -> None:
-        kwargs.setdefault("setting", Setting.CONTINUAL)
+        kwargs.setdefault("setting", Setting.DOMAIN)
         kwargs.setdefault("lr", 1e-4)
         super().__init__(activation=activation, **kwargs)
         self.predict_after_update = predict_after_update
