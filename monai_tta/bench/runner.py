@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from monai_tta.bench.data import first_image, prepare, prepare_copy, resolve_device, window_record
-from monai_tta.bench.methods import REFERENCE, STREAM, method_parser
+from monai_tta.bench.data import WINDOW_RECORD, prepare, prepare_copy
+from monai_tta.bench.methods import REFERENCE, STREAM, make_adapter, method_parser
 from monai_tta.bench.outputs import write_outputs
 from monai_tta.bench.probes import AMP, CaseTimer, time_methods
 from monai_tta.bench.stats import check_targets, summarize_runs
@@ -141,6 +141,13 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+def _window_record(window: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option of the sliding-window adapter built with ``window`` (its defaults included), as recorded."""
+    sw = make_adapter(REFERENCE, "domain", 0, window=window)
+    options = {name: getattr(sw, name) for name in WINDOW_RECORD}
+    return {k: v if isinstance(v, (int, float, bool, type(None), list)) else str(v) for k, v in options.items()}
+
+
 def timing_methods(args: argparse.Namespace, device: torch.device) -> list[str]:
     """``--timing-methods``, or the methods plus source-only, the exact GraTa variants that differ from ``grata``
     on this device (the 6 views in one forward; on a GPU also: no CUDA graph, the reference's separate forwards, and
@@ -170,7 +177,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """
     if args.threads:
         torch.set_num_threads(int(args.threads))
-    device = resolve_device(args.device)
+    device = (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if args.device == "auto"
+        else torch.device(args.device)
+    )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available here.")
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     args.cache = str(Path(args.cache) if args.cache else Path(args.out) / "cache")
@@ -211,7 +224,7 @@ def run_dims(args: argparse.Namespace, dims: int, device: torch.device) -> dict[
         rows += new
         dice = np.mean([r.get("dice_mean", math.nan) for r in new]) if new else math.nan
         logger.info(f"{setting:>10} {method:>14}: Dice {dice:.2f}, {time.perf_counter() - t0:.1f} s")
-    image = first_image(cases)
+    image = torch.as_tensor(next(iter(cases.values()))[0]["image"]).float()[None].contiguous()  # the first case
     if dims == 2:
         size = args.timing_size or args.image_size
         image = image if size == image.shape[-1] else F.interpolate(image, size=(size, size), mode="bilinear")
@@ -242,7 +255,7 @@ def run_dims(args: argparse.Namespace, dims: int, device: torch.device) -> dict[
         meta["timing_size"] = int(image.shape[-1])
     else:
         network = prepared["network"]
-        meta.update(volume_shape=list(image.shape[2:]), window=window_record(window or {}))
+        meta.update(volume_shape=list(image.shape[2:]), window=_window_record(window or {}))
         meta.update(network=type(network).__name__, network_parameters=sum(p.numel() for p in network.parameters()))
         meta["datalist"] = str(prepared["datalist"])
     meta["total_s"] = time.perf_counter() - start
