@@ -2,12 +2,13 @@
 results of every rank count compared with the fewest ranks'.
 
 ``python -m monai_tta.bench.ranks --ranks 1 2 --settings episodic domain --out docs/benchmarks/ranks`` first runs the
-bundle once in this process on the first target domain (it writes the embedded data, 5 domains x 12 cases at 128², and
-trains the source model, neither of which is timed), then, for each setting and rank count ``n``, launches
-``torchrun --standalone --nproc_per_node n -m monai_tta.bench.ranks --worker RUN``. Each worker builds the bundle's
-sharded evaluation (:data:`SHARDED_CONFIGS`), initialises it, waits for every rank, runs it and waits again; rank 0
-times that span (adaptation of its share, the gather and the summary). ``cases/s`` is the stream's case count over
-that time. Each rank runs with ``--threads`` torch threads (1 by default), so ``n`` ranks use ``n`` cores.
+bundle once in this process on the first target domain (it writes the embedded data, 5 domains x
+``--num-per-domain`` cases, and trains the source model, neither of which is timed), then, for each setting and rank
+count ``n``, launches ``torchrun --standalone --nproc_per_node n -m monai_tta.bench.ranks --worker RUN``. Each worker
+builds the bundle's sharded evaluation (:data:`SHARDED_CONFIGS`), initialises it, waits for every rank, runs it and
+waits again; rank 0 times that span (adaptation of its share, the gather and the summary). ``cases/s`` is the stream's
+case count over that time. Each rank runs with ``--threads`` torch threads (1 by default):
+``n`` ranks use ``n`` cores.
 
 Results: ``results.json``, ``results.md`` and ``time_per_case_vs_ranks.png`` in ``--out``; the runs' own outputs (the
 bundle's ``cases.csv`` per run) stay in ``--work``.
@@ -41,6 +42,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m monai_tta.bench.ranks", description=__doc__.split("\n\n")[0])
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="rank counts to run [1 2]")
     p.add_argument("--settings", nargs="+", default=["episodic", "domain"], help="adapter settings [episodic domain]")
+    p.add_argument("--num-per-domain", type=int, default=12, help="cases per target domain [12]")
+    p.add_argument("--image-size", type=int, default=128, help="image side [128]")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank [1]")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks/ranks"), help="results folder")
     p.add_argument("--work", type=Path, default=Path("/tmp/monai_tta_bench_ranks"), help="data, model and run outputs")
@@ -118,7 +121,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     work = args.work.resolve()
     overrides = {"dataset_dir": str(work / "data"), "source_checkpoint": str(work / "models" / "model.pt")}
-    overrides.update({"num_per_domain": 12, "image_size": 128, "num_overlays": 0, "handlers#0#_disabled_": True})
+    overrides.update(
+        {
+            "num_per_domain": args.num_per_domain,
+            "image_size": args.image_size,
+            "num_overlays": 0,
+            "handlers#0#_disabled_": True,
+        }
+    )
     prepare = {**overrides, "output_dir": str(work / "prepare"), "target_domains": ["camera"], "train_if_missing": True}
     run_bundle(BUNDLE, ["inference.json", "evaluate.json"], prepare, logging_file=False)  # data and source model
     runs = [_launch(args, overrides, s, n) for s in args.settings for n in args.ranks]
