@@ -20,7 +20,7 @@ on a shared machine hits every method alike; the targets use the timing phase.
 
 Peak memory (per method, after the timing phase, on its input, median of 3 one-call probes, in the benchmark's own
 process): on CUDA ``torch.cuda.max_memory_allocated`` (the first call counted too: CUDA graphs allocate their pool
-there); on a Linux CPU the process's resident set (glibc's mmap threshold fixed at 128 KiB when the command starts, so
+there); on a Linux CPU the process's resident set (glibc's mmap threshold fixed at 128 KiB when the benchmark starts, so
 freed tensors are returned to the system; the high-water mark reset before the call through ``/proc/self/clear_refs``,
 read from ``VmHWM`` after). *extra*: the peak minus the memory in use before the call; *total*: the peak itself.
 
@@ -45,7 +45,7 @@ from collections.abc import Sequence
 
 from monai_tta.bench.data import DEFAULT_BUNDLE, NETWORKS, VOLUME_BUNDLE, window_overrides
 from monai_tta.bench.methods import DEFAULT_METHODS, METHODS, SETTINGS, available_methods
-from monai_tta.bench.probes import AMP, fix_mmap_threshold
+from monai_tta.bench.probes import AMP
 from monai_tta.bench.runner import run_benchmark
 from monai_tta.bench.soak import SOAK_METHODS, run_soak
 from monai_tta.reports import format_number
@@ -146,8 +146,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: ``python -m monai_tta.bench [options]``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     args = parse_args(argv)
-    if not args.no_memory:
-        fix_mmap_threshold()  # before the runs allocate: the resident set then follows the live tensors
     if args.soak:
         run_soak(args)
         return 0

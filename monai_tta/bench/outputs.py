@@ -69,9 +69,13 @@ def write_outputs(out: Path, result: Mapping[str, Any], plots: bool = True) -> l
     images = []
     if plots:
         for setting, methods in summary.items():
-            table = {m: {d: b[d][MEAN_DICE] for d in [*domains, "overall"] if d in b} for m, b in methods.items()}
-            title = f"Dice per domain, {setting}"
-            images.append(plot_domain_dice(table, [*domains, "overall"], out / f"dice_{setting}.png", title=title))
+            table = {
+                m: {d: b[d][MEAN_DICE] for d in [*domains, "overall"] if MEAN_DICE in b.get(d, {})}
+                for m, b in methods.items()
+            }
+            if any(table.values()):
+                path, title = out / f"dice_{setting}.png", f"Dice per domain, {setting}"
+                images.append(plot_domain_dice(table, [*domains, "overall"], path, title=title))
         if any(r["setting"] == STREAM for r in rows):
             stream = [r for r in rows if r["setting"] == STREAM]
             images.append(plot_stream_dice(stream, out / "stream_dice.png", group_key=DataKeys.DOMAIN.value))
@@ -117,7 +121,11 @@ def cost_table(timing: Mapping[str, Mapping[str, Any]], run_ms: Mapping[str, flo
 def dice_table(methods: Mapping[str, Mapping[str, Any]], columns: Sequence[str]) -> str:
     """Markdown table of Dice ``mean [lo, hi]`` per method (rows) and domain (columns) from summary blocks."""
     table = {
-        m: {c: format_interval(b[c][MEAN_DICE], b[c].get("dice_lo"), b[c].get("dice_hi")) for c in columns if c in b}
+        m: {
+            c: format_interval(b[c][MEAN_DICE], b[c].get("dice_lo"), b[c].get("dice_hi"))
+            for c in columns
+            if MEAN_DICE in b.get(c, {})
+        }
         for m, b in methods.items()
     }
     return markdown_table(table, columns, row_title="method", formatter=str)

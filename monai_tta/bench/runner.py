@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from monai_tta.bench.data import WINDOW_RECORD, prepare, prepare_copy
 from monai_tta.bench.methods import REFERENCE, STREAM, make_adapter, method_parser
 from monai_tta.bench.outputs import write_outputs
-from monai_tta.bench.probes import AMP, CaseTimer, time_methods
+from monai_tta.bench.probes import AMP, CaseTimer, fix_mmap_threshold, time_methods
 from monai_tta.bench.stats import check_targets, summarize_runs
 from monai_tta.data import CaseStream, GuardedDataset
 from monai_tta.data.keys import DataKeys
@@ -184,6 +184,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available here.")
+    if not args.no_memory:
+        fix_mmap_threshold()  # before the runs allocate: the resident set then follows the live tensors
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     args.cache = str(Path(args.cache) if args.cache else Path(args.out) / "cache")
