@@ -11,7 +11,7 @@ import torch
 
 from monai_tta import bench
 from monai_tta.bench.probes import reset_rss_peak
-from monai_tta.bench.stats import stratified_ci
+from monai_tta.reports import stratified_ci
 
 
 def read_rows(path):
@@ -62,10 +62,10 @@ def test_runner_end_to_end(tmp_path):
             per_domain = {
                 d: np.mean([float(r["dice_mean"]) for r in sel if r["domain"] == d]) for d in ("camera", "dim")
             }
-            assert block["camera"]["dice"] == pytest.approx(per_domain["camera"])
-            assert block["overall"]["dice"] == pytest.approx(np.mean(list(per_domain.values())))
-            assert block["overall"]["dice_lo"] <= block["overall"]["dice"] <= block["overall"]["dice_hi"]
-            assert block["overall"]["asd"] == pytest.approx(
+            assert block["camera"]["dice_mean"] == pytest.approx(per_domain["camera"])
+            assert block["overall"]["dice_mean"] == pytest.approx(np.mean(list(per_domain.values())))
+            assert block["overall"]["dice_lo"] <= block["overall"]["dice_mean"] <= block["overall"]["dice_hi"]
+            assert block["overall"]["asd_mean"] == pytest.approx(
                 np.mean([np.mean([float(r["asd_mean"]) for r in sel if r["domain"] == d]) for d in ("camera", "dim")])
             )
     assert set(summary["stream"]["grata"]["rounds"]) == {"1", "2", "3"}
@@ -82,7 +82,7 @@ def test_runner_end_to_end(tmp_path):
     for method, t in timing.items():
         times = [float(c["time_ms"]) for c in calls if c["method"] == method]
         assert t["median_ms"] == pytest.approx(float(np.median(times)))
-    if reset_rss_peak():  # Linux: the memory probes ran in their own process
+    if reset_rss_peak():  # Linux: the memory probes measured the process's resident set
         assert all(
             t["memory_kind"] == "process_rss" and t["peak_total_mb"] > t["peak_extra_mb"] > 0 for t in timing.values()
         )
@@ -135,14 +135,14 @@ def test_summaries_and_stratified_interval():
     assert "safeguard_fired" not in summaries["stream"]["m"]["overall"]
     summary = summaries["domain"]["m"]
     stream = summaries["stream"]["m"]
-    for key in ("dice", "dice_lo", "dice_hi", "asd"):
+    for key in ("dice_mean", "dice_lo", "dice_hi", "asd_mean"):
         assert stream["overall"][key] == pytest.approx(summary["overall"][key])
-    assert stream["rounds"]["2"]["b"]["dice"] == pytest.approx(60.0)
-    assert summary["a"]["dice"] == pytest.approx(20.0)
-    assert summary["b"]["dice"] == pytest.approx(60.0)
-    assert summary["overall"]["dice"] == pytest.approx(40.0)  # mean over domains, not over cases (42)
-    assert summary["overall"]["asd"] == pytest.approx(4.0)
-    assert summary["overall"]["time_ms"] == pytest.approx(1.0)
+    assert stream["rounds"]["2"]["b"]["dice_mean"] == pytest.approx(60.0)
+    assert summary["a"]["dice_mean"] == pytest.approx(20.0)
+    assert summary["b"]["dice_mean"] == pytest.approx(60.0)
+    assert summary["overall"]["dice_mean"] == pytest.approx(40.0)  # mean over domains, not over cases (42)
+    assert summary["overall"]["asd_mean"] == pytest.approx(4.0)
+    assert summary["overall"]["time_ms"] == pytest.approx((1.0 + 0.5) / 2)  # the case report's means
     # each bootstrap mean lies between the smallest and the largest possible mean of domain means
     lo, hi = stratified_ci({"a": [10.0, 20.0, 30.0], "b": [50.0, 70.0]})
     assert (10 + 50) / 2 <= lo <= 40.0 <= hi <= (30 + 70) / 2
@@ -155,7 +155,7 @@ def test_targets():
         "grata": {"median_ms": 90.0, "peak_extra_mb": 40.0, "peak_total_mb": 150.0},
         "grata_approx": {"median_ms": 45.0, "peak_extra_mb": 20.0, "peak_total_mb": 120.0},
     }
-    summary = {"domain": {"grata": {"overall": {"dice": 80.0}}, "grata_approx": {"overall": {"dice": 79.7}}}}
+    summary = {"domain": {"grata": {"overall": {"dice_mean": 80.0}}, "grata_approx": {"overall": {"dice_mean": 79.7}}}}
     targets = {t["target"]: t for t in bench.check_targets(timing, summary, torch.device("cpu"))}
     assert targets["exact GraTa time / source-only (CPU) <= 9.5"]["measured"] == pytest.approx(9.0)
     assert targets["exact GraTa time / source-only (CPU) <= 9.5"]["met"] is True
@@ -245,14 +245,14 @@ def test_volume_benchmark_smoke(tmp_path):
     assert {"dice_peripheral", "dice_transition"} <= set(rows[0])
     results = json.loads((vol / "results.json").read_text())
     assert list(results["timing"]) == ["source_only", "tent"]
-    assert results["summary"]["domain"]["tent"]["thick"]["dice"] == pytest.approx(float(rows[1]["dice_mean"]))
+    assert results["summary"]["domain"]["tent"]["thick"]["dice_mean"] == pytest.approx(float(rows[1]["dice_mean"]))
     window = results["meta"]["window"]
     assert window["update_batch_size"] == 2 and window["stats_from"] == "patches" and window["num_patches"] == 4
     targets = {t["target"]: t for t in results["targets"]}
     tent = targets["tent time per volume / source-only sliding window (CPU) <= 2.5"]
     timing = results["timing"]
     assert tent["measured"] == pytest.approx(timing["tent"]["median_ms"] / timing["source_only"]["median_ms"])
-    if reset_rss_peak():  # the memory probes ran through the sliding window in their own process
+    if reset_rss_peak():  # the memory probes ran through the sliding window, after the timing phase
         assert timing["tent"]["memory_kind"] == "process_rss" and timing["tent"]["peak_extra_mb"] > 0
     markdown = (vol / "results.md").read_text()
     assert "# TTA benchmark results: 3D volumes" in markdown and "| thick | overall |" in markdown

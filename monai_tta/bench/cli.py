@@ -1,36 +1,33 @@
 """Benchmark runner: every adaptation method on every target domain in every setting, with its cost.
 
 Every Dice run is a bundle's own evaluation: the method's bundle (``bundles/<method>_fundus_segmentation`` in 2D,
-``bundles/<method>_prostate_mr_segmentation`` in 3D; :mod:`monai_tta.bench.methods`) is read with MONAI's
-``ConfigParser`` (``inference.json`` + ``evaluate.json``), the setting and the method's variant as overrides, and its
-``AdaptiveEvaluator`` runs the stream with its ``CaseReport`` (the same per-case row as the bundles write) and a
-:class:`~monai_tta.bench.probes.CaseTimer`. The data are the embedded ones (generated into ``--cache``), preprocessed
-once by the bundle; the source model is trained on first use by the bundle's source-training config (into the cache,
-never into a bundle); predictions are scored in each input's own grid, as ``evaluate.json`` does. 2D results go to
-``--out`` (``docs/benchmarks/``), 3D results to ``<out>/3d`` (``--vol-out``): ``results.md`` (command, machine, cost
-per case as ratios to source-only, targets, Dice with 95% bootstrap intervals per domain and setting, per round of
-the stream), ``results.json``, ``cases.csv`` (one row per case, method and setting), ``timing.csv`` and plots.
+``bundles/<method>_prostate_mr_segmentation`` in 3D) read with MONAI's ``ConfigParser`` (``inference.json`` +
+``evaluate.json``), the setting and the method's variant as overrides; its ``AdaptiveEvaluator`` runs the stream with
+its ``CaseReport`` (the bundles' per-case row) and a ``CaseTimer`` handler. Data are the embedded ones (generated into
+``--cache``), preprocessed once by the bundle; the source model is trained on first use by the bundle's
+source-training config (into the cache); predictions are scored in each input's own grid. 2D results go to ``--out``,
+3D results to ``<out>/3d`` (``--vol-out``): ``results.md``, ``results.json``, ``cases.csv`` (one row per case, method
+and setting), ``timing.csv`` and plots.
 
 Settings: ``episodic`` (reset before every case), ``domain`` (reset at each domain change), ``continual`` (never
 reset), and ``stream``: a continual run over ``--rounds`` passes of the target domains.
 
-Time: ``time.perf_counter`` around the adapter's call alone (the case on the device; on CUDA synchronised before and
-after). Two figures per method: the median over the cases of the Dice runs, and the median of a separate timing
-phase where every method is called in turn on the same image or volume (``--timing-reps`` rounds, the order rotated
-every round, after warm-up calls), so that a load change on a shared machine hits every method alike; the targets use
-the timing phase.
+Time: ``time.perf_counter`` around the adapter's call alone (on CUDA synchronised before and after). Two figures per
+method: the median over the cases of the Dice runs (the ``CaseTimer`` handler, from the evaluator's ADAPT_STARTED to
+FORWARD_COMPLETED), and the median of a timing phase where every method's bundle adapter is called in turn on the same
+image or volume (``--timing-reps`` rounds, the order rotated every round, after warm-up calls), so that a load change
+on a shared machine hits every method alike; the targets use the timing phase.
 
-Peak memory (per method, on the timing input, after a warm-up call, median of 3 one-call probes): on CUDA
-``torch.cuda.max_memory_allocated``; on a Linux CPU the resident set of a separate Python process (glibc's mmap
-threshold fixed at 128 KiB, the high-water mark reset before the call through ``/proc/self/clear_refs``, read from
-``VmHWM`` after). *extra*: the peak minus the memory in use before the call (on CUDA at least the first call's,
-where CUDA graphs allocate their pool); *total*: the peak itself.
+Peak memory (per method, after the timing phase, on its input, median of 3 one-call probes, in the benchmark's own
+process): on CUDA ``torch.cuda.max_memory_allocated`` (the first call counted too: CUDA graphs allocate their pool
+there); on a Linux CPU the process's resident set (glibc's mmap threshold fixed at 128 KiB when the benchmark starts, so
+freed tensors are returned to the system; the high-water mark reset before the call through ``/proc/self/clear_refs``,
+read from ``VmHWM`` after). *extra*: the peak minus the memory in use before the call; *total*: the peak itself.
 
-Methods: ``--methods`` names from :data:`~monai_tta.bench.methods.METHODS` (the bundles' methods and their variants
+Methods: ``--methods`` names from ``monai_tta.bench.METHODS`` (the bundles' methods and their variants
 ``<method>_<variant>``: ``_nosafeguard``, ``_safeguard``, ``_probe``, ``_gap0``, ``_safe``, ``_safe_domain``,
 ``_source_stats``, ``_mix_stats``; GraTa's view modes ``grata_batched``, ``grata_eager``, ``grata_separate``,
-``grata_joint``; ``norm_mix``, ``safe_norm``, ``safe_norm_domain``, ``sar``). ``--soak N`` runs only the soak
-(:mod:`monai_tta.bench.soak`).
+``grata_joint``; ``norm_mix``, ``safe_norm``, ``safe_norm_domain``, ``sar``). ``--soak N`` runs only the soak.
 
 Example (the committed results; see ``docs/benchmarks/README.md``)::
 

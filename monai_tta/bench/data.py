@@ -1,6 +1,6 @@
 """Data, network and device of the benchmark, all from the bundles' configs: the target cases (read and preprocessed
 once by the bundle's evaluation transform, labels as stored), the source network with its weights (trained on first
-use by the bundle's source-training config, into the cache folder), and the 3D bundle's sliding window."""
+use by the bundle's ``source_training.json``, into the cache folder), and the 3D bundle's sliding window."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import hashlib
 import inspect
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +19,7 @@ from torch import nn
 
 from monai_tta.bench.methods import BUNDLES, method_parser
 
-__all__ = [
-    "NETWORKS",
-    "DEFAULT_BUNDLE",
-    "VOLUME_BUNDLE",
-    "resolve_device",
-    "training_config",
-    "window_overrides",
-    "prepare",
-    "prepare_copy",
-    "to_device",
-    "first_image",
-    "window_record",
-]
+__all__ = ["NETWORKS", "DEFAULT_BUNDLE", "VOLUME_BUNDLE", "window_overrides", "prepare", "prepare_copy", "to_device"]
 
 logger = logging.getLogger("monai_tta.bench")
 
@@ -42,32 +30,9 @@ DEFAULT_BUNDLE = BUNDLES / "grata_fundus_segmentation"
 VOLUME_BUNDLE = BUNDLES / "grata_prostate_mr_segmentation"
 #: keys of the 3D bundle's ``inferer`` that are not sliding-window options.
 _NOT_WINDOW = ("_target_", "_desc_", "_requires_", "_disabled_", "_mode_", "adapter")
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device of ``--device`` (``auto``: CUDA when available, else the CPU).
-
-    Raises:
-        ValueError: if a CUDA device is asked for and CUDA is not available.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here.")
-    return device
-
-
-def training_config(bundle: str | Path) -> Path:
-    """The bundle's source-training config (``source_training.json``, else ``train.json``).
-
-    Raises:
-        FileNotFoundError: if the bundle has neither.
-    """
-    for name in ("source_training.json", "train.json"):
-        if (Path(bundle) / "configs" / name).is_file():
-            return Path(bundle) / "configs" / name
-    raise FileNotFoundError(f"{Path(bundle) / 'configs'}: no source_training.json or train.json.")
+#: the options of the sliding-window adapter recorded with the 3D results.
+WINDOW_RECORD = ("roi_size", "sw_batch_size", "overlap", "mode", "num_patches", "patch_sampling", "stats_from")
+WINDOW_RECORD += ("update_batch_size", "stats_passes", "stats_after_update")
 
 
 def window_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -81,15 +46,12 @@ def window_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
     from monai_tta.inferers import SlidingWindowAdapter
 
-    known = set(inspect.signature(SlidingWindowAdapter).parameters) | set(
-        inspect.signature(SlidingWindowInferer).parameters
-    )
+    known = {*inspect.signature(SlidingWindowAdapter).parameters, *inspect.signature(SlidingWindowInferer).parameters}
     known -= {"adapter", "kwargs", "args"}
     options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
+    for key, sep, text in (pair.partition("=") for pair in pairs):
         if not sep or key not in known:
-            raise ValueError(f"--vol-window {pair!r}: expected KEY=VALUE with KEY one of {sorted(known)}.")
+            raise ValueError(f"--vol-window {key}{sep}{text!r}: expected KEY=VALUE with KEY one of {sorted(known)}.")
         try:
             options[key] = json.loads(text)
         except json.JSONDecodeError:
@@ -97,16 +59,7 @@ def window_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def _digest(bundle: Path, *extra: str) -> str:
-    """8 hex digits of the bundle's inference and source-training configs (and ``extra``): a cached source model is
-    retrained when they change."""
-    digest = hashlib.sha256("".join(extra).encode())
-    for path in (bundle / "configs" / "inference.json", training_config(bundle)):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:8]
-
-
-def _source_2d(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None, Path, list[str]]:
+def _targets_2d(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None, Path, list[str]]:
     """The 2D run's overrides, source datalist, target datalist and domains (embedded data generated on first use)."""
     from monai_tta.data import SOURCE_DOMAIN, generate_fundus_domains, list_domains
 
@@ -121,13 +74,13 @@ def _source_2d(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None, P
             raise ValueError(f"{datalist}: pass --domains (the file has no 'domains' list).")
         return overrides, datalist if "source_train" in content else None, datalist, domains
     domains = list(args.domains or [d for d in list_domains() if d != SOURCE_DOMAIN])
-    tag = f"{args.image_size}_s{args.seed}"
-    kwargs = {"image_size": args.image_size, "seed": args.seed}
-    target = generate_fundus_domains(
-        cache / f"synthetic_fundus_{tag}_n{args.num_per_domain}", args.num_per_domain, domains=domains, **kwargs
+    root, kwargs = (
+        cache / f"synthetic_fundus_{args.image_size}_s{args.seed}",
+        {"image_size": args.image_size, "seed": args.seed},
     )
+    target = generate_fundus_domains(f"{root}_n{args.num_per_domain}", args.num_per_domain, domains=domains, **kwargs)
     source = generate_fundus_domains(
-        cache / f"synthetic_fundus_{tag}_source{args.num_source}", args.num_source, domains=[SOURCE_DOMAIN], **kwargs
+        f"{root}_source{args.num_source}", args.num_source, domains=[SOURCE_DOMAIN], **kwargs
     )
     return overrides, source, target, domains
 
@@ -138,25 +91,27 @@ def prepare(args: argparse.Namespace, dims: int, device: torch.device) -> dict[s
     The cases go through the evaluation transform of the bundle (``evaluate.json``'s ``dataset#transform``: the
     label as stored, the image preprocessed) and stay in memory for every method and setting; the source network is
     the bundle's ``network_def`` with weights from the checkpoint, trained on first use by the bundle's source-training
-    config (the overrides of its own ``source_training`` block, ``epochs`` from the command line).
+    config (the overrides of its own ``source_training`` block, ``epochs`` from the command line). A cached 3D source
+    model's name holds a digest of the bundle's configs and of the data generator: it is retrained when they change.
 
     Returns:
-        ``{"cases": {domain: [item, ...]}, "domains", "channel_names", "network", "checkpoint", "overrides"`` (what
-        every method's parser gets), ``"window"`` (3D: the sliding-window options), ``"datalist"}``.
+        ``{"cases": {domain: [item, ...]}, "network", "checkpoint", "overrides"`` (what every method's parser gets),
+        ``"window"`` (3D: the sliding-window options), ``"datalist"}``.
 
     Raises:
         ValueError: for an unknown target site.
         FileNotFoundError: if a checkpoint is missing and no source training data is known.
     """
+    from monai.bundle import ConfigParser
     from monai.utils import set_determinism
 
-    from monai_tta.data import SOURCE_DOMAIN, generate_mr_sites, list_mr_sites, load_datalist
+    from monai_tta.data import MR_GENERATOR_VERSION, SOURCE_DOMAIN, generate_mr_sites, list_mr_sites, load_datalist
     from monai_tta.networks import load_reference_state_dict
     from monai_tta.zoo.source import ensure_source_checkpoint
 
     cache = Path(args.cache)
     if dims == 2:
-        overrides, source, datalist, domains = _source_2d(args)
+        overrides, source, datalist, domains = _targets_2d(args)
         sections = {d: items[: args.num_per_domain] for d, items in load_datalist(datalist, domains).items()}
         bundle, epochs = Path(args.bundle), int(args.source_epochs)
         name = f"source_{args.network}_{args.image_size}_n{args.num_source}_e{epochs}_s{args.seed}.pt"
@@ -167,25 +122,18 @@ def prepare(args: argparse.Namespace, dims: int, device: torch.device) -> dict[s
         if any(s not in known or s == SOURCE_DOMAIN for s in domains):
             raise ValueError(f"--vol-sites {domains}: choose from {[s for s in known if s != SOURCE_DOMAIN]}.")
         root = cache / f"mr_sites_s{args.seed}_train{args.vol_num_source}_test{args.vol_cases}"
+        sites = [SOURCE_DOMAIN, *domains]
         datalist = generate_mr_sites(
-            root,
-            num_train=args.vol_num_source,
-            num_test=args.vol_cases,
-            seed=args.seed,
-            sites=[SOURCE_DOMAIN, *domains],
+            root, num_train=args.vol_num_source, num_test=args.vol_cases, seed=args.seed, sites=sites
         )
         source, bundle = datalist, Path(args.vol_bundle)
         overrides = {"dataset_dir": str(root), "datalist_file": str(datalist), "output_dir": f"{root}_runs"}
         sections = {s: load_datalist(datalist, [f"{s}_test"])[f"{s}_test"] for s in domains}
         epochs = args.vol_epochs
-        from monai_tta.data import MR_GENERATOR_VERSION
-
-        tag = _digest(bundle, str(MR_GENERATOR_VERSION))
         checkpoint = Path(args.vol_checkpoint) if args.vol_checkpoint else None
     overrides.update({"generate_data": False, "device": device})
     parser = method_parser("source_only", "domain", dims, overrides, args.seed)
     transform = parser.get_parsed_content("dataset#transform")
-    preprocessing = parser.get_parsed_content("preprocessing")
     cases = {
         d: [
             {**transform(dict(item)), "domain": d, "case_id": str(item.get("case_id", i))} for i, item in enumerate(its)
@@ -194,15 +142,16 @@ def prepare(args: argparse.Namespace, dims: int, device: torch.device) -> dict[s
     }
     set_determinism(seed=args.seed)  # torch's default generator is seeded at random: seed the initial weights
     network = parser.get_parsed_content("network_def").to(device)
+    configs = [bundle / "configs" / "inference.json", bundle / "configs" / "source_training.json"]
     training = dict(parser.get_parsed_content("source_training"))
-    if epochs is None:
-        from monai.bundle import ConfigParser
-
-        epochs = int(ConfigParser.load_config_file(str(training_config(bundle)))["epochs"])
+    epochs = int(ConfigParser.load_config_file(str(configs[1]))["epochs"]) if epochs is None else epochs
     training.update(epochs=int(epochs), network=network, datalist_file=str(source), seed=int(args.seed))
     training["output_dir"] = str(cache / "source_training_runs") if dims == 2 else training["output_dir"]
     if checkpoint is None:
-        checkpoint = cache / f"source_mr_train{args.vol_num_source}_e{epochs}_s{args.seed}_{tag}.pt"
+        digest = hashlib.sha256(str(MR_GENERATOR_VERSION).encode())
+        for path in configs:
+            digest.update(path.read_bytes())
+        checkpoint = cache / f"source_mr_train{args.vol_num_source}_e{epochs}_s{args.seed}_{digest.hexdigest()[:8]}.pt"
     if not checkpoint.is_file():
         if source is None:
             raise FileNotFoundError(
@@ -210,24 +159,24 @@ def prepare(args: argparse.Namespace, dims: int, device: torch.device) -> dict[s
                 "source weights (--checkpoint) or a datalist with source_train."
             )
         logger.info(f"training the source model ({epochs} epochs) into {checkpoint}")
-        ensure_source_checkpoint(checkpoint, bundle, training, configs=("inference.json", training_config(bundle).name))
+        ensure_source_checkpoint(checkpoint, bundle, training, configs=("inference.json", configs[1].name))
     load_reference_state_dict(network, str(checkpoint))
     set_determinism(seed=None)
     window = {}
     if dims == 3:
-        raw = parser.get("inferer")
-        window = {k: parser.get_parsed_content(f"inferer#{k}") for k in raw if k not in _NOT_WINDOW}
+        window = {k: parser.get_parsed_content(f"inferer#{k}") for k in parser.get("inferer") if k not in _NOT_WINDOW}
         window.update(getattr(args, "vol_window", None) or {})
-        if args.vol_patches:
-            window["num_patches"] = int(args.vol_patches)
+        window.update({"num_patches": int(args.vol_patches)} if args.vol_patches else {})
+    # the transform the cases went through: the evaluators invert it (Invertd checks the transforms' identity)
+    overrides = {
+        **{k: v for k, v in overrides.items() if k != "device"},
+        "preprocessing": parser.get_parsed_content("preprocessing"),
+    }
     return {
         "cases": cases,
-        "domains": domains,
-        "channel_names": list(parser.get_parsed_content("channel_names")),
         "network": network.eval(),
         "checkpoint": checkpoint,
-        # the transform the cases went through: the evaluators invert it (Invertd checks the transforms' identity)
-        "overrides": {**{k: v for k, v in overrides.items() if k != "device"}, "preprocessing": preprocessing},
+        "overrides": overrides,
         "window": window,
         "datalist": datalist,
     }
@@ -245,19 +194,3 @@ def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False
     """``x`` on ``device`` (a 4D batch in channels-last memory format when asked)."""
     x = x.to(device)
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
-
-
-def first_image(cases: Mapping[str, Sequence[Mapping[str, Any]]]) -> torch.Tensor:
-    """The first target case's preprocessed image as a batch of one (the timing and memory phases' input)."""
-    return torch.as_tensor(next(iter(cases.values()))[0]["image"]).float()[None].contiguous()
-
-
-def window_record(window: Mapping[str, Any]) -> dict[str, Any]:
-    """Every option of the sliding-window adapter built with ``window`` (its defaults included), as recorded."""
-    from monai_tta.adapters import SourceOnly
-    from monai_tta.inferers import SlidingWindowAdapter
-
-    sw = SlidingWindowAdapter(SourceOnly(), **dict(window))
-    names = ("roi_size", "sw_batch_size", "overlap", "mode", "num_patches", "patch_sampling", "stats_from")
-    options = {name: getattr(sw, name) for name in (*names, "update_batch_size", "stats_passes", "stats_after_update")}
-    return {k: v if isinstance(v, (int, float, bool, type(None), list)) else str(v) for k, v in options.items()}

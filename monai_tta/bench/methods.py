@@ -109,20 +109,18 @@ _VARIANTS: dict[str, dict[str, Any]] = {
     "source_stats": {"norm": "source", "safeguard": False},
     "mix_stats": {"norm": {"regime": "mix", "prior": 0.5}, "safeguard": False},
 }
-for _base in ("source_only", "norm_adapt", "tent", "grata", "sar", "vptta"):
-    _free = _base in ("source_only", "norm_adapt")
-    for _suffix, _options in _VARIANTS.items():
-        if (
-            (_base == "vptta" and _suffix not in ("nosafeguard", "safe", "safe_domain"))
-            or (_free and (_suffix.endswith("_stats") or _suffix in ("nosafeguard", "probe", "gap0")))
-            or (not _free and _suffix == "safeguard")
-        ):
-            continue  # a regime that defines the method, its default already, or nothing to measure
-        _spec = METHODS[_base]
+# the variants of each method: not a regime that defines it, its default already, or nothing to measure
+_GRADIENT = tuple(v for v in _VARIANTS if v != "safeguard")
+_HAS = {"source_only": ("safeguard", "safe", "safe_domain"), "tent": _GRADIENT, "grata": _GRADIENT, "sar": _GRADIENT}
+_HAS.update(norm_adapt=_HAS["source_only"], vptta=("nosafeguard", "safe", "safe_domain"))
+for _base, _suffixes in _HAS.items():
+    _spec = METHODS[_base]
+    for _suffix in _suffixes:
+        _options = _VARIANTS[_suffix]
         _block = None if _spec.block is None else {**_spec.block, **_options}
+        _desc = f"{_base} with {_options}"
         METHODS.setdefault(
-            f"{_base}_{_suffix}",
-            MethodSpec(_spec.bundle, {**_spec.overrides, **_options}, _block, f"{_base} with {_options}"),
+            f"{_base}_{_suffix}", MethodSpec(_spec.bundle, {**_spec.overrides, **_options}, _block, _desc)
         )
 
 
@@ -171,26 +169,14 @@ def available_methods(dims: int = 2) -> list[str]:
 
 
 def make_adapter(
-    name: str,
-    setting: str,
-    image_size: int,
-    seed: int = 0,
-    window: Mapping[str, Any] | None = None,
+    name: str, setting: str, image_size: int, seed: int = 0, window: Mapping[str, Any] | None = None
 ) -> Any:
-    """The adapter of method ``name`` as its bundle builds it, for a benchmark ``setting``.
-
-    Args:
-        name: a key of :data:`METHODS`.
-        setting: one of :data:`SETTINGS`.
-        image_size: side of the images (the fundus bundles' ``image_size``: VPTTA's prompt).
-        seed: the adapter's seed.
-        window: for volumes, options of the 3D bundle's sliding-window ``inferer`` over the bundle's (the adapter
-            comes wrapped in it); ``None``: a 2D adapter.
+    """The adapter of method ``name`` as its bundle builds it, for a benchmark ``setting``: a 2D adapter for images of
+    side ``image_size`` (VPTTA's prompt), or with ``window`` (options of the 3D bundle's sliding-window ``inferer``
+    over the bundle's) the 3D bundle's adapter wrapped in its sliding window.
 
     Raises:
         ValueError: for an unknown method or setting.
     """
-    if window is None:
-        return method_parser(name, setting, 2, {"image_size": int(image_size)}, seed).get_parsed_content("inferer")
-    overrides = {f"inferer#{k}": v for k, v in window.items()}
-    return method_parser(name, setting, 3, overrides, seed).get_parsed_content("inferer")
+    overrides = {"image_size": int(image_size)} if window is None else {f"inferer#{k}": v for k, v in window.items()}
+    return method_parser(name, setting, 2 if window is None else 3, overrides, seed).get_parsed_content("inferer")

@@ -1,55 +1,37 @@
-"""Timing and memory probes of the benchmark: wall time of an adapter call, interleaved timing of several methods,
-and peak memory of one call (CUDA allocator statistics on a GPU, the resident set of a separate process on a Linux
-CPU)."""
+"""Timing and memory probes of the benchmark: the wall time of each case's adapter call as a handler of the bundle
+evaluator (:class:`CaseTimer`), and the timing phase (:func:`time_methods`): every method called in turn on the same
+input, then the peak memory of one call of each (:class:`PeakMemory`: CUDA allocator statistics on a GPU, the
+process's resident set on a Linux CPU)."""
 
 from __future__ import annotations
 
 import ctypes
 import gc
-import json
-import logging
 import math
-import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from monai_tta.adapters.base import Adapter
 from monai_tta.bench.data import prepare_copy, to_device
 from monai_tta.bench.methods import make_adapter
 
-__all__ = [
-    "AMP",
-    "CaseTimer",
-    "amp_name",
-    "PeakMemory",
-    "reset_rss_peak",
-    "fix_mmap_threshold",
-    "call_context",
-    "timed_call",
-    "time_methods",
-    "measure_memory",
-    "memory_worker",
-]
-
-logger = logging.getLogger("monai_tta.bench")
+__all__ = ["AMP", "CaseTimer", "PeakMemory", "proc_status_kb", "reset_rss_peak", "fix_mmap_threshold", "time_methods"]
 
 #: ``--amp`` names -> the autocast dtype (``None``: no autocast).
 AMP: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def amp_name(amp: torch.dtype | None) -> str:
-    """The ``--amp`` name of an autocast dtype."""
-    return next(k for k, v in AMP.items() if v == amp)
+def proc_status_kb(field_name: str) -> float:
+    """A field of ``/proc/self/status`` in KiB (e.g. ``VmRSS``, ``VmHWM``).
 
-
-def _proc_status_kb(field_name: str) -> float:
+    Raises:
+        OSError: where the file or the field is missing.
+    """
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field_name + ":"):
@@ -66,14 +48,15 @@ def reset_rss_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        _proc_status_kb("VmHWM")
+        proc_status_kb("VmHWM")
     except OSError:
         return False
     return True
 
 
 def fix_mmap_threshold(threshold: int = 128 * 1024) -> bool:
-    """Fix glibc's mmap threshold (``mallopt(M_MMAP_THRESHOLD)``): larger blocks are mapped, and unmapped when freed."""
+    """Fix glibc's mmap threshold (``mallopt(M_MMAP_THRESHOLD)``): larger blocks are mapped, and unmapped when freed,
+    so that the resident set follows the live tensors whatever ran before (glibc's default threshold is dynamic)."""
     try:
         return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold)))  # -3: M_MMAP_THRESHOLD
     except (OSError, AttributeError):
@@ -112,7 +95,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.kind, self.base = "cuda_allocated", torch.cuda.memory_allocated(self.device) / 2**20
         elif self.device.type == "cpu" and reset_rss_peak():
-            self.kind, self.base = "process_rss", _proc_status_kb("VmRSS") / 1024
+            self.kind, self.base = "process_rss", proc_status_kb("VmRSS") / 1024
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -120,7 +103,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak = torch.cuda.max_memory_allocated(self.device) / 2**20
         elif self.kind == "process_rss":
-            self.peak = _proc_status_kb("VmHWM") / 1024
+            self.peak = proc_status_kb("VmHWM") / 1024
 
 
 class CaseTimer:
@@ -160,30 +143,6 @@ class CaseTimer:
         self.times.append((time.perf_counter() - self._start) * 1000.0)
 
 
-@contextmanager
-def call_context(device: torch.device, amp: torch.dtype | None) -> Iterator[None]:
-    """How an evaluator calls an inferer: under ``no_grad`` (the adapter enables gradients itself), optional AMP."""
-    amp_ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
-    with torch.no_grad(), amp_ctx:
-        yield
-
-
-def timed_call(
-    adapter: Adapter, x: torch.Tensor, net: nn.Module, device: torch.device, amp: torch.dtype | None
-) -> tuple[torch.Tensor, float]:
-    """Call ``adapter(x, net)`` as an evaluator does and time it (``perf_counter``; CUDA synchronised before and after).
-
-    Returns:
-        the logits and the wall time in milliseconds.
-    """
-    _sync(device)
-    start = time.perf_counter()
-    with call_context(device, amp):
-        logits = adapter(x, net)
-    _sync(device)
-    return logits, (time.perf_counter() - start) * 1000.0
-
-
 def time_methods(
     methods: Sequence[str],
     network: nn.Module,
@@ -196,167 +155,66 @@ def time_methods(
     channels_last: bool = False,
     compile_net: bool = False,
     window: Mapping[str, Any] | None = None,
+    memory_probes: int = 3,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """Time every method on the same image, interleaved.
+    """Time every method on the same image, interleaved, then measure the peak memory of one call of each.
 
-    Each method gets a fresh network copy and a continual adapter, and is called ``warmup`` times. Then ``reps``
-    rounds call every method once (the order rotated every round) and time each call. With ``window`` (a volume)
-    every method runs through :class:`~monai_tta.inferers.SlidingWindowAdapter` (see
-    :func:`~monai_tta.bench.methods.make_adapter`).
-
-    Each call's process CPU time (``time.process_time``, all threads) is recorded too: on a CPU shared with other
-    jobs it measures the work of a call whatever the load (with one torch thread it is the wall time of an idle
-    machine; with several, OpenMP threads that spin while waiting add to it).
+    Each method gets a fresh network copy and its bundle's adapter (continual; with ``window``, a volume, through the
+    3D bundle's sliding window: :func:`~monai_tta.bench.methods.make_adapter`), called as an evaluator calls its
+    inferer (``no_grad``, optional autocast) ``warmup`` times. Then ``reps`` rounds call every method once (the order
+    rotated every round) and time each call (wall time, CUDA synchronised, and the process CPU time of all threads).
+    Then, method after method, ``memory_probes`` one-call peaks (:class:`PeakMemory`, median; 0: none). On CUDA the
+    first call is measured too and counts when larger (CUDA graphs allocate their pool in it).
 
     Returns:
-        per method: ``median_ms``, ``mean_ms``, ``min_ms``, ``max_ms``, ``median_cpu_ms``; and the list of timed calls
-        (``time_ms``, ``cpu_ms``).
+        per method: ``median_ms``, ``mean_ms``, ``min_ms``, ``max_ms``, ``median_cpu_ms``, ``memory_kind``,
+        ``peak_extra_mb``, ``peak_total_mb``; and the list of timed calls (``rep``, ``method``, ``time_ms``,
+        ``cpu_ms``).
     """
     x = to_device(image, device, channels_last)
-    size = int(image.shape[-1])
+    size, first = int(image.shape[-1]), {}
     entries = {
         m: (prepare_copy(network, channels_last, compile_net), make_adapter(m, "continual", size, seed, window))
         for m in methods
     }
-    for net, adapter in entries.values():
-        for _ in range(warmup):
-            timed_call(adapter, x, net, device, amp)
+
+    def call(name: str) -> tuple[float, float]:
+        net, adapter = entries[name]
+        _sync(device)
+        start, cpu = time.perf_counter(), time.process_time()
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext():
+            adapter(x, net)
+        _sync(device)
+        return (time.perf_counter() - start) * 1000.0, (time.process_time() - cpu) * 1000.0
+
+    for name in methods:
+        with PeakMemory(device) if device.type == "cuda" and memory_probes else nullcontext() as mem:
+            call(name)
+        first[name] = mem
+        for _ in range(warmup - 1):
+            call(name)
     calls: list[dict[str, Any]] = []
     order = list(methods)
     for rep in range(reps):
         for name in order[rep % len(order) :] + order[: rep % len(order)]:
-            net, adapter = entries[name]
-            cpu = time.process_time()
-            _, ms = timed_call(adapter, x, net, device, amp)
-            cpu_ms = (time.process_time() - cpu) * 1000.0
+            ms, cpu_ms = call(name)
             calls.append({"rep": rep, "method": name, "time_ms": ms, "cpu_ms": cpu_ms})
     results: dict[str, dict[str, Any]] = {}
     for name in methods:
         times = [c["time_ms"] for c in calls if c["method"] == name]
-        results[name] = {
-            "median_ms": float(np.median(times)),
-            "mean_ms": float(np.mean(times)),
-            "min_ms": float(np.min(times)),
-            "max_ms": float(np.max(times)),
-            "median_cpu_ms": float(np.median([c["cpu_ms"] for c in calls if c["method"] == name])),
-        }
-    return results, calls
-
-
-def _memory_probes(
-    methods: Sequence[str],
-    network: nn.Module,
-    image: torch.Tensor,
-    device: torch.device,
-    probes: int = 3,
-    warmup: int = 1,
-    seed: int = 0,
-    amp: torch.dtype | None = None,
-    channels_last: bool = False,
-    window: Mapping[str, Any] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """In this process: per method (one after the other), warm-up calls, then ``probes`` one-call peaks (median).
-
-    On CUDA the first warm-up call is measured too, and a method's figures are the larger of it and the median:
-    CUDA graphs allocate their memory pool during the first call (the capture) and keep it for every later call.
-    """
-    x = to_device(image, device, channels_last)
-    results: dict[str, dict[str, Any]] = {}
-    for name in methods:
-        net = prepare_copy(network, channels_last, False)
-        adapter = make_adapter(name, "continual", int(image.shape[-1]), seed, window)
-        first = None
-        if device.type == "cuda" and warmup > 0:  # the first call, where CUDA graphs allocate their pool, is measured
-            with PeakMemory(device) as first, call_context(device, amp):
-                adapter(x, net)
-        with call_context(device, amp):
-            for _ in range(warmup - (first is not None)):
-                adapter(x, net)
-        values = []
-        for _ in range(max(int(probes), 1)):
+        cpu = [c["cpu_ms"] for c in calls if c["method"] == name]
+        results[name] = {"median_ms": float(np.median(times)), "mean_ms": float(np.mean(times))}
+        results[name].update(
+            min_ms=float(np.min(times)), max_ms=float(np.max(times)), median_cpu_ms=float(np.median(cpu))
+        )
+        peaks = []
+        for _ in range(memory_probes):
             with PeakMemory(device) as mem:
-                with call_context(device, amp):
-                    adapter(x, net)
-            values.append((mem.extra, mem.peak))
-        extra, total = float(np.median([v[0] for v in values])), float(np.median([v[1] for v in values]))
-        if first is not None:  # CUDA graphs allocate their pool during the first call and keep it: count it
-            extra, total = max(extra, first.extra), max(total, first.peak)
-        results[name] = {"memory_kind": mem.kind, "peak_extra_mb": extra, "peak_total_mb": total}
-        del net, adapter
-    return results
-
-
-def measure_memory(
-    methods: Sequence[str],
-    network: nn.Module,
-    image: torch.Tensor,
-    device: torch.device,
-    probes: int = 3,
-    seed: int = 0,
-    amp: torch.dtype | None = None,
-    channels_last: bool = False,
-    window: Mapping[str, Any] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Peak memory of one call of each method on ``image`` (median of ``probes``), see :class:`PeakMemory`.
-
-    On CUDA the probes run in this process (``torch.cuda`` statistics count torch's tensors exactly). On a Linux CPU
-    they run in a fresh Python process whose glibc mmap threshold is fixed at 128 KiB from the start, so that freed
-    tensors go back to the system and the resident set follows the live tensors: in a process that has already run
-    other methods, glibc's default (dynamic) threshold leaves freed blocks in the heap, and a peak would depend on
-    what ran before. ``torch.compile`` is not applied to the probes. ``window``: as in :func:`time_methods`.
-
-    Returns:
-        per method: ``memory_kind``, ``peak_extra_mb``, ``peak_total_mb``.
-    """
-    if device.type != "cpu" or not sys.platform.startswith("linux"):
-        return _memory_probes(
-            methods, network, image, device, probes, seed=seed, amp=amp, channels_last=channels_last, window=window
-        )
-    import subprocess
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = Path(tmp) / "spec.pt"
-        result = Path(tmp) / "result.json"
-        torch.save(
-            {
-                "network": network,
-                "image": image.cpu(),
-                "methods": list(methods),
-                "probes": int(probes),
-                "seed": int(seed),
-                "amp": amp_name(amp),
-                "channels_last": bool(channels_last),
-                "window": None if window is None else dict(window),
-                "threads": torch.get_num_threads(),
-                "result": str(result),
-            },
-            spec,
-        )
-        code = "import sys; from monai_tta.bench.probes import memory_worker; memory_worker(sys.argv[1])"
-        proc = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True)
-        if proc.returncode != 0 or not result.is_file():
-            logger.warning(f"memory probe process failed ({proc.returncode}): {proc.stderr[-2000:]}")
-            return {
-                m: {"memory_kind": "unavailable", "peak_extra_mb": math.nan, "peak_total_mb": math.nan} for m in methods
-            }
-        return json.loads(result.read_text())
-
-
-def memory_worker(spec_file: str) -> None:
-    """Entry point of the memory-probe process started by :func:`measure_memory`."""
-    fix_mmap_threshold()
-    spec = torch.load(spec_file, weights_only=False)
-    torch.set_num_threads(int(spec["threads"]))
-    results = _memory_probes(
-        spec["methods"],
-        spec["network"],
-        spec["image"],
-        torch.device("cpu"),
-        spec["probes"],
-        seed=spec["seed"],
-        amp=AMP[spec["amp"]],
-        channels_last=spec["channels_last"],
-        window=spec["window"],
-    )
-    Path(spec["result"]).write_text(json.dumps(results))
+                call(name)
+            peaks.append((mem.extra, mem.peak))
+        extra, total = (float(np.median([p[i] for p in peaks])) if peaks else math.nan for i in (0, 1))
+        if first[name] is not None:  # CUDA graphs allocate their pool during the first call and keep it: count it
+            extra, total = max(extra, first[name].extra), max(total, first[name].peak)
+        kind = mem.kind if peaks else "not measured"
+        results[name].update(memory_kind=kind, peak_extra_mb=extra, peak_total_mb=total)
+    return results, calls

@@ -1,17 +1,17 @@
-"""Cases per second against the number of ranks: a fundus bundle sharded with ``torchrun``, and the per-case results
-of every rank count compared with one rank's.
+"""Cases per second against the number of ranks: the GraTa fundus bundle sharded with ``torchrun``, and the per-case
+results of every rank count compared with the fewest ranks'.
 
 ``python -m monai_tta.bench.ranks --ranks 1 2 --settings episodic domain --out docs/benchmarks/ranks`` first runs the
-bundle once in this process on the first target domain (it writes the embedded data and trains the source model,
-neither of which is timed), then, for each setting and rank count ``n``, launches
-``torchrun --standalone --nproc_per_node n -m monai_tta.bench.ranks --worker ...``. Each worker builds the bundle's
-sharded evaluation (``inference.json``, ``evaluate.json``, ``multi_gpu_inference.json``, ``multi_gpu_evaluate.json``),
-initialises it, waits for every rank, runs it and waits again; rank 0 times that span (adaptation of its share, the
-gather and the summary) and writes it. ``cases/s`` is the stream's case count over that time. Each rank runs with
-``--threads`` torch threads (1 by default), so ``n`` ranks use ``n`` cores.
+bundle once in this process on the first target domain (it writes the embedded data, 5 domains x
+``--num-per-domain`` cases, and trains the source model, neither of which is timed), then, for each setting and rank
+count ``n``, launches ``torchrun --standalone --nproc_per_node n -m monai_tta.bench.ranks --worker RUN``. Each worker
+builds the bundle's sharded evaluation (:data:`SHARDED_CONFIGS`), initialises it, waits for every rank, runs it and
+waits again; rank 0 times that span (adaptation of its share, the gather and the summary). ``cases/s`` is the stream's
+case count over that time. Each rank runs with ``--threads`` torch threads (1 by default):
+``n`` ranks use ``n`` cores.
 
-Results: ``results.json`` and ``results.md`` (and ``cases_per_second.png``) in ``--out``; the runs' own outputs stay in
-``--work``.
+Results: ``results.json``, ``results.md`` and ``time_per_case_vs_ranks.png`` in ``--out``; the runs' own outputs (the
+bundle's ``cases.csv`` per run) stay in ``--work``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ __all__ = ["main", "parse_args", "SHARDED_CONFIGS"]
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "grata_fundus_segmentation"
 SHARDED_CONFIGS = ("inference.json", "evaluate.json", "multi_gpu_inference.json", "multi_gpu_evaluate.json")
+COLUMNS = ("cases", "cases_per_rank", "seconds", "cases_per_second", "speedup", "max_abs_difference_vs_fewest_ranks")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -41,47 +42,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m monai_tta.bench.ranks", description=__doc__.split("\n\n")[0])
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="rank counts to run [1 2]")
     p.add_argument("--settings", nargs="+", default=["episodic", "domain"], help="adapter settings [episodic domain]")
-    p.add_argument("--bundle", type=Path, default=BUNDLE, help="the bundle folder [the GraTa fundus bundle]")
     p.add_argument("--num-per-domain", type=int, default=12, help="cases per target domain [12]")
     p.add_argument("--image-size", type=int, default=128, help="image side [128]")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank [1]")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks/ranks"), help="results folder")
     p.add_argument("--work", type=Path, default=Path("/tmp/monai_tta_bench_ranks"), help="data, model and run outputs")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--overrides", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    work = args.work.resolve()
-    return {
-        "dataset_dir": str(work / "data"),
-        "source_checkpoint": str(work / "models" / "model.pt"),
-        "num_per_domain": args.num_per_domain,
-        "image_size": args.image_size,
-        "num_overlays": 0,
-        "handlers#0#_disabled_": True,
-    }
-
-
-def _worker(args: argparse.Namespace) -> None:
-    """One rank of a timed sharded run (started by ``torchrun``)."""
+def _worker(run_dir: Path, threads: int) -> None:
+    """One rank of a timed sharded run (started by ``torchrun``): the overrides and the result beside ``run_dir``."""
     import torch
     from monai.bundle import ConfigWorkflow
 
     from monai_tta import distributed
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     distributed.init_distributed()
-    overrides = json.loads(args.overrides.read_text())
-    configs = [str(args.bundle / "configs" / c) for c in SHARDED_CONFIGS]
     workflow = ConfigWorkflow(
-        config_file=configs,
-        meta_file=str(args.bundle / "configs" / "metadata.json"),
+        config_file=[str(BUNDLE / "configs" / c) for c in SHARDED_CONFIGS],
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
         logging_file=False,
         workflow_type=None,
-        **{"bundle_root": str(args.bundle), **overrides},
+        **{"bundle_root": str(BUNDLE), **json.loads(run_dir.with_suffix(".overrides.json").read_text())},
     )
     workflow.initialize()
     distributed.barrier()
@@ -91,80 +75,84 @@ def _worker(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     shares = distributed.gather_objects(workflow.parser.get_parsed_content("evaluator").state.iteration)
     if distributed.is_main_process():
-        atomic_write_json({"seconds": seconds, "cases_per_rank": shares}, args.result)
+        atomic_write_json({"seconds": seconds, "cases_per_rank": shares}, run_dir.with_suffix(".result.json"))
     workflow.finalize()
 
 
-def _launch(args: argparse.Namespace, setting: str, ranks: int) -> dict[str, Any]:
+def _launch(args: argparse.Namespace, overrides: dict[str, Any], setting: str, ranks: int) -> dict[str, Any]:
     run_dir = args.work.resolve() / "runs" / f"{setting}_{ranks}ranks"
-    overrides = {**_overrides(args), "setting": setting, "output_dir": str(run_dir)}
-    args.work.mkdir(parents=True, exist_ok=True)
-    override_file, result = run_dir.with_suffix(".overrides.json"), run_dir.with_suffix(".result.json")
-    atomic_write_json(overrides, override_file)
-    result.unlink(missing_ok=True)
+    atomic_write_json(
+        {**overrides, "setting": setting, "output_dir": str(run_dir)}, run_dir.with_suffix(".overrides.json")
+    )
+    run_dir.with_suffix(".result.json").unlink(missing_ok=True)
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={ranks}"]
-    command += ["-m", "monai_tta.bench.ranks", "--worker", "--overrides", str(override_file), "--result", str(result)]
-    command += ["--bundle", str(args.bundle), "--threads", threads]
+    command += ["-m", "monai_tta.bench.ranks", "--worker", str(run_dir), "--threads", threads]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{setting} on {ranks} ranks failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    timing = json.loads(result.read_text())
     rows = read_case_csv(run_dir / "GraTa" / "cases.csv")
+    timing = json.loads(run_dir.with_suffix(".result.json").read_text())
     return {"setting": setting, "ranks": ranks, "cases": len(rows), **timing, "rows": rows}
 
 
-def _max_difference(rows: Sequence[dict], reference: Sequence[dict], skip: Sequence[str] = ("reset",)) -> float:
-    """Largest absolute difference of any numeric per-case value between two runs (``inf`` if the cases differ)."""
+def _max_difference(rows: Sequence[dict], reference: Sequence[dict]) -> float:
+    """Largest absolute difference of any numeric per-case value but ``reset`` between two runs (``inf`` if the cases
+    differ)."""
     if [r["case_id"] for r in rows] != [r["case_id"] for r in reference]:
         return float("inf")
-    worst = 0.0
-    for row, ref in zip(rows, reference):
-        for key, value in ref.items():
-            if key not in skip and isinstance(value, float):
-                worst = max(worst, abs(float(row.get(key, float("nan"))) - value))
-    return worst
+    diffs = [
+        abs(float(a.get(k, "nan")) - v)
+        for a, b in zip(rows, reference)
+        for k, v in b.items()
+        if k != "reset" and isinstance(v, float)
+    ]
+    return max(diffs, default=0.0)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark (or, with ``--worker``, one rank of it) and write its results."""
     args = parse_args(argv)
     if args.worker:
-        _worker(args)
+        _worker(args.worker, args.threads)
         return {}
     from monai_tta.zoo.run import run_bundle
 
-    prepare = {**_overrides(args), "output_dir": str(args.work.resolve() / "prepare")}
-    prepare["target_domains"] = ["camera"]
-    prepare["train_if_missing"] = True  # this one-process run trains the source model the ranks share
-    run_bundle(args.bundle, ["inference.json", "evaluate.json"], prepare, logging_file=False)
-    runs = [_launch(args, s, n) for s in args.settings for n in args.ranks]
-    table: dict[str, dict[str, float]] = {}
+    work = args.work.resolve()
+    overrides = {"dataset_dir": str(work / "data"), "source_checkpoint": str(work / "models" / "model.pt")}
+    overrides.update(
+        {
+            "num_per_domain": args.num_per_domain,
+            "image_size": args.image_size,
+            "num_overlays": 0,
+            "handlers#0#_disabled_": True,
+        }
+    )
+    prepare = {**overrides, "output_dir": str(work / "prepare"), "target_domains": ["camera"], "train_if_missing": True}
+    run_bundle(BUNDLE, ["inference.json", "evaluate.json"], prepare, logging_file=False)  # data and source model
+    runs = [_launch(args, overrides, s, n) for s in args.settings for n in args.ranks]
+    table: dict[str, dict[str, Any]] = {}
     for run in runs:
         one = next(r for r in runs if r["setting"] == run["setting"] and r["ranks"] == min(args.ranks))
         run["cases_per_second"] = run["cases"] / run["seconds"]
         run["speedup"] = run["cases_per_second"] / (one["cases"] / one["seconds"])
         run["max_abs_difference_vs_fewest_ranks"] = _max_difference(run["rows"], one["rows"])
-        name = f"{run['setting']}, {run['ranks']} rank{'s' * (run['ranks'] > 1)}"
-        table[name] = {k: run[k] for k in ("cases", "seconds", "cases_per_second", "speedup")}
-        table[name]["max_abs_difference_vs_fewest_ranks"] = run["max_abs_difference_vs_fewest_ranks"]
-        table[name]["cases_per_rank"] = "/".join(str(c) for c in run["cases_per_rank"])
+        run["cases_per_rank"] = "/".join(str(c) for c in run["cases_per_rank"])
+        table[f"{run['setting']}, {run['ranks']} rank{'s' * (run['ranks'] > 1)}"] = {k: run[k] for k in COLUMNS}
     meta = {
         "command": "python -m monai_tta.bench.ranks " + " ".join(argv if argv is not None else sys.argv[1:]),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end",
         "threads_per_rank": args.threads,
-        "num_per_domain": args.num_per_domain,
-        "image_size": args.image_size,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json({"meta": meta, "runs": table}, args.out / "results.json")
-    columns = ["cases", "cases_per_rank", "seconds", "cases_per_second", "speedup"]
-    columns.append("max_abs_difference_vs_fewest_ranks")
-    text = markdown_table(table, columns, row_title="setting, ranks", formatter=lambda v: format_cell(v, 3))
-    header = f"# Cases per second against ranks\n\n`{meta['command']}`; {meta['machine']}."
-    atomic_write_text(f"{header}\n\n{text}\n", args.out / "results.md")
+    text = markdown_table(table, COLUMNS, row_title="setting, ranks", formatter=lambda v: format_cell(v, 3))
+    atomic_write_text(
+        f"# Cases per second against ranks\n\n`{meta['command']}`; {meta['machine']}.\n\n{text}\n",
+        args.out / "results.md",
+    )
     costs = {name: {"seconds_per_case": v["seconds"] / v["cases"]} for name, v in table.items()}
     panels = (("seconds_per_case", "wall time per case", "s"),)
     plot_cost_ratios(costs, next(iter(costs)), args.out / "time_per_case_vs_ranks.png", panels=panels)

@@ -11,7 +11,7 @@ import os
 import platform
 import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from monai_tta.bench.data import first_image, prepare, prepare_copy, resolve_device, window_record
-from monai_tta.bench.methods import REFERENCE, STREAM, method_parser
+from monai_tta.bench.data import WINDOW_RECORD, prepare, prepare_copy
+from monai_tta.bench.methods import REFERENCE, STREAM, make_adapter, method_parser
 from monai_tta.bench.outputs import write_outputs
-from monai_tta.bench.probes import AMP, CaseTimer, measure_memory, time_methods
-from monai_tta.bench.stats import check_targets, check_volume_targets, summarize_runs
+from monai_tta.bench.probes import AMP, CaseTimer, fix_mmap_threshold, time_methods
+from monai_tta.bench.stats import check_targets, summarize_runs
 from monai_tta.data import CaseStream, GuardedDataset
 from monai_tta.data.keys import DataKeys
 
@@ -141,6 +141,13 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+def _window_record(window: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option of the sliding-window adapter built with ``window`` (its defaults included), as recorded."""
+    sw = make_adapter(REFERENCE, "domain", 0, window=window)
+    options = {name: getattr(sw, name) for name in WINDOW_RECORD}
+    return {k: v if isinstance(v, (int, float, bool, type(None), list)) else str(v) for k, v in options.items()}
+
+
 def timing_methods(args: argparse.Namespace, device: torch.device) -> list[str]:
     """``--timing-methods``, or the methods plus source-only, the exact GraTa variants that differ from ``grata``
     on this device (the 6 views in one forward; on a GPU also: no CUDA graph, the reference's separate forwards, and
@@ -170,7 +177,15 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """
     if args.threads:
         torch.set_num_threads(int(args.threads))
-    device = resolve_device(args.device)
+    device = (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if args.device == "auto"
+        else torch.device(args.device)
+    )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available here.")
+    if not args.no_memory:
+        fix_mmap_threshold()  # before the runs allocate: the resident set then follows the live tensors
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     args.cache = str(Path(args.cache) if args.cache else Path(args.out) / "cache")
@@ -183,129 +198,73 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_dims(args: argparse.Namespace, dims: int, device: torch.device) -> dict[str, Any]:
     """The benchmark of one dimensionality: every method in every setting on the fundus images (2) or, through the
-    3D bundle's sliding window, on the MR sites' volumes (3); then the timing and memory phases, on one image (at
-    ``--timing-size``) or one volume, as ratios to source-only; written to ``--out`` (2D) or ``--vol-out``
+    3D bundle's sliding window, on the MR sites' volumes (3); then the timing phase with its memory probes, on one
+    image (at ``--timing-size``) or one volume, as ratios to source-only; written to ``--out`` (2D) or ``--vol-out``
     (default ``<out>/3d``).
 
     Returns:
-        ``{"summary", "timing", "targets", "rows", "files"}``.
+        ``{"rows", "summary", "timing", "calls", "targets", "meta", "domains", "files"}``.
     """
     start, loadavg_start = time.perf_counter(), _loadavg()
     amp = AMP[args.amp]
-    train_start = time.perf_counter()
     prepared = {**prepare(args, dims, device), "cache": args.cache}
-    train_s = time.perf_counter() - train_start
+    train_s = time.perf_counter() - start
     cases, window = prepared["cases"], prepared["window"] or None
     logger.info(f"{sum(len(v) for v in cases.values())} target cases in {list(cases)}; device {device}")
     methods = args.methods if dims == 2 else args.vol_methods
     settings = [] if args.timing_only else (args.settings if dims == 2 else args.vol_settings)
-    options = {"seed": args.seed, "amp": amp, "compile_net": args.compile}
-    channels_last = args.channels_last and dims == 2
+    options = {
+        "seed": args.seed,
+        "amp": amp,
+        "compile_net": args.compile,
+        "channels_last": args.channels_last and dims == 2,
+    }
     rows: list[dict[str, Any]] = []
-    for setting in settings:
-        for method in methods:
-            t0 = time.perf_counter()
-            new = run_cases(
-                method,
-                setting,
-                prepared,
-                device,
-                dims,
-                args.rounds,
-                channels_last=channels_last,
-                compute_asd=not args.no_asd,
-                **options,
-            )
-            rows += new
-            dice = np.mean([r["dice_mean"] for r in new]) if new and "dice_mean" in new[0] else math.nan
-            logger.info(f"{setting:>10} {method:>14}: Dice {dice:.2f}, {time.perf_counter() - t0:.1f} s")
-    image = first_image(cases)
+    for setting, method in ((s, m) for s in settings for m in methods):
+        t0 = time.perf_counter()
+        new = run_cases(method, setting, prepared, device, dims, args.rounds, compute_asd=not args.no_asd, **options)
+        rows += new
+        dice = np.mean([r.get("dice_mean", math.nan) for r in new]) if new else math.nan
+        logger.info(f"{setting:>10} {method:>14}: Dice {dice:.2f}, {time.perf_counter() - t0:.1f} s")
+    image = torch.as_tensor(next(iter(cases.values()))[0]["image"]).float()[None].contiguous()  # the first case
     if dims == 2:
         size = args.timing_size or args.image_size
         image = image if size == image.shape[-1] else F.interpolate(image, size=(size, size), mode="bilinear")
         names, reps, warmup = timing_methods(args, device), args.timing_reps, 2
     else:
         names, reps, warmup = [REFERENCE] + [m for m in methods if m != REFERENCE], args.vol_timing_reps, 1
-    timing, calls = _cost_phase(
-        names,
-        prepared["network"],
-        image,
-        device,
-        reps,
-        not args.no_memory,
-        warmup,
-        channels_last=channels_last,
-        window=window,
-        **options,
+    probes = 0 if args.no_memory else 3
+    timing, calls = time_methods(
+        names, prepared["network"], image, device, reps, warmup, **options, window=window, memory_probes=probes
     )
+    for name, t in timing.items():
+        logger.info(f"timing {name:>14}: {t['median_ms']:.1f} ms/case, peak extra {t['peak_extra_mb']:.1f} MiB")
     domains = list(cases)
     summary = summarize_runs(rows, domains)
-    targets = check_targets(timing, summary, device) if dims == 2 else check_volume_targets(timing, device)
-    meta = _meta(args, device, prepared["checkpoint"], timing, rows, methods, start, loadavg_start, train_s)
+    meta = {
+        "dims": dims,
+        "command": "python -m monai_tta.bench" + ("" if not args.argv else " " + shlex.join(args.argv)),
+        "environment": environment(device),
+        "config": {k: v for k, v in vars(args).items() if k != "argv"},
+        "checkpoint": str(prepared["checkpoint"]),
+        "memory_kind": next(iter(timing.values()))["memory_kind"] if timing else "unavailable",
+        "run_time_ms": {m: float(np.median([r["time_ms"] for r in rows if r["method"] == m])) for m in methods if rows},
+        "loadavg_start": loadavg_start,
+        "loadavg_end": _loadavg(),
+        "train_s": train_s,
+    }
     if dims == 2:
         meta["timing_size"] = int(image.shape[-1])
     else:
         network = prepared["network"]
-        meta.update(
-            volume_shape=list(image.shape[2:]),
-            window=window_record(window or {}),
-            network=type(network).__name__,
-            network_parameters=sum(p.numel() for p in network.parameters()),
-            datalist=str(prepared["datalist"]),
-        )
+        meta.update(volume_shape=list(image.shape[2:]), window=_window_record(window or {}))
+        meta.update(network=type(network).__name__, network_parameters=sum(p.numel() for p in network.parameters()))
+        meta["datalist"] = str(prepared["datalist"])
+    meta["total_s"] = time.perf_counter() - start
+    targets = check_targets(timing, summary, device, dims)
+    result = {"rows": rows, "summary": summary, "timing": timing, "calls": calls, "targets": targets}
+    result.update(meta=meta, domains=domains)
     out = Path(args.out) if dims == 2 else (Path(args.vol_out) if args.vol_out else Path(args.out) / "3d")
-    files = write_outputs(
-        out, rows, summary, timing, calls, targets, meta, domains, plots=not args.no_plots, volumes=dims == 3
-    )
-    logger.info(f"wrote {', '.join(p.name for p in files)} to {out} in {meta['total_s']:.0f} s")
-    return {"summary": summary, "timing": timing, "targets": targets, "rows": rows, "files": files}
-
-
-def _cost_phase(
-    names: Sequence[str],
-    network: torch.nn.Module,
-    image: torch.Tensor,
-    device: torch.device,
-    reps: int,
-    memory: bool,
-    warmup: int = 2,
-    compile_net: bool = False,
-    **kwargs: Any,
-) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """The timing phase (:func:`~monai_tta.bench.probes.time_methods`) and the memory probes (unless ``memory`` is
-    false) of ``names`` on ``image``: per method its times and peak memory, and every timed call. ``kwargs``:
-    ``seed``, ``amp``, ``channels_last``, ``window``."""
-    timing, calls = time_methods(names, network, image, device, reps, warmup, compile_net=compile_net, **kwargs)
-    nan = {"memory_kind": "not measured", "peak_extra_mb": math.nan, "peak_total_mb": math.nan}
-    peaks = measure_memory(names, network, image, device, **kwargs) if memory else dict.fromkeys(timing, nan)
-    for name, t in timing.items():
-        t.update(peaks[name])
-        logger.info(f"timing {name:>14}: {t['median_ms']:.1f} ms/case, peak extra {t['peak_extra_mb']:.1f} MiB")
-    return timing, calls
-
-
-def _meta(
-    args: argparse.Namespace,
-    device: torch.device,
-    checkpoint: Path,
-    timing: Mapping[str, Mapping[str, Any]],
-    rows: Sequence[Mapping[str, Any]],
-    methods: Sequence[str],
-    start: float,
-    loadavg_start: list[float] | None,
-    train_s: float,
-) -> dict[str, Any]:
-    """The command, machine, configuration and run times recorded with the results."""
-    run_time = {m: float(np.median([r["time_ms"] for r in rows if r["method"] == m])) for m in methods if rows}
-    return {
-        "command": "python -m monai_tta.bench" + ("" if not args.argv else " " + shlex.join(args.argv)),
-        "environment": environment(device),
-        "config": {k: v for k, v in vars(args).items() if k != "argv"},
-        "checkpoint": str(checkpoint),
-        "memory_kind": next(iter(timing.values()))["memory_kind"] if timing else "unavailable",
-        "run_time_ms": run_time,
-        "loadavg_start": loadavg_start,
-        "loadavg_end": _loadavg(),
-        "train_s": train_s,
-        "total_s": time.perf_counter() - start,
-    }
+    result["files"] = write_outputs(out, result, plots=not args.no_plots)
+    logger.info(f"wrote {', '.join(p.name for p in result['files'])} to {out} in {meta['total_s']:.0f} s")
+    return result

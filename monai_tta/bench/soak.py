@@ -22,7 +22,7 @@ import torch
 
 from monai_tta.adapters.settings import Setting
 from monai_tta.bench.methods import method_parser
-from monai_tta.bench.probes import CaseTimer
+from monai_tta.bench.probes import CaseTimer, proc_status_kb
 from monai_tta.data import CaseStream, GuardedDataset
 from monai_tta.data.synthetic import SOURCE_DOMAIN, SYNTHETIC_FUNDUS_DOMAINS, synthesize_fundus_case
 from monai_tta.io import atomic_write_json, atomic_write_text
@@ -38,12 +38,9 @@ SOAK_METHODS = ("source_only", "tent", "grata")
 def rss_mib() -> float:
     """The resident set size of this process in MiB (``nan`` where ``/proc`` is missing)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return float(line.split()[1]) / 1024.0
+        return proc_status_kb("VmRSS") / 1024.0
     except OSError:
-        pass
-    return float("nan")
+        return float("nan")
 
 
 def image_pool(size: int, per_domain: int = 4, seed: int = 0) -> list[torch.Tensor]:

@@ -24,6 +24,7 @@ from monai_tta.reports.tables import (
     markdown_table,
     ratio,
     read_case_csv,
+    stratified_ci,
     summarize,
     write_case_csv,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "format_interval",
     "ratio",
     "bootstrap_ci",
+    "stratified_ci",
     "plot_domain_dice",
     "plot_stream_dice",
     "plot_stream_stats",

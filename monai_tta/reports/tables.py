@@ -24,6 +24,7 @@ __all__ = [
     "format_interval",
     "ratio",
     "bootstrap_ci",
+    "stratified_ci",
 ]
 
 MEAN_DICE = "dice_mean"
@@ -46,6 +47,20 @@ def bootstrap_ci(
     rng = np.random.default_rng(seed)
     means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
     return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def stratified_ci(values: Mapping[str, Sequence[float]], n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean over groups of the group means (cases resampled per group, e.g.
+    the overall Dice as the mean over domains); ``nan`` when every group is empty."""
+    groups = [np.asarray(v, dtype=float) for v in values.values() if len(v)]
+    if not groups:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = np.zeros(n_boot)
+    for g in groups:
+        means += g[rng.integers(0, g.size, size=(n_boot, g.size))].mean(axis=1)
+    means /= len(groups)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], group_key: str = "domain") -> dict[str, dict[str, float]]:
