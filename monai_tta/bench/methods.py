@@ -104,6 +104,10 @@ _VARIANTS: dict[str, dict[str, Any]] = {
     "safeguard": {"safeguard": True},
     "safe": {"safe": "case"},
     "safe_domain": {"safe": "domain"},
+    "safe_entropy": {"safe": {"signal": "entropy"}},
+    "safe_flip": {"safe": {"signal": "flip"}},
+    "safe_consensus": {"safe": {"signal": "consensus"}},
+    "safe_agree_source": {"safe": {"signal": "source"}},
     "gap0": {"safeguard": {"source_gap": 0.0}},
     "probe": {"safeguard": {"source_gap": 1.0}},
     "source_stats": {"norm": "source", "safeguard": False},
@@ -114,6 +118,7 @@ for _base in ("source_only", "norm_adapt", "tent", "grata", "sar", "vptta"):
     for _suffix, _options in _VARIANTS.items():
         if (
             (_base == "vptta" and _suffix not in ("nosafeguard", "safe", "safe_domain"))
+            or (_base in ("grata", "sar") and _suffix.startswith("safe_") and _suffix != "safe_domain")
             or (_free and (_suffix.endswith("_stats") or _suffix in ("nosafeguard", "probe", "gap0")))
             or (not _free and _suffix == "safeguard")
         ):

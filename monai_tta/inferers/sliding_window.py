@@ -47,8 +47,15 @@ from torch import nn
 from monai_tta.adapters.base import Adapter
 from monai_tta.adapters.cases import Case, CaseParts
 from monai_tta.adapters.state import AdapterState
+from monai_tta.guards.source import source_model
 from monai_tta.inferers.patches import PATCH_SAMPLING, STATS_SOURCES, sample_patches, window_slices
-from monai_tta.norms import captured_statistics, case_statistics, per_sample_stats, pooled_statistics
+from monai_tta.norms import (
+    captured_statistics,
+    case_statistics,
+    per_sample_stats,
+    pooled_statistics,
+    statistics_prior,
+)
 from monai_tta.padding import network_divisor, pad_to_size
 
 __all__ = ["SlidingWindowAdapter", "VolumeCase"]
@@ -275,6 +282,22 @@ class VolumeCase(Case):
         refresh = refresh and any(layer.prior < 1.0 for layer in state.norms)
         with self._pooled(state, network, x) if refresh else nullcontext(), torch.no_grad():
             return self.owner.inferer(x, network).detach()
+
+    def candidate_predict(
+        self, state: AdapterState, x: torch.Tensor, network: nn.Module, prior: float | None
+    ) -> torch.Tensor:
+        """The sliding-window prediction of a guard's candidate: the source model (``prior=None``), or the adapted
+        weights with statistics ``prior * source + (1 - prior) * volume``; the volume's statistics are the case's
+        (captured or pooled) when the layers hold them, else pooled over the update's patches now."""
+        norms = state.norms
+        with torch.no_grad():
+            if prior is None:
+                with source_model(state.params, state.snapshot, norms):
+                    return self.owner.inferer(x, network).detach()
+            with statistics_prior(norms, prior):
+                pool = prior < 1.0 and any(layer.case_stats is None for layer in norms)
+                with self._pooled(state, network, x) if pool else nullcontext():
+                    return self.owner.inferer(x, network).detach()
 
     def finish(self, logits: torch.Tensor) -> torch.Tensor:
         self._parts = None
