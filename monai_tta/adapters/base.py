@@ -430,8 +430,9 @@ class Adapter(Inferer):
                 self._update(ctx, state, case, guards)
                 for guard, s in guards:
                     if guard.choose(ctx, s) == Verdict.RESET:
-                        with torch.no_grad():
-                            ctx.prediction()  # what the state before the reset predicts
+                        if not ctx.source_prediction:  # what the state before the reset predicts
+                            with torch.no_grad():
+                                ctx.prediction()
                         self._reset_states([state])
                 with torch.no_grad():
                     ctx.prediction()

@@ -159,7 +159,7 @@ class CollapseSafeguard(Guard):
         """In the fallback: no update, the source model predicts."""
         if not (self._probing(ctx) and state.fallback):
             return Verdict.PASS
-        ctx.logits = ctx.source_logits()
+        ctx.report(ctx.source_logits)
         return Verdict.HOLD
 
     def choose(self, ctx: GuardContext, state: CollapseState) -> Verdict:
@@ -201,10 +201,10 @@ class CollapseSafeguard(Guard):
             h = torch.stack([mean_entropy(adapted, ctx.activation), mean_entropy(source, ctx.activation)]).tolist()
         now = self.check_gap(state, h[0], h[1], running_stats=any(n.has_source_stats for n in ctx.norms))
         if now and not fallback:
-            ctx.logits = ctx.source_logits()
+            ctx.report(ctx.source_logits)
             return "source_gap"
         if fallback and not now:  # the gap cleared: the method adapts again from the next case
-            ctx.logits = adapted if whole else ctx.predict_with(ctx.statistics_weight())
+            ctx.report((lambda: adapted) if whole else (lambda: ctx.predict_with(ctx.statistics_weight())))
         return None
 
     def check_gap(

@@ -116,6 +116,14 @@ class GuardContext:
                 self._source_logits = source_forward(self.network, self.inputs, self.params, self.snapshot, self.norms)
         return self._source_logits
 
+    def report(self, make: Callable[[], torch.Tensor]) -> None:
+        """Report the prediction ``make()``: made now for a whole input, on first need for a case seen in parts (a
+        later guard may replace it without paying for it)."""
+        if self.scored is None:
+            self.logits = make()
+        else:
+            self.logits, self.pending = None, make
+
     def prediction(self) -> torch.Tensor:
         """The prediction to report: ``logits``, made now from ``pending`` when it is not made yet."""
         if self.logits is None and self.pending is not None:

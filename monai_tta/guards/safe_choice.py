@@ -219,7 +219,8 @@ class SafeChoice(Guard):
         if whole:
             ctx.logits = outputs[best]
         elif best != 0:  # a volume: only the chosen candidate predicts it whole
-            ctx.logits = ctx.source_logits() if labels[best] == SafeCandidate.SOURCE else ctx.predict_with(priors[best])
+            chosen = priors[best]
+            ctx.report(ctx.source_logits if labels[best] == SafeCandidate.SOURCE else lambda: ctx.predict_with(chosen))
         ctx.stats[StatKeys.SAFE_CHOICE] = labels[best]
         ctx.stats[StatKeys.SAFE_PRIOR] = priors[best]
         ctx.stats[StatKeys.SAFE_SOURCE] = is_source or (plain and priors[best] == 1.0)

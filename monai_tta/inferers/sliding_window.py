@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from monai.inferers import Inferer, SlidingWindowInferer
@@ -47,6 +47,7 @@ from torch import nn
 from monai_tta.adapters.base import Adapter
 from monai_tta.adapters.cases import Case, CaseParts
 from monai_tta.adapters.state import AdapterState
+from monai_tta.guards import SafeChoice
 from monai_tta.guards.source import source_model
 from monai_tta.inferers.patches import PATCH_SAMPLING, STATS_SOURCES, sample_patches, window_slices
 from monai_tta.norms import (
@@ -58,7 +59,19 @@ from monai_tta.norms import (
 )
 from monai_tta.padding import network_divisor, pad_to_size
 
-__all__ = ["SlidingWindowAdapter", "VolumeCase"]
+__all__ = ["SlidingWindowAdapter", "VolumeCase", "add_safe"]
+
+
+def add_safe(adapter: Adapter, safe: SafeChoice | dict | bool | None) -> None:
+    """Add the safe choice ``safe`` (:meth:`SafeChoice.from_any`) to the guards of ``adapter`` when it has none and
+    it adapts (an update, or statistics other than the source's); the networks it has seen get its state."""
+    guard = SafeChoice.from_any(safe)
+    adapts = adapter.uses_optimizer or adapter.steps > 0 or adapter.norm.source_weight(1) < 1.0
+    if guard is None or not adapts or any(isinstance(g, SafeChoice) for g in adapter.guards):
+        return
+    adapter.guards = (*adapter.guards, guard)
+    for state in adapter._states.values():
+        state.guards.append(guard.init_state())
 
 
 class SlidingWindowAdapter(Inferer):
@@ -86,6 +99,12 @@ class SlidingWindowAdapter(Inferer):
             pass; the 2D methods predict with the statistics of the updated network). Default ``False``, our choice:
             one update step moves the statistics very little and the pass costs as much as a source-only prediction.
         seed: seed of the random patch positions.
+        safe: the label-free choice of each volume's prediction (:class:`~monai_tta.guards.SafeChoice`: the method's,
+            the source model's, the adapted weights with source, mixed or volume statistics), added to the adapter's
+            guards when it has none: ``None`` (default) the class's :attr:`default_safe` (``True``: on, at its
+            defaults; issue 18: on the embedded content sites every method falls far below the source model
+            without it), ``False`` the adapter as it is, a dict or a ``SafeChoice`` that choice. An adapter that
+            does not adapt (source statistics and no update, e.g. ``SourceOnly``) is left as it is.
         kwargs: other arguments of MONAI's ``SlidingWindowInferer`` (``sigma_scale``, ``padding_mode``, ``cval``,
             ``sw_device``, ``device``, ``progress``, ...).
 
@@ -93,6 +112,9 @@ class SlidingWindowAdapter(Inferer):
         ValueError: for an adapter that cannot adapt on patches (VPTTA), an unknown ``mode``, ``patch_sampling`` or
             ``stats_from``, ``num_patches < 1``, ``update_batch_size < 1`` or ``stats_passes < 1``.
     """
+
+    #: the safe choice when ``safe`` is not given (see ``safe``).
+    default_safe: ClassVar[SafeChoice | dict | bool] = True
 
     def __init__(
         self,
@@ -108,11 +130,13 @@ class SlidingWindowAdapter(Inferer):
         stats_passes: int = 1,
         stats_after_update: bool = False,
         seed: int = 0,
+        safe: SafeChoice | dict | bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         if not isinstance(adapter, Adapter):
             raise ValueError(f"adapter must be a monai_tta Adapter, got {type(adapter).__name__}.")
+        add_safe(adapter, self.default_safe if safe is None else safe)
         if not adapter.supports_patches:
             raise ValueError(
                 f"{type(adapter).__name__} cannot adapt a volume on patches; call it on the whole volume "
