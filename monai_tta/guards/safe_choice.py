@@ -184,6 +184,8 @@ class SafeChoice(Guard):
                 if prior is None:
                     z = outputs[0] if own_is_source else ctx.source_scored()
                     prior = 1.0
+                elif not whole and not own_is_source and prior == regime:  # a volume: the method's own regime
+                    z = outputs[0]
                 else:
                     with statistics_prior(ctx.norms, prior):
                         z = ctx.forward(x)
