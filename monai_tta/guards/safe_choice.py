@@ -1,8 +1,8 @@
 """``safe``: a label-free choice of the reported prediction, shared by every method.
 
 No published method has it. After a method's update, :class:`SafeChoice` compares the prediction the method reports
-with a few *candidates* made on the same case, and returns the most confident one (lowest mean per-pixel entropy,
-:func:`~monai_tta.guards.source.mean_entropy`):
+with a few *candidates* made on the same case, and returns the best one under a label-free signal (``signal``; by
+default the most confident: lowest mean per-pixel entropy, :func:`~monai_tta.guards.source.mean_entropy`):
 
 - ``"method"``: the method's own prediction (its weights, its statistics regime, what it reports);
 - ``"stats_<p>"``: the adapted state (the method's current weights, and VPTTA's prompt) with the normalisation
@@ -10,15 +10,17 @@ with a few *candidates* made on the same case, and returns the most confident on
 - ``"source"``: the source model (source weights, source statistics), when ``source`` is on.
 
 The choice is made per case (``per="case"``: each case picks its own candidate) or per domain (``per="domain"``: the
-candidate of lowest mean entropy over the cases of the current domain so far, this one included; the running sums
+candidate of best mean score over the cases of the current domain so far, this one included; the running sums
 restart when the domain given to :meth:`~monai_tta.adapters.Adapter.set_domain` changes and at an explicit
 ``reset()``). The source's prediction (the source model, or the source statistics of a method without weights) is
 preferred by a margin (``source_margin``, 0.01 of the entropy's range: another candidate must be clearly more
 confident); other ties go to the earlier candidate in the order above.
 
-Why entropy (our choice; no paper gives a rule): on the embedded data the prediction made with statistics that fit
-the image is the more confident one (per-image statistics fix the large shifts, camera and contrast, and cost a few
-points where the source statistics already fit, blur and fov), and it needs no label, no extra view and no state.
+Why entropy by default (measured against flip, consensus and source agreement on every embedded domain and site,
+``docs/reliability.md``: none fell below source-only, entropy had the highest overall): on the embedded data the
+prediction made with statistics that fit the image is the more confident one (per-image statistics fix the large
+shifts, camera and contrast, and cost a few points where the source statistics already fit, blur and fov), and it
+needs no label, no extra view and no state.
 Agreement between views would cost the views' forwards (GraTa's 6 views already are its main cost).
 
 What it changes, and what it does not: only the returned prediction. The method's update runs in its own regime,
@@ -63,7 +65,7 @@ def candidate_label(prior: float) -> str:
 @dataclass
 class SafeChoiceState:
     """What the per-domain choice remembers for one network: the cases of the domain so far and, per candidate
-    label, the sum of their entropies."""
+    label, the sum of their scores (the signal's values, higher better: minus the entropy for ``"entropy"``)."""
 
     cases: int = 0
     sums: dict[str, float] = field(default_factory=dict)
