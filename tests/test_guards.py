@@ -266,7 +266,11 @@ def test_activation_is_validated_against_the_methods_objective():
 
 def test_a_guard_that_needs_whole_inputs_is_refused_on_patches_before_anything_changes():
     net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1), torch.nn.BatchNorm3d(2)).eval()
-    adapter = Tent(safe=True)
-    with pytest.raises(ValueError, match="SafeChoice works on whole-input predictions"):
+
+    class WholeOnly(Guard):
+        whole_inputs_only = True
+
+    adapter = Tent(guards=[WholeOnly()])
+    with pytest.raises(ValueError, match="WholeOnly works on whole-input predictions"):
         SlidingWindowAdapter(adapter, roi_size=(8, 8, 8))(torch.rand(1, 1, 8, 8, 8), net)
     assert adapter.state_for(net).seen == 0

@@ -25,6 +25,12 @@ from monai_tta.transforms import VIEW_DIMS, StrongStyle, apply_view, invert_view
 ALL = slice(None)
 
 
+@pytest.fixture(autouse=True)
+def published_methods(monkeypatch):
+    """The methods as published: without the safe choice SlidingWindowAdapter adds by default (issue 18)."""
+    monkeypatch.setattr(SlidingWindowAdapter, "default_safe", False)
+
+
 class TinyNet3d(nn.Module):
     """conv 3x3x3 -> BN -> ReLU [-> conv 1x1x1 -> BN -> ReLU] -> conv 1x1x1 (2 logits)."""
 

@@ -446,15 +446,24 @@ class Adapter(Inferer):
             forward=lambda z: self.candidate_forward(state, z, network),
             statistics_weight=lambda: self.norm.source_weight(max(state.seen, 1)),
         )
+        if not case.whole:  # a volume: the guards score on the update's parts, one whole prediction is made
+            ctx.scored = lambda: case.scored_inputs(x)
+            ctx.predict_with = lambda p: case.candidate_predict(state, x, network, p)
+            ctx.pending = lambda: case.predict(state, x, network, lambda z: self.predict(state, z, network))
         self._case = case
         try:
-            with case.statistics(state, network, x):
+            with case.statistics(state, network, x):  # the guards' predictions of a volume use its statistics
                 self._update(ctx, state, case, guards)
+                for guard, s in guards:
+                    if guard.choose(ctx, s) == Verdict.RESET:
+                        if not ctx.source_prediction:  # what the state before the reset predicts
+                            with torch.no_grad():
+                                ctx.prediction()
+                        self._reset_states([state])
+                with torch.no_grad():
+                    ctx.prediction()
         finally:
             self._case = None
-        for guard, s in guards:
-            if guard.choose(ctx, s) == Verdict.RESET:
-                self._reset_states([state])
         stats[StatKeys.STEP] = state.step
         self.last_stats = stats
         return case.finish(ctx.logits.detach())
@@ -481,8 +490,8 @@ class Adapter(Inferer):
                 state.step += 1
             if Verdict.RESET in verdicts:
                 self._reset_states([state])
-        if ctx.logits is None:  # no guard gave the prediction
-            if reported is None or not ctx.whole:
+        if ctx.logits is None and ctx.whole:  # no guard gave the prediction (a volume's is made on first need)
+            if reported is None:
                 with torch.no_grad():
                     reported = case.predict(state, x, network, lambda z: self.predict(state, z, network))
             ctx.logits = reported

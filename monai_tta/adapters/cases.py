@@ -22,6 +22,7 @@ from torch import nn
 
 from monai_tta.adapters.state import AdapterState
 from monai_tta.gradients import param_grads
+from monai_tta.norms import statistics_prior
 from monai_tta.padding import network_divisor, pad_to_multiple
 
 __all__ = ["PartIndex", "PartGroup", "CaseParts", "Case", "WholeCase"]
@@ -163,6 +164,25 @@ class Case:
     def finish(self, logits: torch.Tensor) -> torch.Tensor:
         """The logits returned to the caller."""
         return logits
+
+    def scored_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The input the guards score candidate predictions on: the parts of the update, concatenated."""
+        parts = self.parts(x)
+        return x if parts.whole else torch.cat([x[index] for index in parts.slices])
+
+    def candidate_predict(
+        self, state: AdapterState, x: torch.Tensor, network: nn.Module, prior: float | None
+    ) -> torch.Tensor:
+        """The whole case's prediction (no gradient) by a guard's candidate: the adapted weights with statistics
+        weight ``prior``, or the source model (``prior=None``). Default: one forward of ``x``."""
+        from monai_tta.guards.source import source_model  # noqa: PLC0415 (the guards import the adapters' modules)
+
+        with torch.no_grad():
+            if prior is None:
+                with source_model(state.params, state.snapshot, state.norms):
+                    return network(x)
+            with statistics_prior(state.norms, prior):
+                return network(x)
 
 
 class WholeCase(Case):

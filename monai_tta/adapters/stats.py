@@ -32,3 +32,5 @@ class StatKeys(StrEnum):
     SAFE_PRIOR = "safe_prior"
     SAFE_CHOICE = "safe_choice"
     SAFE_SOURCE = "safe_source"
+    SAFE_SIGNAL = "safe_signal"
+    SAFE_SCORE = "safe_score"

@@ -104,15 +104,20 @@ _VARIANTS: dict[str, dict[str, Any]] = {
     "safeguard": {"safeguard": True},
     "safe": {"safe": "case"},
     "safe_domain": {"safe": "domain"},
+    "safe_entropy": {"safe": {"signal": "entropy"}},
+    "safe_flip": {"safe": {"signal": "flip"}},
+    "safe_consensus": {"safe": {"signal": "consensus"}},
+    "safe_agree_source": {"safe": {"signal": "source"}},
     "gap0": {"safeguard": {"source_gap": 0.0}},
     "probe": {"safeguard": {"source_gap": 1.0}},
     "source_stats": {"norm": "source", "safeguard": False},
     "mix_stats": {"norm": {"regime": "mix", "prior": 0.5}, "safeguard": False},
 }
 # the variants of each method: not a regime that defines it, its default already, or nothing to measure
-_GRADIENT = tuple(v for v in _VARIANTS if v != "safeguard")
-_HAS = {"source_only": ("safeguard", "safe", "safe_domain"), "tent": _GRADIENT, "grata": _GRADIENT, "sar": _GRADIENT}
-_HAS.update(norm_adapt=_HAS["source_only"], vptta=("nosafeguard", "safe", "safe_domain"))
+_SIGNALS = ("safe_entropy", "safe_flip", "safe_consensus", "safe_agree_source")  # measured on TENT (issue 18)
+_GRADIENT = tuple(v for v in _VARIANTS if v != "safeguard" and v not in _SIGNALS)
+_HAS = {"source_only": ("safeguard", "safe", "safe_domain"), "tent": (*_GRADIENT, *_SIGNALS), "grata": _GRADIENT}
+_HAS.update(sar=_GRADIENT, norm_adapt=_HAS["source_only"], vptta=("nosafeguard", "safe", "safe_domain"))
 for _base, _suffixes in _HAS.items():
     _spec = METHODS[_base]
     for _suffix in _suffixes:

@@ -35,7 +35,7 @@ adapted model keeps adapting only while its predictions are *clearly* the more c
 entropies are within 1% of their range, as on the embedded ``blur`` domain, the sign of the difference is noise and
 the source is kept, which can only cost adaptation gains, never fall below the source), the average's momentum (0.5:
 a domain's first cases decide) and the probing of every case are our choices; ``probe_every`` trades the extra
-forward for reaction time. Whole inputs only (a volume adapted on patches is not probed). Inactive in the
+forward for reaction time. A volume adapted on patches is probed on those patches. Inactive in the
 ``"episodic"`` setting (every case starts from the source state).
 """
 
@@ -97,6 +97,9 @@ class CollapseSafeguard(Guard):
             ``H(adapted) - H(source)`` is above it (``None``: off, no probe).
         gap_momentum: weight of the past in that moving average.
         probe_every: probe one case in this many (the first case of a domain is always probed).
+        step_margin: on a network without source running statistics, the source gap fires only when the adapted
+            entropy exceeds the source's by more than this (like with like: the same statistics, only the update
+            differs; a step that moves the entropy by less is accepted). Our choice: the 1% of ``source_gap``.
 
     Raises:
         ValueError: for a threshold out of range.
@@ -111,6 +114,7 @@ class CollapseSafeguard(Guard):
     source_gap: float | None = -0.01
     gap_momentum: float = 0.5
     probe_every: int = 1
+    step_margin: float = 0.01
 
     def __post_init__(self) -> None:
         if self.max_drift is not None and self.max_drift <= 0:
@@ -149,13 +153,13 @@ class CollapseSafeguard(Guard):
         state.gap, state.probes, state.fallback = None, 0, False
 
     def _probing(self, ctx: GuardContext) -> bool:
-        return not ctx.episodic and self.source_gap is not None and ctx.whole
+        return not ctx.episodic and self.source_gap is not None
 
     def before_update(self, ctx: GuardContext, state: CollapseState) -> Verdict:
         """In the fallback: no update, the source model predicts."""
         if not (self._probing(ctx) and state.fallback):
             return Verdict.PASS
-        ctx.logits = ctx.source_logits()
+        ctx.report(ctx.source_logits)
         return Verdict.HOLD
 
     def choose(self, ctx: GuardContext, state: CollapseState) -> Verdict:
@@ -169,7 +173,7 @@ class CollapseSafeguard(Guard):
             signal = self._probe(ctx, state, fallback)
             ctx.stats[StatKeys.SAFEGUARD_GAP] = state.gap
         if signal is None and ctx.updated:
-            signal = self.check(state, ctx.logits, ctx.activation, ctx.params, ctx.snapshot)
+            signal = self.check(state, ctx.method_scored(), ctx.activation, ctx.params, ctx.snapshot)
         ctx.stats[StatKeys.SAFEGUARD] = signal is not None
         if signal is not None:
             ctx.stats[StatKeys.SAFEGUARD_SIGNAL] = signal
@@ -187,21 +191,25 @@ class CollapseSafeguard(Guard):
         return n % self.probe_every == 0
 
     def _probe(self, ctx: GuardContext, state: CollapseState, fallback: bool) -> str | None:
-        """One probe: the prediction to report (in ``ctx.logits``), and ``"source_gap"`` when the gap fired."""
+        """One probe: the prediction to report (in ``ctx.logits``), and ``"source_gap"`` when the gap fired. A volume
+        is probed on the update's patches (``ctx.scored_inputs()``)."""
+        whole = ctx.scored is None
         with torch.no_grad():
-            source = ctx.source_logits()
+            source = ctx.source_scored()
             # in the fallback: the method's statistics regime on the source weights, against the source model
-            adapted = ctx.forward(ctx.inputs) if fallback else ctx.logits
+            adapted = ctx.forward(ctx.scored_inputs()) if fallback else ctx.method_scored()
             h = torch.stack([mean_entropy(adapted, ctx.activation), mean_entropy(source, ctx.activation)]).tolist()
-        now = self.check_gap(state, h[0], h[1])
+        now = self.check_gap(state, h[0], h[1], running_stats=any(n.has_source_stats for n in ctx.norms))
         if now and not fallback:
-            ctx.logits = source
+            ctx.report(ctx.source_logits)
             return "source_gap"
         if fallback and not now:  # the gap cleared: the method adapts again from the next case
-            ctx.logits = adapted
+            ctx.report((lambda: adapted) if whole else (lambda: ctx.predict_with(ctx.statistics_weight())))
         return None
 
-    def check_gap(self, state: CollapseState, adapted_entropy: float, source_entropy: float) -> bool:
+    def check_gap(
+        self, state: CollapseState, adapted_entropy: float, source_entropy: float, running_stats: bool = True
+    ) -> bool:
         """Update the source-gap average with one probed case; whether the adapter is now in the fallback.
 
         Args:
@@ -209,11 +217,16 @@ class CollapseSafeguard(Guard):
             adapted_entropy: mean entropy of the adapted prediction (in the fallback: the method's statistics regime
                 on the source weights).
             source_entropy: mean entropy of the source model's prediction.
+            running_stats: whether the network has source running statistics. Without them (InstanceNorm,
+                GroupNorm, LayerNorm) both predictions use the same statistics and differ only by the update's
+                steps, which move the entropy little: the gap then fires only when the adapted entropy is above the
+                source's by more than ``step_margin`` (a step that moves it less is accepted).
         """
         d = float(adapted_entropy) - float(source_entropy)
         gap = d if state.gap is None else self.gap_momentum * float(state.gap) + (1.0 - self.gap_momentum) * d
         state.gap = gap
-        state.fallback = bool(gap > self.source_gap)
+        threshold = self.source_gap if running_stats else max(self.source_gap, self.step_margin)
+        state.fallback = bool(gap > threshold)
         return state.fallback
 
     @staticmethod

@@ -77,6 +77,12 @@ class GuardContext:
         updated: whether the method's update ran on this case (set by the adapter after it).
         logits: the prediction to report (``None`` until made, unless a guard gives one in ``before_update``).
         source_prediction: whether ``logits`` is the source model's prediction (set by the guard that put it there).
+        scored: a case seen in parts (a volume): the parts the update saw, concatenated (the input the guards score
+            predictions on: a sample of the volume); ``None``: the whole input is scored.
+        predict_with: a case seen in parts: the whole case's prediction with statistics weight ``p`` on the adapted
+            weights (``predict_with(p)``), or the source model's (``predict_with(None)``).
+        pending: a case seen in parts: the method's own prediction of the whole case, made on first need
+            (:meth:`prediction`), so that a guard that reports another prediction does not pay for it.
     """
 
     network: nn.Module
@@ -94,14 +100,62 @@ class GuardContext:
     updated: bool = False
     logits: torch.Tensor | None = None
     source_prediction: bool = False
+    scored: Callable[[], torch.Tensor] | None = None
+    predict_with: Callable[[float | None], torch.Tensor] | None = None
+    pending: Callable[[], torch.Tensor] | None = None
     _source_logits: torch.Tensor | None = field(default=None, repr=False)
+    _cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def source_logits(self) -> torch.Tensor:
         """The source model's prediction of the case (source weights, source statistics; no gradient), computed on
-        the first request and shared by every guard of the case."""
+        the first request and shared by every guard of the case (a volume: its sliding-window prediction)."""
         if self._source_logits is None:
-            self._source_logits = source_forward(self.network, self.inputs, self.params, self.snapshot, self.norms)
+            if self.predict_with is not None:
+                self._source_logits = self.predict_with(None)
+            else:
+                self._source_logits = source_forward(self.network, self.inputs, self.params, self.snapshot, self.norms)
         return self._source_logits
+
+    def report(self, make: Callable[[], torch.Tensor]) -> None:
+        """Report the prediction ``make()``: made now for a whole input, on first need for a case seen in parts (a
+        later guard may replace it without paying for it)."""
+        if self.scored is None:
+            self.logits = make()
+        else:
+            self.logits, self.pending = None, make
+
+    def prediction(self) -> torch.Tensor:
+        """The prediction to report: ``logits``, made now from ``pending`` when it is not made yet."""
+        if self.logits is None and self.pending is not None:
+            self.logits = self.pending()
+        return self.logits
+
+    def scored_inputs(self) -> torch.Tensor:
+        """The input the guards score predictions on: the whole input, or the parts of a case seen in parts."""
+        if self.scored is None:
+            return self.inputs
+        if "inputs" not in self._cache:
+            self._cache["inputs"] = self.scored()
+        return self._cache["inputs"]
+
+    def source_scored(self) -> torch.Tensor:
+        """The source model's prediction of :meth:`scored_inputs` (shared by the guards of the case)."""
+        if self.scored is None:
+            return self.source_logits()
+        if "source" not in self._cache:
+            x = self.scored_inputs()
+            self._cache["source"] = source_forward(self.network, x, self.params, self.snapshot, self.norms)
+        return self._cache["source"]
+
+    def method_scored(self) -> torch.Tensor:
+        """The adapted state's prediction of :meth:`scored_inputs` in the method's statistics regime (the whole
+        input: the reported prediction itself)."""
+        if self.scored is None:
+            return self.prediction()
+        if "method" not in self._cache:
+            with torch.no_grad():
+                self._cache["method"] = self.forward(self.scored_inputs())
+        return self._cache["method"]
 
 
 class Guard:

@@ -1,8 +1,8 @@
 """``safe``: a label-free choice of the reported prediction, shared by every method.
 
 No published method has it. After a method's update, :class:`SafeChoice` compares the prediction the method reports
-with a few *candidates* made on the same case, and returns the most confident one (lowest mean per-pixel entropy,
-:func:`~monai_tta.guards.source.mean_entropy`):
+with a few *candidates* made on the same case, and returns the best one under a label-free signal (``signal``; by
+default the most confident: lowest mean per-pixel entropy, :func:`~monai_tta.guards.source.mean_entropy`):
 
 - ``"method"``: the method's own prediction (its weights, its statistics regime, what it reports);
 - ``"stats_<p>"``: the adapted state (the method's current weights, and VPTTA's prompt) with the normalisation
@@ -10,15 +10,17 @@ with a few *candidates* made on the same case, and returns the most confident on
 - ``"source"``: the source model (source weights, source statistics), when ``source`` is on.
 
 The choice is made per case (``per="case"``: each case picks its own candidate) or per domain (``per="domain"``: the
-candidate of lowest mean entropy over the cases of the current domain so far, this one included; the running sums
+candidate of best mean score over the cases of the current domain so far, this one included; the running sums
 restart when the domain given to :meth:`~monai_tta.adapters.Adapter.set_domain` changes and at an explicit
 ``reset()``). The source's prediction (the source model, or the source statistics of a method without weights) is
 preferred by a margin (``source_margin``, 0.01 of the entropy's range: another candidate must be clearly more
 confident); other ties go to the earlier candidate in the order above.
 
-Why entropy (our choice; no paper gives a rule): on the embedded data the prediction made with statistics that fit
-the image is the more confident one (per-image statistics fix the large shifts, camera and contrast, and cost a few
-points where the source statistics already fit, blur and fov), and it needs no label, no extra view and no state.
+Why entropy by default (measured against flip, consensus and source agreement on every embedded domain and site,
+``docs/reliability.md``: none fell below source-only, entropy had the highest overall): on the embedded data the
+prediction made with statistics that fit the image is the more confident one (per-image statistics fix the large
+shifts, camera and contrast, and cost a few points where the source statistics already fit, blur and fov), and it
+needs no label, no extra view and no state.
 Agreement between views would cost the views' forwards (GraTa's 6 views already are its main cost).
 
 What it changes, and what it does not: only the returned prediction. The method's update runs in its own regime,
@@ -28,8 +30,13 @@ method's state as they were. ``last_stats`` records the candidate kept (``safe_c
 its prediction (``safe_prior``, the source's share: 1 for the source model) and whether it is the source model
 (``safe_source``).
 
-Cost: one forward without gradient per candidate besides the method's own (3 with the defaults). Whole inputs only
-(a volume adapted on patches has no single forward to compare).
+Cost: one forward without gradient per candidate besides the method's own (3 with the defaults; ``signal="flip"``
+doubles them). A volume adapted on patches (:class:`~monai_tta.inferers.SlidingWindowAdapter`) scores its candidates
+on the update's patches (a sample of the volume) and predicts the whole volume only with the chosen one.
+
+The signal (``signal``, :mod:`monai_tta.guards.signals`): ``"entropy"`` (above), ``"flip"``, ``"consensus"`` or
+``"source"`` agreement; the rule that picked the default and the measurement are in ``docs/reliability.md``. The row
+of a case records the signal (``safe_signal``) and each candidate's value (``safe_score_<label>``).
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ from monai.utils import look_up_option
 from monai_tta.adapters.safe_options import SafeCandidate, SafePer
 from monai_tta.adapters.stats import StatKeys
 from monai_tta.guards.protocol import Guard, GuardContext, Verdict
-from monai_tta.guards.source import ACTIVATIONS, mean_entropy
+from monai_tta.guards.signals import SafeSignal, signal_scores
+from monai_tta.guards.source import ACTIVATIONS, source_forward
 from monai_tta.norms import statistics_prior
 
 __all__ = ["SafeChoice", "SafeChoiceState", "candidate_label"]
@@ -57,7 +65,7 @@ def candidate_label(prior: float) -> str:
 @dataclass
 class SafeChoiceState:
     """What the per-domain choice remembers for one network: the cases of the domain so far and, per candidate
-    label, the sum of their entropies."""
+    label, the sum of their scores (the signal's values, higher better: minus the entropy for ``"entropy"``)."""
 
     cases: int = 0
     sums: dict[str, float] = field(default_factory=dict)
@@ -80,20 +88,23 @@ class SafeChoice(Guard):
             weights) is kept unless another candidate's entropy is lower by more than this (entropies are in
             ``[0, 1]``): where they are within 1% of each other the sign of the difference is noise, and erring
             towards the source can only cost adaptation gains, never fall below it (the safeguard's margin too).
+            The same margin applies to every signal (all are in ``[0, 1]``).
+        signal: the label-free score of the candidates (:class:`~monai_tta.guards.signals.SafeSignal`:
+            ``"entropy"``, ``"flip"``, ``"consensus"``, ``"source"``).
 
     Raises:
         ValueError: for a prior outside ``[0, 1]``, an unknown ``per`` or activation.
     """
-
-    whole_inputs_only = True
 
     priors: Sequence[float] = (1.0, 0.5, 0.0)
     source: bool = True
     per: str = SafePer.CASE
     activation: str | None = None
     source_margin: float = 0.01
+    signal: str = SafeSignal.ENTROPY
 
     def __post_init__(self) -> None:
+        self.signal = look_up_option(self.signal, SafeSignal)
         if any(not 0.0 <= float(p) <= 1.0 for p in self.priors):
             raise ValueError(f"safe: priors must be weights in [0, 1], got {list(self.priors)}.")
         self.priors = tuple(dict.fromkeys(float(p) for p in self.priors))  # unique, in order
@@ -149,37 +160,54 @@ class SafeChoice(Guard):
         return out
 
     def choose(self, ctx: GuardContext, state: SafeChoiceState) -> Verdict:
-        """Replace ``ctx.logits`` by the most confident candidate (the method's own prediction among them).
+        """Replace the prediction by the best-scored candidate (the method's own prediction among them).
 
         When ``ctx.source_prediction`` (the safeguard's fallback) the method's prediction is the source model's: it is
         recorded as such, and it is the ``source`` candidate too (no second forward; the tie goes to the method's).
+        A volume's candidates are scored on the update's patches (``ctx.scored_inputs()``) and only the chosen one
+        predicts the whole volume.
         """
         activation = self.activation or ctx.activation
         plain = ctx.plain_prediction
         regime = ctx.statistics_weight()
         own_is_source = ctx.source_prediction
         own = regime if plain else None
+        whole = ctx.scored is None
+        x = ctx.scored_inputs()
+        flip = self.signal == SafeSignal.FLIP
         labels = [SafeCandidate.METHOD.value]
-        outputs = [ctx.logits]
         priors: list[float | None] = [1.0 if own_is_source else own]
         with torch.no_grad():
+            if whole:
+                outputs = [ctx.prediction()]
+            else:
+                outputs = [ctx.source_scored() if own_is_source else ctx.method_scored()]
             for label, prior in self.candidates(own):
                 if prior is None:
-                    z = ctx.logits if own_is_source else ctx.source_logits()
+                    z = outputs[0] if own_is_source else ctx.source_scored()
                     prior = 1.0
+                elif not whole and not own_is_source and prior == regime:  # a volume: the method's own regime
+                    z = outputs[0]
                 else:
                     with statistics_prior(ctx.norms, prior):
-                        z = ctx.forward(ctx.inputs)
+                        z = ctx.forward(x)
                 labels.append(label)
                 outputs.append(z)
                 priors.append(prior)
-            entropies = torch.stack([mean_entropy(z, activation) for z in outputs]).tolist()
-        scores = entropies
+            flipped = self._flipped(ctx, x, labels, priors, own_is_source) if flip else None
+            source_index = next((i for i, p in enumerate(priors) if labels[i] == SafeCandidate.SOURCE), None)
+            if source_index is None and own_is_source:
+                source_index = 0
+            signal = self.signal
+            if signal == SafeSignal.SOURCE and source_index is None:
+                signal = SafeSignal.CONSENSUS  # no source candidate to agree with
+            values = signal_scores(signal, outputs, activation, source_index, flipped)
+        scores = values
         if self.per == SafePer.DOMAIN:
             n = state.cases = state.cases + 1
             scores = []
-            for label, h in zip(labels, entropies):
-                total = float(state.sums.get(label, 0.0)) + h
+            for label, v in zip(labels, values):
+                total = float(state.sums.get(label, 0.0)) + v
                 state.sums[label] = total
                 scores.append(total / n)
         sources = [
@@ -187,13 +215,37 @@ class SafeChoice(Guard):
             for i, (label, prior) in enumerate(zip(labels, priors))
             if label == SafeCandidate.SOURCE or (i == 0 and own_is_source) or (plain and prior == 1.0)
         ]
-        scores = [h - self.source_margin if i in sources else h for i, h in enumerate(scores)]
-        best = min(range(len(scores)), key=lambda i: (scores[i], i))
+        scores = [h + self.source_margin if i in sources else h for i, h in enumerate(scores)]
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
         if priors[best] is None:  # the method's own prediction: the weight of its regime
             priors[best] = regime
         is_source = labels[best] == SafeCandidate.SOURCE or (best == 0 and own_is_source)
-        ctx.logits = outputs[best]
+        if whole:
+            ctx.logits = outputs[best]
+        elif best != 0:  # a volume: only the chosen candidate predicts it whole
+            chosen = priors[best]
+            ctx.report(ctx.source_logits if labels[best] == SafeCandidate.SOURCE else lambda: ctx.predict_with(chosen))
         ctx.stats[StatKeys.SAFE_CHOICE] = labels[best]
         ctx.stats[StatKeys.SAFE_PRIOR] = priors[best]
         ctx.stats[StatKeys.SAFE_SOURCE] = is_source or (plain and priors[best] == 1.0)
+        ctx.stats[StatKeys.SAFE_SIGNAL] = str(signal)
+        for label, v in zip(labels, values):
+            ctx.stats[f"{StatKeys.SAFE_SCORE}_{label}"] = v
         return Verdict.PASS
+
+    def _flipped(
+        self, ctx: GuardContext, x: torch.Tensor, labels: list[str], priors: list, own_is_source: bool
+    ) -> list[torch.Tensor]:
+        """Each candidate's prediction of ``x`` flipped along its last spatial axis, flipped back."""
+        xf = torch.flip(x, dims=(-1,))
+        out = []
+        for i, (label, prior) in enumerate(zip(labels, priors)):
+            if label == SafeCandidate.SOURCE or (i == 0 and own_is_source):
+                z = source_forward(ctx.network, xf, ctx.params, ctx.snapshot, ctx.norms)
+            elif i == 0:
+                z = ctx.forward(xf)
+            else:
+                with statistics_prior(ctx.norms, prior):
+                    z = ctx.forward(xf)
+            out.append(torch.flip(z, dims=(-1,)))
+        return out

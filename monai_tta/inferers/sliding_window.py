@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from monai.inferers import Inferer, SlidingWindowInferer
@@ -47,11 +47,31 @@ from torch import nn
 from monai_tta.adapters.base import Adapter
 from monai_tta.adapters.cases import Case, CaseParts
 from monai_tta.adapters.state import AdapterState
+from monai_tta.guards import SafeChoice
+from monai_tta.guards.source import source_model
 from monai_tta.inferers.patches import PATCH_SAMPLING, STATS_SOURCES, sample_patches, window_slices
-from monai_tta.norms import captured_statistics, case_statistics, per_sample_stats, pooled_statistics
+from monai_tta.norms import (
+    captured_statistics,
+    case_statistics,
+    per_sample_stats,
+    pooled_statistics,
+    statistics_prior,
+)
 from monai_tta.padding import network_divisor, pad_to_size
 
-__all__ = ["SlidingWindowAdapter", "VolumeCase"]
+__all__ = ["SlidingWindowAdapter", "VolumeCase", "add_safe"]
+
+
+def add_safe(adapter: Adapter, safe: SafeChoice | dict | bool | None) -> None:
+    """Add the safe choice ``safe`` (:meth:`SafeChoice.from_any`) to the guards of ``adapter`` when it has none and
+    it adapts (an update, or statistics other than the source's); the networks it has seen get its state."""
+    guard = SafeChoice.from_any(safe)
+    adapts = adapter.uses_optimizer or adapter.steps > 0 or adapter.norm.source_weight(1) < 1.0
+    if guard is None or not adapts or any(isinstance(g, SafeChoice) for g in adapter.guards):
+        return
+    adapter.guards = (*adapter.guards, guard)
+    for state in adapter._states.values():
+        state.guards.append(guard.init_state())
 
 
 class SlidingWindowAdapter(Inferer):
@@ -79,6 +99,15 @@ class SlidingWindowAdapter(Inferer):
             pass; the 2D methods predict with the statistics of the updated network). Default ``False``, our choice:
             one update step moves the statistics very little and the pass costs as much as a source-only prediction.
         seed: seed of the random patch positions.
+        safe: the label-free choice of each volume's prediction (:class:`~monai_tta.guards.SafeChoice`: the method's,
+            the source model's, the adapted weights with source, mixed or volume statistics), added to the adapter's
+            guards when it has none: ``None`` (default) the class's :attr:`default_safe` (``True``: on, at its
+            defaults; issue 18: on the embedded content sites every method falls far below the source model
+            without it), ``False`` the adapter as it is, a dict or a ``SafeChoice`` that choice. An adapter that
+            does not adapt (source statistics and no update, e.g. ``SourceOnly``) is left as it is.
+        score_patches: how many of the update's patches (evenly spaced among them) the guards score their
+            candidates on (the safe choice, the collapse safeguard's probe); ``None``: all. Default 2 (our choice: the
+            candidates' forwards then cost about half an update, within the 1.5x of issue 18).
         kwargs: other arguments of MONAI's ``SlidingWindowInferer`` (``sigma_scale``, ``padding_mode``, ``cval``,
             ``sw_device``, ``device``, ``progress``, ...).
 
@@ -86,6 +115,9 @@ class SlidingWindowAdapter(Inferer):
         ValueError: for an adapter that cannot adapt on patches (VPTTA), an unknown ``mode``, ``patch_sampling`` or
             ``stats_from``, ``num_patches < 1``, ``update_batch_size < 1`` or ``stats_passes < 1``.
     """
+
+    #: the safe choice when ``safe`` is not given (see ``safe``).
+    default_safe: ClassVar[SafeChoice | dict | bool] = True
 
     def __init__(
         self,
@@ -101,11 +133,14 @@ class SlidingWindowAdapter(Inferer):
         stats_passes: int = 1,
         stats_after_update: bool = False,
         seed: int = 0,
+        safe: SafeChoice | dict | bool | None = None,
+        score_patches: int | None = 2,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         if not isinstance(adapter, Adapter):
             raise ValueError(f"adapter must be a monai_tta Adapter, got {type(adapter).__name__}.")
+        add_safe(adapter, self.default_safe if safe is None else safe)
         if not adapter.supports_patches:
             raise ValueError(
                 f"{type(adapter).__name__} cannot adapt a volume on patches; call it on the whole volume "
@@ -128,6 +163,9 @@ class SlidingWindowAdapter(Inferer):
         self.update_batch_size = int(update_batch_size or sw_batch_size)
         self.stats_passes = int(stats_passes)
         self.stats_after_update = bool(stats_after_update)
+        if score_patches is not None and score_patches < 1:
+            raise ValueError(f"score_patches must be None or >= 1, got {score_patches}.")
+        self.score_patches = score_patches
         self.padding_mode = look_up_option(kwargs.get("padding_mode", PytorchPadMode.CONSTANT), PytorchPadMode)
         self.cval = float(kwargs.get("cval", 0.0))
         self.generator = torch.Generator().manual_seed(seed)
@@ -275,6 +313,31 @@ class VolumeCase(Case):
         refresh = refresh and any(layer.prior < 1.0 for layer in state.norms)
         with self._pooled(state, network, x) if refresh else nullcontext(), torch.no_grad():
             return self.owner.inferer(x, network).detach()
+
+    def scored_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The patches the guards score on: ``score_patches`` of the update's, evenly spaced, concatenated."""
+        slices = self._parts.slices
+        k = self.owner.score_patches
+        if k is not None and k < len(slices):
+            step = len(slices) / k
+            slices = [slices[int(i * step)] for i in range(k)]
+        return torch.cat([x[index] for index in slices])
+
+    def candidate_predict(
+        self, state: AdapterState, x: torch.Tensor, network: nn.Module, prior: float | None
+    ) -> torch.Tensor:
+        """The sliding-window prediction of a guard's candidate: the source model (``prior=None``), or the adapted
+        weights with statistics ``prior * source + (1 - prior) * volume``; the volume's statistics are the case's
+        (captured or pooled) when the layers hold them, else pooled over the update's patches now."""
+        norms = state.norms
+        with torch.no_grad():
+            if prior is None:
+                with source_model(state.params, state.snapshot, norms):
+                    return self.owner.inferer(x, network).detach()
+            with statistics_prior(norms, prior):
+                pool = prior < 1.0 and any(layer.case_stats is None for layer in norms)
+                with self._pooled(state, network, x) if pool else nullcontext():
+                    return self.owner.inferer(x, network).detach()
 
     def finish(self, logits: torch.Tensor) -> torch.Tensor:
         self._parts = None
