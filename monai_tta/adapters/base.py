@@ -57,6 +57,7 @@ def names_a_case(inputs: Any) -> bool:
     name = inputs.meta.get("filename_or_obj")
     return bool(name) and not (isinstance(name, (list, tuple)) and not any(name))
 
+
 __all__ = ["Adapter", "AdapterState", "build_optimizer", "set_lr"]
 
 
