@@ -123,10 +123,19 @@ def test_export_writes_what_the_zoo_wants(exports):
     packages = meta["required_packages_version"]
     # what the copied code and the configs import, plus fire (`python -m monai.bundle run`); monai, torch and numpy
     # have their own fields
-    assert sorted(packages) == ["fire", "matplotlib", "nibabel", "pillow", "pytorch-ignite", "scipy"]
-    assert not (folder / "scripts" / "monai_tta" / "zoo").exists()
+    # (PyYAML: the copied monai_tta.zoo.checks reads large_files.yml)
+    assert sorted(packages, key=str.lower) == [
+        "fire",
+        "matplotlib",
+        "nibabel",
+        "pillow",
+        "pytorch-ignite",
+        "PyYAML",
+        "scipy",
+    ]
+    assert (folder / "scripts" / "monai_tta" / "zoo" / "source.py").is_file()  # the configs call it
     assert json.loads((folder / "configs" / "inference.json").read_text())["imports"][0] == "$import scripts"
-    assert (folder / "scripts" / "monai_tta" / "adapters" / "vptta.py").is_file()
+    assert (folder / "scripts" / "monai_tta" / "adapters" / "vptta" / "adapter.py").is_file()
     state = torch.load(folder / "models" / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     readme = (folder / "docs" / "README.md").read_text()

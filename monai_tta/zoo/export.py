@@ -4,7 +4,8 @@
 
     configs/, docs/, LICENSE       the bundle's files, JSON in the zoo's pretty-format-json style
     scripts/__init__.py            puts scripts/ on sys.path, so that ``monai_tta`` resolves to the copy below
-    scripts/monai_tta/             this package's source (pure Python, without ``monai_tta.zoo``), isort + black
+    scripts/monai_tta/             this package's source (pure Python; ``monai_tta.zoo`` too: the configs call its
+                                   ``source`` helpers), isort + black
                                    formatted with the zoo's settings (:mod:`monai_tta.zoo.style`)
     models/model.pt                the checkpoint given, else made by the bundle's own run (:data:`MODEL_CONFIGS`)
     models/model.ts                TorchScript of network_def with model.pt (MONAI's ckpt_export, torch.jit.script)
@@ -60,8 +61,9 @@ HOSTED_FILES = ("models/model.pt", "models/model.ts")
 #: the config chains that make ``models/model.pt``, first match wins: a bundle with ``configs/target_model.json``
 #: (TGMA: the adapted target model of its offline adaptation, ``adapt.json``) or the source training.
 MODEL_CONFIGS = (("adapt.json", "target_model.json"), ("inference.json", "source_training.json"))
-#: sub-packages of monai_tta that a bundle never imports (the export and generation tools themselves).
-_NOT_EXPORTED = ("zoo",)
+#: sub-packages of monai_tta that a bundle never imports. None: the configs call ``monai_tta.zoo.source`` (the source
+#: checkpoint) and ``import monai_tta`` imports every sub-package.
+_NOT_EXPORTED: tuple[str, ...] = ()
 _IMPORT_STRING = re.compile(r"^\$\s*import\s+([A-Za-z_][\w.]*)")
 
 #: ``scripts/__init__.py`` of an export: the configs import ``scripts`` first, which makes ``monai_tta`` importable.
