@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from monai_tta.data.presets import resolve_names
+
 __all__ = [
     "SOURCE_DOMAIN",
     "FundusDomain",
@@ -277,16 +279,4 @@ def resolve_fundus_domains(domains: str | Sequence[str] | None) -> list[str]:
     Raises:
         ValueError: for an unknown or repeated name, or an empty list.
     """
-    if domains is None:
-        names = list_domains()
-    elif isinstance(domains, str):
-        names = list_domains(domains) if domains in FUNDUS_DOMAIN_PRESETS else [domains]
-    else:
-        names = [str(d) for d in domains]
-    if not names:
-        raise ValueError("domains must name at least one domain.")
-    for name in names:
-        get_fundus_domain(name)
-    if len(set(names)) != len(names):
-        raise ValueError(f"domains must not repeat a name, got {names}.")
-    return names
+    return resolve_names(domains, FUNDUS_DOMAIN_PRESETS, list_domains, get_fundus_domain, "domains")

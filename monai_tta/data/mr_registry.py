@@ -20,6 +20,7 @@ from monai.utils import look_up_option
 
 from monai_tta.data.fundus_domains import SOURCE_DOMAIN
 from monai_tta.data.mr_variation import PelvisVariation
+from monai_tta.data.presets import resolve_names
 
 __all__ = [
     "MRSite",
@@ -264,16 +265,4 @@ def resolve_mr_sites(sites: str | Sequence[str] | None) -> list[str]:
     Raises:
         ValueError: for an unknown or repeated name, or an empty list.
     """
-    if sites is None:
-        names = list_mr_sites()
-    elif isinstance(sites, str):
-        names = list_mr_sites(sites) if sites in MR_SITE_PRESETS else [sites]
-    else:
-        names = [str(s) for s in sites]
-    if not names:
-        raise ValueError("sites must name at least one site.")
-    for name in names:
-        get_mr_site(name)
-    if len(set(names)) != len(names):
-        raise ValueError(f"sites must not repeat a name, got {names}.")
-    return names
+    return resolve_names(sites, MR_SITE_PRESETS, list_mr_sites, get_mr_site, "sites")
