@@ -13,7 +13,9 @@ from tiny import tiny_image, tiny_net
 
 from monai_tta.adapters import VPTTA, NormAdapt, SafeChoice, SafeNorm, Tent
 from monai_tta.adapters.stats import StatKeys
+from monai_tta.gradients import set_grads
 from monai_tta.guards import SafeChoiceState
+from monai_tta.losses import entropy_loss
 
 
 def by_hand(ref: torch.nn.Module, x: torch.Tensor, prior: float, affine: list[torch.Tensor] | None = None):
@@ -74,12 +76,17 @@ def test_per_case_choice_is_the_lowest_entropy_candidate_of_a_gradient_method():
             "stats_0": by_hand(ref, x, 0.0, after),
             "source": by_hand(ref, x, 1.0),
         }
-        entropies = {k: entropy_by_hand(z) - (0.01 if k == "source" else 0.0) for k, z in candidates.items()}
+        raw = {k: entropy_by_hand(z) for k, z in candidates.items()}
+        entropies = {k: h - (0.01 if k == "source" else 0.0) for k, h in raw.items()}
         best = min(entropies, key=entropies.get)  # the source is preferred by the margin
+        # ... and the update is accepted where, like with like (source statistics), it moves the entropy by < 0.01
+        step = best == "source" and raw["stats_1"] <= raw["source"] + 0.01
+        best = "stats_1" if step else best
         out = safe(x, net)
         chosen.append(best)
         assert safe.last_stats[StatKeys.SAFE_CHOICE] == best
         assert safe.last_stats[StatKeys.SAFE_SOURCE] == (best == "source")
+        assert safe.last_stats[StatKeys.SAFE_STEP] is step
         assert torch.allclose(out, candidates[best], atol=1e-6)
         # the adapted state evolves by the method's rule whatever is chosen: bit for bit the plain method's
         assert all(torch.equal(p, q) for p, q in zip(safe.state_for(net).params, after))
@@ -257,3 +264,66 @@ def test_safe_in_the_fallback_records_the_source_model_and_keeps_the_update_rule
         assert adapter.last_stats[StatKeys.SAFE_CHOICE] == "method"  # the source model's, in the fallback
         assert adapter.last_stats[StatKeys.SAFE_SOURCE] is True and adapter.last_stats[StatKeys.SAFE_PRIOR] == 1.0
         assert torch.allclose(out, by_hand(ref, x, 1.0), atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------- the step rule
+class GroupNormNet(torch.nn.Module):
+    """conv -> GroupNorm (no running statistics) -> ReLU -> conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(2, 4, 3, padding=1)
+        self.norm = torch.nn.GroupNorm(2, 4)
+        self.head = torch.nn.Conv2d(4, 2, 1)
+        with torch.no_grad():
+            self.head.weight.mul_(8.0)  # a confident source model (its entropy far from the maximum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.norm(self.conv(x))))
+
+
+class EntropyAscent(Tent):
+    """A step *up* the entropy (the case the step rule must refuse)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**{**kwargs, "lr": 0.1})
+
+    def adapt(self, state, inputs, network):
+        loss = -entropy_loss(network(inputs), self.activation)
+        set_grads(state.params, torch.autograd.grad(loss, state.params))
+        state.optimizer.step()
+        return {StatKeys.LOSS: float(loss.detach())}, None
+
+
+@pytest.mark.parametrize("method, margin", [(Tent, 0.01), (Tent, None), (EntropyAscent, 0.01)])
+def test_step_rule_keeps_an_update_that_moves_the_entropy_less_than_the_margin(method, margin):
+    """On a network without running statistics the source model and the adapted weights normalise alike: the
+    update's prediction is kept unless its entropy is above the source model's by more than ``step_margin``
+    (``None``: the source model is kept whenever it wins with its margin)."""
+    net = GroupNormNet()
+    ref = copy.deepcopy(net)
+    x = tiny_image(seed=3, size=8)
+    safe = {"step_margin": margin, "priors": (), "source_margin": 1.0}  # the source always wins on its margin
+    adapter = method(setting="episodic", lr=1.0, safeguard=False, predict_after_update=True, safe=safe)
+    out = adapter(x, net)
+    adapted = copy.deepcopy(ref)
+    method(setting="continual", lr=1.0, safeguard=False)(x, adapted)  # the same single step, without safe
+    with torch.no_grad():
+        source, after = ref(x), adapted(x)
+    h_source, h_after = entropy_by_hand(source), entropy_by_hand(after)
+    assert (h_after < h_source) == (method is Tent)  # TENT lowers the entropy, the ascent raises it
+    stats = adapter.last_stats
+    if margin is not None and h_after <= h_source + margin:
+        assert stats[StatKeys.SAFE_CHOICE] == "method" and stats[StatKeys.SAFE_STEP] is True
+        assert stats[StatKeys.SAFE_SOURCE] is False
+        torch.testing.assert_close(out, after, atol=1e-5, rtol=0)
+    else:
+        assert stats[StatKeys.SAFE_CHOICE] == "source" and stats[StatKeys.SAFE_STEP] is False
+        torch.testing.assert_close(out, source, atol=1e-6, rtol=0)
+    assert (stats[StatKeys.SAFE_CHOICE] == "method") == (method is Tent and margin is not None)
+
+
+def test_step_margin_is_validated():
+    with pytest.raises(ValueError, match="step_margin"):
+        SafeChoice(step_margin=-1.0)

@@ -34,3 +34,4 @@ class StatKeys(StrEnum):
     SAFE_SOURCE = "safe_source"
     SAFE_SIGNAL = "safe_signal"
     SAFE_SCORE = "safe_score"
+    SAFE_STEP = "safe_step"

@@ -16,6 +16,16 @@ restart when the domain given to :meth:`~monai_tta.adapters.Adapter.set_domain` 
 preferred by a margin (``source_margin``, 0.01 of the entropy's range: another candidate must be clearly more
 confident); other ties go to the earlier candidate in the order above.
 
+When the source model wins, the method's *update* is still kept where it would not hurt (``step_margin``, issue 18:
+"refuse only when it would hurt"): the adapted weights with the source model's statistics (``stats_1``; on a network
+without running statistics, InstanceNorm, GroupNorm or LayerNorm, where every candidate normalises with the case's own
+statistics as the source model does, the method's own prediction) differ from the source model by the update's steps
+alone, like with like; if their score is at most ``step_margin`` (0.01) worse, they are chosen and ``safe_step``
+records it. So the margin refuses the *statistics* that do not clearly fit, and the step is refused only when it
+moves the signal the wrong way by more than the margin. Without this rule the source model, favoured by its margin,
+won every case on a network without running statistics and the method never acted (a tiny step barely moves the
+entropy).
+
 Why entropy by default (measured against flip, consensus and source agreement on every embedded domain and site,
 ``docs/reliability.md``: none fell below source-only, entropy had the highest overall): on the embedded data the
 prediction made with statistics that fit the image is the more confident one (per-image statistics fix the large
@@ -27,8 +37,8 @@ What it changes, and what it does not: only the returned prediction. The method'
 as published, whatever is chosen (the adapted state keeps evolving by the method's rule: the choice never feeds back
 into the update); the candidates' forwards run without gradient and leave the network, the statistics regime and the
 method's state as they were. ``last_stats`` records the candidate kept (``safe_choice``), the statistics weight of
-its prediction (``safe_prior``, the source's share: 1 for the source model) and whether it is the source model
-(``safe_source``).
+its prediction (``safe_prior``, the source's share: 1 for the source model), whether it is the source model
+(``safe_source``) and whether the step rule kept the update (``safe_step``).
 
 Cost: one forward without gradient per candidate besides the method's own (3 with the defaults; ``signal="flip"``
 doubles them). A volume adapted on patches (:class:`~monai_tta.inferers.SlidingWindowAdapter`) scores its candidates
@@ -91,6 +101,12 @@ class SafeChoice(Guard):
             The same margin applies to every signal (all are in ``[0, 1]``).
         signal: the label-free score of the candidates (:class:`~monai_tta.guards.signals.SafeSignal`:
             ``"entropy"``, ``"flip"``, ``"consensus"``, ``"source"``).
+        step_margin: when the source model wins, the method's update is still accepted if the adapted weights with
+            the source model's statistics (``stats_1``; on a network without running statistics, where every
+            candidate of the adapted weights normalises with the case's own statistics as the source model does,
+            the method's own prediction) score at most this much below it: like with like, only the update's steps
+            differ, and a step that moves the signal by less than this is accepted (``None``: never; the source
+            model is kept). Our choice: 0.01, the source margin (issue 18: "refuse only when it would hurt").
 
     Raises:
         ValueError: for a prior outside ``[0, 1]``, an unknown ``per`` or activation.
@@ -102,9 +118,12 @@ class SafeChoice(Guard):
     activation: str | None = None
     source_margin: float = 0.01
     signal: str = SafeSignal.ENTROPY
+    step_margin: float | None = 0.01
 
     def __post_init__(self) -> None:
         self.signal = look_up_option(self.signal, SafeSignal)
+        if self.step_margin is not None and self.step_margin < 0:
+            raise ValueError(f"safe: step_margin must be None or >= 0, got {self.step_margin}.")
         if any(not 0.0 <= float(p) <= 1.0 for p in self.priors):
             raise ValueError(f"safe: priors must be weights in [0, 1], got {list(self.priors)}.")
         self.priors = tuple(dict.fromkeys(float(p) for p in self.priors))  # unique, in order
@@ -215,8 +234,18 @@ class SafeChoice(Guard):
             for i, (label, prior) in enumerate(zip(labels, priors))
             if label == SafeCandidate.SOURCE or (i == 0 and own_is_source) or (plain and prior == 1.0)
         ]
+        raw = scores
         scores = [h + self.source_margin if i in sources else h for i, h in enumerate(scores)]
         best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        step = None if plain or own_is_source else self._step_candidate(ctx, labels, priors, regime)
+        accepted = (
+            self.step_margin is not None
+            and step is not None
+            and labels[best] == SafeCandidate.SOURCE
+            and raw[step] >= raw[best] - self.step_margin
+        )
+        if accepted:  # the update moves the signal by less than the margin: the adapted weights are kept
+            best = step
         if priors[best] is None:  # the method's own prediction: the weight of its regime
             priors[best] = regime
         is_source = labels[best] == SafeCandidate.SOURCE or (best == 0 and own_is_source)
@@ -229,9 +258,20 @@ class SafeChoice(Guard):
         ctx.stats[StatKeys.SAFE_PRIOR] = priors[best]
         ctx.stats[StatKeys.SAFE_SOURCE] = is_source or (plain and priors[best] == 1.0)
         ctx.stats[StatKeys.SAFE_SIGNAL] = str(signal)
+        ctx.stats[StatKeys.SAFE_STEP] = bool(accepted)
         for label, v in zip(labels, values):
             ctx.stats[f"{StatKeys.SAFE_SCORE}_{label}"] = v
         return Verdict.PASS
+
+    @staticmethod
+    def _step_candidate(ctx: GuardContext, labels: list[str], priors: list, regime: float) -> int | None:
+        """The index of the adapted weights' prediction with the source model's statistics, if it is a candidate:
+        ``stats_1``, else the method's own when its regime is the source statistics or the network has no running
+        statistics (its layers then normalise with the case's own statistics in every candidate)."""
+        index = next((i for i in range(1, len(labels)) if labels[i] != SafeCandidate.SOURCE and priors[i] == 1.0), None)
+        if index is None and (regime == 1.0 or not any(layer.has_source_stats for layer in ctx.norms)):
+            return 0
+        return index
 
     def _flipped(
         self, ctx: GuardContext, x: torch.Tensor, labels: list[str], priors: list, own_is_source: bool
