@@ -1,0 +1,114 @@
+"""Issue 18: per case, the Dice of each label-free candidate and the value of each signal, 2D images or 3D volumes.
+
+Usage::
+
+    python tools/issue18/candidates.py --dims 3 CHECKPOINT DATASET_DIR OUT_CSV [--sections pelvis_test ...]
+    python tools/issue18/candidates.py --dims 2 CHECKPOINT DATASET_DIR OUT_CSV [--sections camera ...]
+
+CHECKPOINT is the source model the benchmark trains into its cache (3D: ``source_mr_train16_e80_s0_<digest>.pt``, 2D:
+``source_small_128_n32_e30_s0.pt``); DATASET_DIR a folder written by ``monai_tta.data.generate_mr_sites`` (3D) or
+``generate_fundus_domains`` (2D) holding ``datalist.json``; OUT_CSV the table written (one row per case x candidate).
+Cases are read and preprocessed by the bundle's ``labelled_preprocessing`` (``grata_prostate_mr_segmentation`` in 3D,
+``grata_fundus_segmentation`` in 2D) and scored in its grid (Dice over the channels, sigmoid > 0.5).
+
+Candidates: ``stats_<p>`` the source weights with statistics ``p * source + (1 - p) * case`` (``stats_1`` is the source
+model), and ``tent`` (one episodic TENT step, no guard). In 3D every candidate predicts through
+``SlidingWindowAdapter`` at the bundle's window. Signals (the whole prediction): mean entropy, flip agreement,
+consensus agreement (with the mean of all candidates), agreement with the source model, foreground fraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+
+import torch
+from monai.bundle import ConfigParser
+
+from monai_tta.adapters import NormAdapt, Tent
+from monai_tta.guards.signals import agreement, probabilities
+from monai_tta.guards.source import mean_entropy
+from monai_tta.inferers import SlidingWindowAdapter
+
+PRIORS = (1.0, 0.75, 0.5, 0.25, 0.0)
+
+
+def dice(pred: torch.Tensor, label: torch.Tensor) -> float:
+    """Mean Dice (%) over the channels; 100 where both are empty."""
+    p, g = pred.float(), label.float()
+    inter = (p * g).flatten(1).sum(1)
+    den = p.flatten(1).sum(1) + g.flatten(1).sum(1)
+    return float(torch.where(den > 0, 2 * inter / den.clamp_min(1), torch.ones_like(den)).mean() * 100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dims", type=int, choices=(2, 3), required=True)
+    ap.add_argument("checkpoint")
+    ap.add_argument("dataset_dir")
+    ap.add_argument("out_csv")
+    ap.add_argument("--sections", nargs="+", default=None, help="datalist sections (default: every target's)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    bundle = "grata_prostate_mr_segmentation" if args.dims == 3 else "grata_fundus_segmentation"
+    parser = ConfigParser()
+    parser.read_config(f"bundles/{bundle}/configs/inference.json")
+    parser["bundle_root"] = parser["dataset_dir"] = args.dataset_dir
+    pre = parser.get_parsed_content("labelled_preprocessing")
+    net = parser.get_parsed_content("network_def").eval()
+    sd = torch.load(args.checkpoint, weights_only=True)
+    net.load_state_dict(sd.get("model", sd.get("network", sd)))
+    adapters = {f"stats_{p:g}": NormAdapt(norm={"regime": "mix", "prior": p}) for p in PRIORS}
+    adapters["tent"] = Tent(setting="episodic", safeguard=False, lr=1e-4)
+    if args.dims == 3:
+        window = dict(roi_size=tuple(parser["roi_size"]), sw_batch_size=parser["sw_batch_size"], overlap=0.25)
+        runs = {k: SlidingWindowAdapter(a, safe=False, mode="gaussian", **window) for k, a in adapters.items()}
+    else:
+        runs = adapters
+    datalist = json.load(open(os.path.join(args.dataset_dir, "datalist.json")))
+    if args.sections:
+        sections = args.sections
+    elif args.dims == 3:
+        sections = [k for k in datalist if k.endswith("_test") and not k.startswith("source")]
+    else:
+        sections = [d for d in datalist if isinstance(datalist[d], list) and d != "domains"]
+    rows, t0 = [], time.time()
+    for section in sections:
+        for item in datalist[section]:
+            files = {k: os.path.join(args.dataset_dir, item[k]) for k in ("image", "label")}
+            data = pre(files)
+            x, y = data["image"].as_tensor()[None], data["label"].as_tensor() > 0.5
+            logits, flipped = {}, {}
+            for name, run in runs.items():
+                logits[name] = run(x, net)[0].detach()
+                flipped[name] = torch.flip(run(torch.flip(x, dims=(-1,)), net)[0], dims=(-1,)).detach()
+            probs = {k: probabilities(v[None], "sigmoid")[0] for k, v in logits.items()}
+            mean = torch.stack(list(probs.values())).mean(0)
+            for name in runs:
+                p = probs[name]
+                flip = agreement(p, probabilities(flipped[name][None], "sigmoid")[0], "sigmoid")
+                rows.append(
+                    {
+                        "site": item["domain"],
+                        "case": item["case_id"],
+                        "candidate": name,
+                        "dice": round(dice(p > 0.5, y), 3),
+                        "entropy": round(float(mean_entropy(logits[name][None])), 6),
+                        "flip": round(float(flip), 6),
+                        "consensus": round(float(agreement(p, mean, "sigmoid")), 6),
+                        "source": round(float(agreement(p, probs["stats_1"], "sigmoid")), 6),
+                        "area": round(float((p > 0.5).float().mean()), 6),
+                    }
+                )
+            print(item["case_id"], f"{time.time() - t0:.0f}s", {r["candidate"]: r["dice"] for r in rows[-len(runs) :]})
+    with open(args.out_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
