@@ -24,8 +24,9 @@ Peak memory (unless ``--no-memory``; in the cost setting's runs only), around ea
 span: on CUDA ``torch.cuda.max_memory_allocated`` (the warm-up cases counted too when larger: CUDA graphs allocate their
 pool in the first call); on a Linux CPU the process's resident set (glibc's mmap threshold fixed at 128 KiB when the
 benchmark starts, so freed tensors are returned to the system; the high-water mark reset before the call through
-``/proc/self/clear_refs``, read from ``VmHWM`` after). *extra*: the peak minus the memory in use before the call;
-*total*: the peak itself; the median over the same cases as the time.
+``/proc/self/clear_refs`` after returning free heap memory to the system, read from ``VmHWM`` after: ``--no-memory``
+times without it). *extra*: the peak minus the memory in use before the call; *total*: the peak itself; the median
+over the same cases as the time.
 
 Methods: ``--methods`` names from ``monai_tta.bench.METHODS`` (the bundles' methods and their variants
 ``<method>_<variant>``: ``_nosafeguard``, ``_safeguard``, ``_probe``, ``_gap0``, ``_safe``, ``_safe_domain``,
