@@ -128,14 +128,6 @@ def dice_table(methods: Mapping[str, Mapping[str, Any]], columns: Sequence[str])
     return markdown_table(table, columns, row_title="method", formatter=str)
 
 
-def _flag(value: Any) -> bool:
-    """A flag of a per-case row (a bool, or 0 / 1 as written to and read from CSV)."""
-    try:
-        return bool(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
 def reliability_table(
     methods: Mapping[str, Mapping[str, Any]], rows: Sequence[Mapping[str, Any]], domains: Sequence[str]
 ) -> str:
@@ -158,11 +150,11 @@ def reliability_table(
         entry["met"] = "-" if not math.isfinite(worst) else ("met" if worst >= -MAX_LOSS_VS_SOURCE else "MISSED")
         mine = [r for r in rows if r["method"] == method]
         if any(StatKeys.SAFEGUARD in r for r in mine):
-            fired = [r for r in mine if _flag(r.get(StatKeys.SAFEGUARD))]
+            fired = [r for r in mine if bool(r.get(StatKeys.SAFEGUARD))]
             entry["fired"] = f"{len(fired)} ({sum(r.get('safeguard_signal') == 'source_gap' for r in fired)})"
         share = {"fallback %": "safeguard_fallback", "safe: source %": "safe_source"}
         for column, key in ((c, k) for c, k in share.items() if any(k in r for r in mine)):
-            entry[column] = format_number(100.0 * np.mean([_flag(r.get(key)) for r in mine]), 0)
+            entry[column] = format_number(100.0 * np.mean([bool(r.get(key)) for r in mine]), 0)
         if any("safe_source" in r for r in mine):
             entry["safe: source weight"] = format_number(np.mean([float(r.get("safe_prior", 0.0)) for r in mine]), 2)
         table[method] = entry
