@@ -78,11 +78,15 @@ def test_runner_end_to_end(tmp_path):
     assert list(timing) == ["source_only", "grata"] and results["meta"]["cost_setting"] == "domain"
     assert results["meta"]["warmup_cases"] == 2
     for method, t in timing.items():
-        sel = [r for r in rows if r["setting"] == "domain" and r["method"] == method][2:]
-        assert t["cases"] == 2
-        for key, column in (("median_ms", "time_ms"), ("median_cpu_ms", "cpu_ms"), ("peak_extra_mb", "peak_extra_mb")):
-            assert t[key] == pytest.approx(float(np.median([float(r[column]) for r in sel])))
-    assert all("peak_extra_mb" not in r or r["peak_extra_mb"] == "" for r in rows if r["setting"] != "domain")
+        # after the warm-up, case 3 is timed and case 2 probed for memory (every other case, from the first)
+        sel = [r for r in rows if r["setting"] == "domain" and r["method"] == method]
+        assert [r["peak_extra_mb"] != "" for r in sel] == [True, False, True, False]
+        assert t["cases"] == 1 and t["memory_cases"] == 1
+        assert (t["median_ms"], t["median_cpu_ms"]) == pytest.approx(
+            (float(sel[3]["time_ms"]), float(sel[3]["cpu_ms"]))
+        )
+        assert t["peak_extra_mb"] == pytest.approx(float(sel[2]["peak_extra_mb"]))
+    assert all(r["peak_extra_mb"] == "" for r in rows if r["setting"] != "domain")
     if reset_rss_peak():  # Linux: the memory probes measured the process's resident set
         assert all(
             t["memory_kind"] == "process_rss" and t["peak_total_mb"] > t["peak_extra_mb"] > 0 for t in timing.values()
@@ -105,19 +109,18 @@ def test_runner_end_to_end(tmp_path):
 
 
 def test_cost_per_method_leaves_out_the_warm_up_cases():
-    """Medians over the cases after the first ``warmup`` (the last case alone when there are no more); on CUDA a
-    warm-up case's peak memory counts when larger."""
-    rows = [
-        {"method": "m", "time_ms": t, "cpu_ms": t / 2, "peak_extra_mb": p, "peak_total_mb": p + 100.0}
-        for t, p in ((900.0, 50.0), (30.0, 5.0), (10.0, 1.0), (20.0, 3.0))
-    ]
+    """Times over the cases after the first ``warmup`` without a memory probe, memory over those with one (the last
+    case alone when there are no more); on CUDA a warm-up case's peak memory counts when larger."""
+    rows = [{"method": "m", "time_ms": t, "cpu_ms": t / 2} for t in (900.0, 30.0, 10.0, 20.0, 40.0)]
+    for row, peak in zip(rows[::2], (50.0, 1.0, 3.0)):  # cases 0, 2, 4 probed for memory
+        row.update(peak_extra_mb=peak, peak_total_mb=peak + 100.0, time_ms=row["time_ms"] + 1000.0)
     rows += [{"method": "one", "time_ms": 7.0, "cpu_ms": 7.0, "memory_kind": "process_rss"}]
     cost = bench.cost_per_method(rows, 1, torch.device("cpu"))
-    assert cost["m"]["cases"] == 3 and cost["m"]["median_ms"] == 20.0 and cost["m"]["max_ms"] == 30.0
-    assert cost["m"]["median_cpu_ms"] == 10.0 and cost["m"]["peak_extra_mb"] == 3.0
+    assert cost["m"]["cases"] == 2 and cost["m"]["median_ms"] == 25.0 and cost["m"]["max_ms"] == 30.0
+    assert cost["m"]["median_cpu_ms"] == 12.5 and cost["m"]["memory_cases"] == 2 and cost["m"]["peak_extra_mb"] == 2.0
     assert cost["m"]["memory_kind"] == "not measured" and cost["one"]["memory_kind"] == "process_rss"
     assert cost["one"]["cases"] == 1 and cost["one"]["median_ms"] == 7.0 and np.isnan(cost["one"]["peak_extra_mb"])
-    assert bench.cost_per_method(rows[:4], 1, torch.device("cuda"))["m"]["peak_total_mb"] == 150.0
+    assert bench.cost_per_method(rows[:5], 1, torch.device("cuda"))["m"]["peak_total_mb"] == 150.0
 
 
 def test_summaries_and_stratified_interval():

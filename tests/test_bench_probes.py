@@ -46,19 +46,22 @@ def test_case_cost_times_only_the_call():
 
 @pytest.mark.skipif(not reset_rss_peak(), reason="needs Linux /proc/self/clear_refs")
 def test_case_cost_peak_memory_of_each_call():
-    """With ``memory``: the peak of each call above what was in use before it (64 MiB touched in the first case)."""
+    """``memory_every=2``: cases 0 and 2 probed, the peak of the call above what was in use before it."""
 
     def work(mib):
         x = torch.ones(mib * MIB // 4)
         del x
 
-    cost = CaseCost("cpu", memory=True)
+    cost = CaseCost("cpu", memory_every=2)
     engine = tiny_engine(work)
     cost.attach(engine)
-    engine.run([64, 0], max_epochs=1)
+    engine.run([64, 64, 0], max_epochs=1)
     assert cost.memory_kind == "process_rss"
-    assert 60.0 <= cost.rows[0]["peak_extra_mb"] <= 90.0 and cost.rows[1]["peak_extra_mb"] < 20.0
-    assert all(r["peak_total_mb"] > r["peak_extra_mb"] for r in cost.rows)
+    assert ["peak_extra_mb" in r for r in cost.rows] == [True, False, True]
+    assert 60.0 <= cost.rows[0]["peak_extra_mb"] <= 90.0 and cost.rows[2]["peak_extra_mb"] < 20.0
+    assert cost.rows[0]["peak_total_mb"] > cost.rows[0]["peak_extra_mb"]
+    with pytest.raises(ValueError, match="memory_every"):
+        CaseCost("cpu", memory_every=-1)
 
 
 @pytest.mark.skipif(not reset_rss_peak(), reason="needs Linux /proc/self/clear_refs")

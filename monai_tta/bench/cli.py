@@ -15,18 +15,18 @@ reset), and ``stream``: a continual run over ``--rounds`` passes of the target d
 Cost per case: the ``CaseCost`` handler (``monai_tta.handlers``) measures the adapter's call of every case in the
 evaluator, from its ADAPT_STARTED event (the case on the device) to FORWARD_COMPLETED: wall time
 (``time.perf_counter``, on CUDA synchronised before and after) and process CPU time (all threads). The cost table of a
-method is its run in the ``domain`` setting (else the first setting run): the median over that run's cases after its
-first 2 (2D) or 1 (3D) cases, which are warm-up (one-off work: the optimizer, the norm conversion, CUDA graphs, lazy
-buffers; with no case after them, the last case alone), so methods are timed one after the other, not interleaved.
-Ratios are to source-only in the same benchmark run.
+method is its run in the ``domain`` setting (else the first setting run), over that run's cases after its first 2 (2D)
+or 1 (3D) cases, which are warm-up (one-off work: the optimizer, the norm conversion, CUDA graphs, lazy buffers; with
+no case after them, the last case alone): the median time of the cases without a memory probe. Methods are timed one
+after the other, not interleaved. Ratios are to source-only in the same benchmark run.
 
-Peak memory (unless ``--no-memory``; in the cost setting's runs only), around each case's call, read outside the timed
-span: on CUDA ``torch.cuda.max_memory_allocated`` (the warm-up cases counted too when larger: CUDA graphs allocate their
-pool in the first call); on a Linux CPU the process's resident set (glibc's mmap threshold fixed at 128 KiB when the
-benchmark starts, so freed tensors are returned to the system; the high-water mark reset before the call through
-``/proc/self/clear_refs`` after returning free heap memory to the system, read from ``VmHWM`` after: ``--no-memory``
-times without it). *extra*: the peak minus the memory in use before the call; *total*: the peak itself; the median
-over the same cases as the time.
+Peak memory (unless ``--no-memory``; in the cost setting's runs only), around the call of every other case (cases 0,
+2, 4, ...: a probe slows the call it measures, so those cases are not timed), set up before and read after the timed
+span: on CUDA ``torch.cuda.max_memory_allocated`` (the warm-up cases counted too when larger: CUDA graphs allocate
+their pool in the first call); on a Linux CPU the process's resident set (glibc's mmap threshold fixed at 128 KiB when
+the benchmark starts, so freed tensors are returned to the system; free heap memory returned and the high-water mark
+reset through ``/proc/self/clear_refs`` before the call, ``VmHWM`` read after). *extra*: the peak minus the memory in
+use before the call; *total*: the peak itself; the median over the probed cases after the warm-up.
 
 Methods: ``--methods`` names from ``monai_tta.bench.METHODS`` (the bundles' methods and their variants
 ``<method>_<variant>``: ``_nosafeguard``, ``_safeguard``, ``_probe``, ``_gap0``, ``_safe``, ``_safe_domain``,

@@ -206,12 +206,13 @@ def _cost_text(meta: Mapping[str, Any]) -> str:
     cases = "volumes" if volumes else f"cases ({cfg['image_size']}x{cfg['image_size']})"
     ref = "source-only sliding-window inference (no adaptation)" if volumes else "source-only"
     return (
-        f"Per method, its run in the {meta['cost_setting']} setting: the median over its {cases} after the first "
-        f"{meta['warmup_cases']} (warm-up) of the wall time and of the process CPU time (all threads) of the adapter's "
-        "call, methods run one after the other (the `CaseCost` handler of the bundle evaluator). Peak memory of each "
-        f"call in this process ({meta.get('memory_kind')}), the median over the same cases: *extra* = peak minus the "
-        "memory in use just before the call, *total* = the peak (see `python -m monai_tta.bench --help`). Ratios are "
-        f"to {ref} measured in the same run."
+        f"Per method, its run in the {meta['cost_setting']} setting, the {cases} after the first "
+        f"{meta['warmup_cases']} (warm-up; the `CaseCost` handler of the bundle evaluator, methods run one after the "
+        "other): the median wall time and process CPU time (all threads) of the adapter's call over the cases without "
+        f"a memory probe, and the median peak memory of the call, in this process ({meta.get('memory_kind')}), over "
+        "the cases with one (every other case): *extra* = peak minus the memory in use just before the call, "
+        "*total* = the peak (see `python -m monai_tta.bench --help`). Ratios are to "
+        f"{ref} measured in the same run."
     )
 
 

@@ -59,8 +59,8 @@ def run_cases(
 
     The evaluator is the bundle's (``inference.json`` + ``evaluate.json``) with a fresh copy of the source network,
     the preprocessed cases of ``prepared`` as its stream, the report as its only handler, a
-    :class:`~monai_tta.handlers.CaseCost` (``time_ms``, ``cpu_ms`` and, with ``memory``, ``peak_extra_mb`` and
-    ``peak_total_mb`` of every case), and no mask saving.
+    :class:`~monai_tta.handlers.CaseCost` (``time_ms`` and ``cpu_ms`` of every case and, with ``memory``,
+    ``peak_extra_mb`` and ``peak_total_mb`` of every other case, from the first), and no mask saving.
 
     Args:
         method: a key of :data:`~monai_tta.bench.methods.METHODS`.
@@ -75,7 +75,7 @@ def run_cases(
         compile_net: ``torch.compile`` the network copy.
         compute_asd: also the average surface distance (2D).
         output_dir: folder of the run's report (``cases.csv``, summary); default a temporary one under the cache.
-        memory: also the peak memory of each case's call.
+        memory: also the peak memory of every other case's call (cases 0, 2, 4, ...).
     """
     n_rounds = rounds if setting == STREAM else 1
     stream = [item for _ in range(n_rounds) for items in prepared["cases"].values() for item in items]
@@ -100,7 +100,7 @@ def run_cases(
         if isinstance(step, Mapping) and step.get("_target_") == "SaveImaged":
             parser[f"postprocessing#transforms#{i}#_disabled_"] = True
     evaluator = parser.get_parsed_content("evaluator")
-    cost = CaseCost(device, memory=memory)
+    cost = CaseCost(device, memory_every=2 if memory else 0)
     cost.attach(evaluator)
     evaluator.run()
     per_round = len(stream) // n_rounds
@@ -114,31 +114,35 @@ def run_cases(
 
 
 def cost_per_method(rows: Sequence[Mapping[str, Any]], warmup: int, device: torch.device) -> dict[str, dict[str, Any]]:
-    """The cost per case of each method from the rows of its cost run (one setting per method): the median, mean,
-    minimum and maximum wall time, the median CPU time and the median peak memory over the run's cases after its first
-    ``warmup`` (one-off work: the optimizer, the norm conversion, CUDA graphs, lazy buffers; all but the last case
-    when the run has no more). On CUDA the peak memory of a warm-up case counts when larger (CUDA graphs allocate
-    their pool in the first call and keep it).
+    """The cost per case of each method from the rows of its cost run (one setting per method), over the run's cases
+    after its first ``warmup`` (one-off work: the optimizer, the norm conversion, CUDA graphs, lazy buffers; the last
+    case alone when the run has no more): the median, mean, minimum and maximum wall time and the median CPU time of
+    those without a memory probe (a probe slows the call it measures), the median peak memory of those with one. On
+    CUDA the peak memory of a warm-up case counts when larger (CUDA graphs allocate their pool in the first call and
+    keep it). A run too short to have both kinds of case after its warm-up takes the missing kind from its other cases.
 
     Returns:
-        per method: ``cases`` (how many the medians cover), ``median_ms``, ``mean_ms``, ``min_ms``, ``max_ms``,
-        ``median_cpu_ms``, ``memory_kind``, ``peak_extra_mb``, ``peak_total_mb``.
+        per method: ``cases`` and ``memory_cases`` (how many the medians cover), ``median_ms``, ``mean_ms``,
+        ``min_ms``, ``max_ms``, ``median_cpu_ms``, ``memory_kind``, ``peak_extra_mb``, ``peak_total_mb``.
     """
     cost: dict[str, dict[str, Any]] = {}
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
-        timed, first = mine[warmup:] or mine[-1:], mine[: min(warmup, len(mine) - 1)]
+        rest, first = mine[warmup:] or mine[-1:], mine[: min(warmup, len(mine) - 1)]
+        timed = [r for r in rest if "peak_extra_mb" not in r] or rest
+        probed = [r for r in rest if "peak_extra_mb" in r] or [r for r in mine if "peak_extra_mb" in r][-1:]
         times = [r["time_ms"] for r in timed]
-        entry = {"cases": len(timed), "median_ms": float(np.median(times)), "mean_ms": float(np.mean(times))}
+        entry = {"cases": len(timed), "memory_cases": len(probed)}
+        entry.update(median_ms=float(np.median(times)), mean_ms=float(np.mean(times)))
         entry.update(min_ms=float(np.min(times)), max_ms=float(np.max(times)))
         entry.update(
             median_cpu_ms=float(np.median([r["cpu_ms"] for r in timed])),
             memory_kind=mine[0].get("memory_kind", "not measured"),
         )
         for key in ("peak_extra_mb", "peak_total_mb"):
-            entry[key] = float(np.median([r[key] for r in timed])) if key in timed[0] else math.nan
-            if device.type == "cuda" and first and key in first[0]:
-                entry[key] = max(entry[key], *(r[key] for r in first))
+            entry[key] = float(np.median([r[key] for r in probed])) if probed else math.nan
+            if device.type == "cuda" and any(key in r for r in first):
+                entry[key] = max(entry[key], *(r[key] for r in first if key in r))
         cost[method] = entry
     return cost
 

@@ -96,8 +96,7 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         gc.collect()
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
+            torch.cuda.synchronize(self.device)  # no empty_cache: the block would pay for new cudaMalloc calls
             torch.cuda.reset_peak_memory_stats(self.device)
             self.kind, self.base = "cuda_allocated", torch.cuda.memory_allocated(self.device) / 2**20
         elif self.device.type == "cpu" and reset_rss_peak():
@@ -117,24 +116,31 @@ class CaseCost:
     :attr:`~monai_tta.engines.CaseEvents.ADAPT_STARTED` (the case is on the device) to ``FORWARD_COMPLETED``.
 
     Per case: ``time_ms`` (``time.perf_counter``; on CUDA synchronised at both ends), ``cpu_ms`` (``time.process_time``:
-    every thread of the process) and, with ``memory``, ``peak_extra_mb`` / ``peak_total_mb`` (:class:`PeakMemory`
-    around the call: the peak minus the memory in use just before it, and the peak itself). The memory probe is set
-    up before the clocks start and read after they stop, so it is not in the times. Every case is recorded, the first
-    ones (one-off work: optimizer, graphs, lazy buffers) too: leaving out warm-up cases is the reader's choice.
+    every thread of the process) and, on the cases probed for memory, ``peak_extra_mb`` / ``peak_total_mb``
+    (:class:`PeakMemory` around the call: the peak minus the memory in use just before it, and the peak itself). The
+    probe is set up before the clocks start and read after they stop, but it still slows the call it measures (on a
+    CPU it returns free heap memory to the system, and the call faults pages back in): time the cases without a
+    probe. Every case is recorded, the first ones (one-off work: optimizer, graphs, lazy buffers) too: leaving out
+    warm-up cases is the reader's choice.
 
     Args:
         device: the evaluator's device.
-        memory: also the peak memory of each call.
+        memory_every: probe the peak memory of cases 0, k, 2k, ... (k = ``memory_every``; 0: none).
+
+    Raises:
+        ValueError: if ``memory_every`` is negative.
 
     Attributes:
         rows: one dict per case, in stream order (cleared when the engine starts).
         memory_kind: what the memory figures measure (``"cuda_allocated"``, ``"process_rss"``, ``"unavailable"``;
-            ``"not measured"`` without ``memory``).
+            ``"not measured"`` without a probe).
     """
 
-    def __init__(self, device: torch.device | str, memory: bool = False) -> None:
+    def __init__(self, device: torch.device | str, memory_every: int = 0) -> None:
+        if memory_every < 0:
+            raise ValueError(f"memory_every={memory_every}: expected 0 (no memory probe) or a number of cases >= 1.")
         self.device = torch.device(device)
-        self.memory = bool(memory)
+        self.memory_every = int(memory_every)
         self.memory_kind = "not measured"
         self.rows: list[dict[str, float]] = []
         self._probe: PeakMemory | None = None
@@ -147,8 +153,8 @@ class CaseCost:
         engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self.completed)
 
     def started(self, _engine: Engine | None = None) -> None:
-        """The adapter's call starts: set up the memory probe, then start the clocks."""
-        if self.memory:
+        """The adapter's call starts: set up the memory probe (on its cases), then start the clocks."""
+        if self.memory_every and len(self.rows) % self.memory_every == 0:
             self._probe = PeakMemory(self.device).__enter__()
         _sync(self.device)
         self._start, self._cpu = time.perf_counter(), time.process_time()
