@@ -1,4 +1,4 @@
-"""The benchmark runner end to end on a tiny problem, and its summary, target and memory helpers."""
+"""The benchmark runner end to end on a tiny problem, and its summary, cost and target helpers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from monai_tta import bench
-from monai_tta.bench.probes import reset_rss_peak
+from monai_tta.handlers.case_cost import reset_rss_peak
 from monai_tta.reports import stratified_ci
 
 
@@ -28,15 +28,14 @@ def test_runner_end_to_end(tmp_path):
         "--num-per-domain", "2",
         "--num-source", "4",
         "--image-size", "32",
-        "--timing-size", "0",
         "--source-epochs", "1",
         "--methods", "source_only", "grata",
-        "--timing-reps", "2",
         "--out", str(out),
     ]  # fmt: skip
     assert bench.main(argv) == 0
-    for name in ("results.md", "results.json", "cases.csv", "timing.csv", "stream_dice.png", "time_per_case.png"):
+    for name in ("results.md", "results.json", "cases.csv", "stream_dice.png", "time_per_case.png"):
         assert (out / name).is_file(), name
+    assert not (out / "timing.csv").exists()  # no separate timing phase: the cost comes from the Dice runs
     for setting in bench.SETTINGS:
         assert (out / f"dice_{setting}.png").is_file()
     # the source model was trained into the cache folder (ignored by git), not into a bundle
@@ -75,13 +74,19 @@ def test_runner_end_to_end(tmp_path):
     assert float(episodic[0]["dice_mean"]) == pytest.approx(float(domain[0]["dice_mean"]))
 
     timing = results["timing"]
-    # on a CPU grata runs its views one by one; the published update alone is timed too (no safeguard probe)
-    assert list(timing) == ["source_only", "grata", "grata_batched", "grata_nosafeguard"]
-    calls = read_rows(out / "timing.csv")
-    assert len(calls) == 4 * 2
+    # the cost per method: the CaseCost figures of its domain-setting run, the first 2 (warm-up) cases left out
+    assert list(timing) == ["source_only", "grata"] and results["meta"]["cost_setting"] == "domain"
+    assert results["meta"]["warmup_cases"] == 2
     for method, t in timing.items():
-        times = [float(c["time_ms"]) for c in calls if c["method"] == method]
-        assert t["median_ms"] == pytest.approx(float(np.median(times)))
+        # after the warm-up, case 3 is timed and case 2 probed for memory (every other case, from the first)
+        sel = [r for r in rows if r["setting"] == "domain" and r["method"] == method]
+        assert [r["peak_extra_mb"] != "" for r in sel] == [True, False, True, False]
+        assert t["cases"] == 1 and t["memory_cases"] == 1
+        assert (t["median_ms"], t["median_cpu_ms"]) == pytest.approx(
+            (float(sel[3]["time_ms"]), float(sel[3]["cpu_ms"]))
+        )
+        assert t["peak_extra_mb"] == pytest.approx(float(sel[2]["peak_extra_mb"]))
+    assert all(r["peak_extra_mb"] == "" for r in rows if r["setting"] != "domain")
     if reset_rss_peak():  # Linux: the memory probes measured the process's resident set
         assert all(
             t["memory_kind"] == "process_rss" and t["peak_total_mb"] > t["peak_extra_mb"] > 0 for t in timing.values()
@@ -91,26 +96,31 @@ def test_runner_end_to_end(tmp_path):
     assert "| source_only | " in markdown and "| camera | dim | overall |" in markdown
     assert any(t["target"].startswith("exact GraTa time") for t in results["targets"])
 
-    # a second run reuses the cached checkpoint instead of training again
+    # a second run reuses the cached checkpoint instead of training again; without a domain run the cost is the
+    # first setting's
     mtime = checkpoints[0].stat().st_mtime_ns
-    bench.main(argv[:-2] + ["--settings", "episodic", "--methods", "source_only", "--no-memory", "--out", str(out)])
+    again = tmp_path / "again"
+    options = ["--settings", "episodic", "--methods", "source_only", "--no-memory", "--cudnn-benchmark"]
+    bench.main(argv[:-2] + options + ["--cache", str(out / "cache"), "--out", str(again)])
     assert checkpoints[0].stat().st_mtime_ns == mtime
+    results = json.loads((again / "results.json").read_text())
+    assert results["meta"]["cost_setting"] == "episodic" and results["timing"]["source_only"]["median_ms"] > 0
+    assert results["timing"]["source_only"]["memory_kind"] == "not measured"
 
-    # a timing-only run (speed options compared without the Dice runs): no case rows, the timing phase alone
-    fast = tmp_path / "timing_only"
-    bench.main(
-        argv[:-2]
-        + ["--timing-only", "--cudnn-benchmark", "--no-memory", "--cache", str(out / "cache"), "--out", str(fast)]
-    )
-    assert not (fast / "cases.csv").exists() and (fast / "timing.csv").is_file()
-    results = json.loads((fast / "results.json").read_text())
-    assert results["summary"] == {} and list(results["timing"]) == [
-        "source_only",
-        "grata",
-        "grata_batched",
-        "grata_nosafeguard",
-    ]
-    assert checkpoints[0].stat().st_mtime_ns == mtime
+
+def test_cost_per_method_leaves_out_the_warm_up_cases():
+    """Times over the cases after the first ``warmup`` without a memory probe, memory over those with one (the last
+    case alone when there are no more); on CUDA a warm-up case's peak memory counts when larger."""
+    rows = [{"method": "m", "time_ms": t, "cpu_ms": t / 2} for t in (900.0, 30.0, 10.0, 20.0, 40.0)]
+    for row, peak in zip(rows[::2], (50.0, 1.0, 3.0)):  # cases 0, 2, 4 probed for memory
+        row.update(peak_extra_mb=peak, peak_total_mb=peak + 100.0, time_ms=row["time_ms"] + 1000.0)
+    rows += [{"method": "one", "time_ms": 7.0, "cpu_ms": 7.0, "memory_kind": "process_rss"}]
+    cost = bench.cost_per_method(rows, 1, torch.device("cpu"))
+    assert cost["m"]["cases"] == 2 and cost["m"]["median_ms"] == 25.0 and cost["m"]["max_ms"] == 30.0
+    assert cost["m"]["median_cpu_ms"] == 12.5 and cost["m"]["memory_cases"] == 2 and cost["m"]["peak_extra_mb"] == 2.0
+    assert cost["m"]["memory_kind"] == "not measured" and cost["one"]["memory_kind"] == "process_rss"
+    assert cost["one"]["cases"] == 1 and cost["one"]["median_ms"] == 7.0 and np.isnan(cost["one"]["peak_extra_mb"])
+    assert bench.cost_per_method(rows[:5], 1, torch.device("cuda"))["m"]["peak_total_mb"] == 150.0
 
 
 def test_summaries_and_stratified_interval():
@@ -165,15 +175,6 @@ def test_targets():
     assert targets["grata peak memory (total) / source-only <= 3"]["measured"] == pytest.approx(1.5)
 
 
-@pytest.mark.skipif(not reset_rss_peak(), reason="needs Linux /proc/self/clear_refs")
-def test_peak_memory_sees_torch_allocations():
-    with bench.PeakMemory(torch.device("cpu")) as mem:
-        x = torch.ones(16 * 2**20 // 4 * 4)  # 64 MiB, touched
-        del x
-    assert mem.kind == "process_rss"
-    assert 60.0 <= mem.extra <= 90.0
-
-
 def test_make_adapter_and_arguments():
     assert bench.make_adapter("grata", "stream", 32).setting == "continual"
     assert bench.make_adapter("grata_approx", "episodic", 32).mode == "approximate"
@@ -224,14 +225,13 @@ def test_volume_benchmark_smoke(tmp_path):
         "--vol-num-source", "2",
         "--vol-epochs", "1",
         "--vol-methods", "source_only", "tent",
-        "--vol-timing-reps", "1",
         "--vol-window", "update_batch_size=2",
         "--out", str(out),
     ]  # fmt: skip
     bundle_files = sorted(bench.data.VOLUME_BUNDLE.rglob("*"))
     assert bench.main(argv) == 0
     vol = out / "3d"
-    for name in ("results.md", "results.json", "cases.csv", "timing.csv", "dice_domain.png", "time_per_case.png"):
+    for name in ("results.md", "results.json", "cases.csv", "dice_domain.png", "time_per_case.png"):
         assert (vol / name).is_file(), name
     assert not (out / "results.md").exists()  # --dims 3 alone: no 2D run
     assert len(list((out / "cache").glob("source_mr_train2_e1_s0_*.pt"))) == 1
@@ -252,7 +252,7 @@ def test_volume_benchmark_smoke(tmp_path):
     tent = targets["tent time per volume / source-only sliding window (CPU) <= 2.5"]
     timing = results["timing"]
     assert tent["measured"] == pytest.approx(timing["tent"]["median_ms"] / timing["source_only"]["median_ms"])
-    if reset_rss_peak():  # the memory probes ran through the sliding window, after the timing phase
+    if reset_rss_peak():  # the memory probe ran around the sliding window's call of the volume
         assert timing["tent"]["memory_kind"] == "process_rss" and timing["tent"]["peak_extra_mb"] > 0
     markdown = (vol / "results.md").read_text()
     assert "# TTA benchmark results: 3D volumes" in markdown and "| thick | overall |" in markdown

@@ -19,7 +19,7 @@ from torch import nn
 
 from monai_tta.bench.methods import BUNDLES, method_parser
 
-__all__ = ["NETWORKS", "DEFAULT_BUNDLE", "VOLUME_BUNDLE", "window_overrides", "prepare", "prepare_copy", "to_device"]
+__all__ = ["NETWORKS", "DEFAULT_BUNDLE", "VOLUME_BUNDLE", "window_overrides", "prepare", "prepare_copy"]
 
 logger = logging.getLogger("monai_tta.bench")
 
@@ -113,7 +113,7 @@ def prepare(args: argparse.Namespace, dims: int, device: torch.device) -> dict[s
     if dims == 2:
         overrides, source, datalist, domains = _targets_2d(args)
         sections = {d: items[: args.num_per_domain] for d, items in load_datalist(datalist, domains).items()}
-        bundle, epochs = Path(args.bundle), int(args.source_epochs)
+        bundle, epochs = DEFAULT_BUNDLE, int(args.source_epochs)
         name = f"source_{args.network}_{args.image_size}_n{args.num_source}_e{epochs}_s{args.seed}.pt"
         checkpoint = Path(args.checkpoint) if args.checkpoint else cache / name
     else:
@@ -126,7 +126,7 @@ def prepare(args: argparse.Namespace, dims: int, device: torch.device) -> dict[s
         datalist = generate_mr_sites(
             root, num_train=args.vol_num_source, num_test=args.vol_cases, seed=args.seed, sites=sites
         )
-        source, bundle = datalist, Path(args.vol_bundle)
+        source, bundle = datalist, VOLUME_BUNDLE
         overrides = {"dataset_dir": str(root), "datalist_file": str(datalist), "output_dir": f"{root}_runs"}
         sections = {s: load_datalist(datalist, [f"{s}_test"])[f"{s}_test"] for s in domains}
         epochs = args.vol_epochs
@@ -188,9 +188,3 @@ def prepare_copy(network: nn.Module, channels_last: bool = False, compile_net: b
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     return torch.compile(net, dynamic=False) if compile_net else net
-
-
-def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """``x`` on ``device`` (a 4D batch in channels-last memory format when asked)."""
-    x = x.to(device)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x

@@ -1,4 +1,4 @@
-"""Outputs of the benchmark: ``results.md``, ``results.json``, ``cases.csv``, ``timing.csv`` and the plots, written
+"""Outputs of the benchmark: ``results.md``, ``results.json``, ``cases.csv`` and the plots, written
 through the shared tables and plots of :mod:`monai_tta.reports`."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from monai_tta.adapters.stats import StatKeys
+from monai_tta.bench.data import VOLUME_BUNDLE
 from monai_tta.bench.methods import METHODS, REFERENCE, SETTINGS, STREAM
 from monai_tta.data.keys import DataKeys
 from monai_tta.io import atomic_write_text
@@ -45,14 +46,14 @@ _RELIABILITY_TEXT = (
 
 
 def write_outputs(out: Path, result: Mapping[str, Any], plots: bool = True) -> list[Path]:
-    """Write ``results.md``, ``results.json``, ``cases.csv``, ``timing.csv`` and the plots into ``out``.
+    """Write ``results.md``, ``results.json``, ``cases.csv`` and the plots into ``out``.
 
     Args:
         out: the output folder (created if needed).
         result: ``rows`` (one record per case, method and setting), ``summary``
-            (:func:`~monai_tta.bench.stats.summarize_runs`), ``timing`` (per method, the timing phase's figures),
-            ``calls`` (every timed call), ``targets``, ``meta`` (command, machine, configuration, run times; ``dims``)
-            and ``domains``.
+            (:func:`~monai_tta.bench.stats.summarize_runs`), ``timing`` (per method, the cost per case:
+            :func:`~monai_tta.bench.runner.cost_per_method`), ``targets``, ``meta`` (command, machine, configuration,
+            run times; ``dims``) and ``domains``.
         plots: also write the plots.
 
     Returns:
@@ -62,10 +63,9 @@ def write_outputs(out: Path, result: Mapping[str, Any], plots: bool = True) -> l
     out.mkdir(parents=True, exist_ok=True)
     rows, summary, timing, domains = result["rows"], result["summary"], result["timing"], result["domains"]
     written = []
-    for name, records in (("cases.csv", rows), ("timing.csv", result["calls"])):
-        if records:
-            write_case_csv(out / name, records)
-            written.append(out / name)
+    if rows:
+        write_case_csv(out / "cases.csv", rows)
+        written.append(out / "cases.csv")
     images = []
     if plots:
         for setting, methods in summary.items():
@@ -92,27 +92,24 @@ def _json_default(value: Any) -> Any:
     return value.item() if isinstance(value, (np.floating, np.integer)) else str(value)
 
 
-def cost_table(timing: Mapping[str, Mapping[str, Any]], run_ms: Mapping[str, float] | None = None) -> str:
+def cost_table(timing: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown table of the cost per case of each method, with each figure's ratio to source-only.
 
     Args:
         timing: per method, ``median_ms``, ``peak_extra_mb`` and ``peak_total_mb`` (and ``median_cpu_ms``: a CPU
             time column when every method has it).
-        run_ms: per method, the median time per case of the Dice runs (a ``-`` column when not given).
     """
-    ref, run_ms = timing.get(REFERENCE, {}), {**(run_ms or {})}
-    figures = [("median_ms", "ms/case", 1), ("run_ms", "ms/case (runs)", 1)]
-    figures += [("peak_extra_mb", "peak extra MiB", 1), ("peak_total_mb", "peak total MiB", 1)]
+    ref = timing.get(REFERENCE, {})
+    figures = [("median_ms", "ms/case", 1), ("peak_extra_mb", "peak extra MiB", 1)]
+    figures += [("peak_total_mb", "peak total MiB", 1)]
     if timing and all("median_cpu_ms" in t for t in timing.values()):
         figures.insert(1, ("median_cpu_ms", "CPU ms/case", 1))
     table: dict[str, dict[str, str]] = {}
     for method, t in timing.items():
-        t = {**t, "run_ms": run_ms.get(method, math.nan)}
-        reference = {**ref, "run_ms": run_ms.get(REFERENCE)}
         table[method] = {}
         for key, _, digits in figures:
             table[method][key] = format_number(t.get(key, math.nan), digits)
-            table[method][f"{key}_x"] = format_number(ratio(t.get(key, math.nan), reference.get(key)), 2)
+            table[method][f"{key}_x"] = format_number(ratio(t.get(key, math.nan), ref.get(key)), 2)
     columns = [c for key, _, _ in figures for c in (key, f"{key}_x")]
     headers = [h for _, title, _ in figures for h in (title, "x source-only" if title == "ms/case" else "x")]
     return markdown_table(table, columns, row_title="method", formatter=str, headers=headers)
@@ -129,14 +126,6 @@ def dice_table(methods: Mapping[str, Mapping[str, Any]], columns: Sequence[str])
         for m, b in methods.items()
     }
     return markdown_table(table, columns, row_title="method", formatter=str)
-
-
-def _flag(value: Any) -> bool:
-    """A flag of a per-case row (a bool, or 0 / 1 as written to and read from CSV)."""
-    try:
-        return bool(float(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def reliability_table(
@@ -161,11 +150,11 @@ def reliability_table(
         entry["met"] = "-" if not math.isfinite(worst) else ("met" if worst >= -MAX_LOSS_VS_SOURCE else "MISSED")
         mine = [r for r in rows if r["method"] == method]
         if any(StatKeys.SAFEGUARD in r for r in mine):
-            fired = [r for r in mine if _flag(r.get(StatKeys.SAFEGUARD))]
+            fired = [r for r in mine if bool(r.get(StatKeys.SAFEGUARD))]
             entry["fired"] = f"{len(fired)} ({sum(r.get('safeguard_signal') == 'source_gap' for r in fired)})"
         share = {"fallback %": "safeguard_fallback", "safe: source %": "safe_source"}
         for column, key in ((c, k) for c, k in share.items() if any(k in r for r in mine)):
-            entry[column] = format_number(100.0 * np.mean([_flag(r.get(key)) for r in mine]), 0)
+            entry[column] = format_number(100.0 * np.mean([bool(r.get(key)) for r in mine]), 0)
         if any("safe_source" in r for r in mine):
             entry["safe: source weight"] = format_number(np.mean([float(r.get("safe_prior", 0.0)) for r in mine]), 2)
         table[method] = entry
@@ -201,7 +190,7 @@ def _header(meta: Mapping[str, Any], domains: Sequence[str]) -> list[str]:
     data = (
         f"Data: the embedded multi-site MR volumes (`monai_tta.data.generate_mr_sites`, seed {cfg['seed']}), "
         f"{cfg['vol_cases']} test volumes per target site (sites {', '.join(domains)}), read and preprocessed by "
-        f"the bundle `{Path(cfg['vol_bundle']).name}`'s `inference.json`; network `{meta.get('network')}` "
+        f"the bundle `{VOLUME_BUNDLE.name}`'s `inference.json`; network `{meta.get('network')}` "
         f"({meta.get('network_parameters')} parameters), source weights `{meta.get('checkpoint')}` (trained on "
         f"{cfg['vol_num_source']} generated source cases, their training split). Every method runs through "
         "`monai_tta.inferers.SlidingWindowAdapter` with the bundle's window (the adapter's defaults for the rest): "
@@ -213,19 +202,16 @@ def _header(meta: Mapping[str, Any], domains: Sequence[str]) -> list[str]:
 
 
 def _cost_text(meta: Mapping[str, Any]) -> str:
-    cfg = meta["config"]
-    if meta["dims"] == 3:
-        shape = "x".join(str(v) for v in meta.get("volume_shape", []))
-        what = f"the same volume ({shape} voxels after preprocessing), {cfg['vol_timing_reps']} rounds"
-        runs, ref = "all volumes of the Dice runs", "source-only sliding-window inference (no adaptation)"
-    else:
-        what = f"the same {meta.get('timing_size')}x{meta.get('timing_size')} image, {cfg['timing_reps']} rounds"
-        runs, ref = f"all cases of the setting runs ({cfg['image_size']}x{cfg['image_size']})", "source-only"
+    cfg, volumes = meta["config"], meta["dims"] == 3
+    cases = "volumes" if volumes else f"cases ({cfg['image_size']}x{cfg['image_size']})"
+    ref = "source-only sliding-window inference (no adaptation)" if volumes else "source-only"
     return (
-        f"Timing phase: every method called in turn on {what} (order rotated, after warm-up calls), median wall time "
-        f"and median process CPU time (all threads); *runs*: median over {runs}. Peak memory of one call on the same "
-        f"input, in this process ({meta.get('memory_kind')}, median of 3): *extra* = peak minus the memory in use "
-        "just before the call, *total* = the peak (see `python -m monai_tta.bench --help`). Ratios are to "
+        f"Per method, its run in the {meta['cost_setting']} setting, the {cases} after the first "
+        f"{meta['warmup_cases']} (warm-up; the `CaseCost` handler of the bundle evaluator, methods run one after the "
+        "other): the median wall time and process CPU time (all threads) of the adapter's call over the cases without "
+        f"a memory probe, and the median peak memory of the call, in this process ({meta.get('memory_kind')}), over "
+        "the cases with one (every other case): *extra* = peak minus the memory in use just before the call, "
+        "*total* = the peak (see `python -m monai_tta.bench --help`). Ratios are to "
         f"{ref} measured in the same run."
     )
 
@@ -234,7 +220,7 @@ def _markdown(result: Mapping[str, Any], images: Sequence[Path]) -> str:
     meta, summary, rows, domains = result["meta"], result["summary"], result["rows"], result["domains"]
     timing, columns = result["timing"], [*result["domains"], "overall"]
     lines = _header(meta, domains) + ["", "## Cost per " + ("volume" if meta["dims"] == 3 else "case"), ""]
-    lines += [_cost_text(meta), "", cost_table(timing, meta.get("run_time_ms", {})), "", "Methods:", ""]
+    lines += [_cost_text(meta), "", cost_table(timing), "", "Methods:", ""]
     lines += [f"- `{m}`: {METHODS[m].description}" for m in timing if m in METHODS]
     targets = {
         t["target"]: {

@@ -1,6 +1,7 @@
 """Orchestration of the benchmark: every method in every setting over the target cases, each run the method's own
 bundle evaluator (:class:`~monai_tta.engines.AdaptiveEvaluator` built from its configs, the setting and the variant
-as overrides), then the timing and memory phases, the summaries and the outputs."""
+as overrides) with a :class:`~monai_tta.handlers.CaseCost` handler, then the cost per method, the summaries and the
+outputs."""
 
 from __future__ import annotations
 
@@ -11,23 +12,28 @@ import os
 import platform
 import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from monai_tta.bench.data import WINDOW_RECORD, prepare, prepare_copy
 from monai_tta.bench.methods import REFERENCE, STREAM, make_adapter, method_parser
 from monai_tta.bench.outputs import write_outputs
-from monai_tta.bench.probes import AMP, CaseTimer, fix_mmap_threshold, time_methods
 from monai_tta.bench.stats import check_targets, summarize_runs
 from monai_tta.data import CaseStream, GuardedDataset
 from monai_tta.data.keys import DataKeys
+from monai_tta.handlers import CaseCost
+from monai_tta.handlers.case_cost import fix_mmap_threshold
 
-__all__ = ["run_cases", "timing_methods", "environment", "run_benchmark", "run_dims"]
+__all__ = ["AMP", "WARMUP", "run_cases", "cost_per_method", "environment", "run_benchmark", "run_dims"]
+
+#: ``--amp`` names -> the autocast dtype (``None``: no autocast).
+AMP: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: spatial dimensions -> cases at the start of each run left out of the cost medians (warm-up: one-off work).
+WARMUP = {2: 2, 3: 1}
 
 logger = logging.getLogger("monai_tta.bench")
 
@@ -45,14 +51,16 @@ def run_cases(
     compile_net: bool = False,
     compute_asd: bool = True,
     output_dir: str | Path | None = None,
+    memory: bool = False,
 ) -> list[dict[str, Any]]:
     """Run one method in one setting over the target domains (``rounds`` passes for ``"stream"``) with the method's
     bundle evaluator; one row per case (the bundle's :class:`~monai_tta.handlers.CaseReport` row, with the setting,
-    the round, the position in the stream and the adapter call's wall time).
+    the round, the position in the stream and the cost of the adapter's call).
 
     The evaluator is the bundle's (``inference.json`` + ``evaluate.json``) with a fresh copy of the source network,
-    the preprocessed cases of ``prepared`` as its stream, the report as its only handler, a :class:`CaseTimer`, and no
-    mask saving.
+    the preprocessed cases of ``prepared`` as its stream, the report as its only handler, a
+    :class:`~monai_tta.handlers.CaseCost` (``time_ms`` and ``cpu_ms`` of every case and, with ``memory``,
+    ``peak_extra_mb`` and ``peak_total_mb`` of every other case, from the first), and no mask saving.
 
     Args:
         method: a key of :data:`~monai_tta.bench.methods.METHODS`.
@@ -67,6 +75,7 @@ def run_cases(
         compile_net: ``torch.compile`` the network copy.
         compute_asd: also the average surface distance (2D).
         output_dir: folder of the run's report (``cases.csv``, summary); default a temporary one under the cache.
+        memory: also the peak memory of every other case's call (cases 0, 2, 4, ...).
     """
     n_rounds = rounds if setting == STREAM else 1
     stream = [item for _ in range(n_rounds) for items in prepared["cases"].values() for item in items]
@@ -91,16 +100,51 @@ def run_cases(
         if isinstance(step, Mapping) and step.get("_target_") == "SaveImaged":
             parser[f"postprocessing#transforms#{i}#_disabled_"] = True
     evaluator = parser.get_parsed_content("evaluator")
-    timer = CaseTimer(device)
-    timer.attach(evaluator)
+    cost = CaseCost(device, memory_every=2 if memory else 0)
+    cost.attach(evaluator)
     evaluator.run()
     per_round = len(stream) // n_rounds
     rows = []
-    for position, (row, ms) in enumerate(zip(parser.get_parsed_content("report").rows, timer.times)):
+    for position, (row, spent) in enumerate(zip(parser.get_parsed_content("report").rows, cost.rows)):
         head = {"setting": setting, "method": method, "round": position // per_round + 1, "position": position}
         head.update({DataKeys.DOMAIN.value: row[DataKeys.DOMAIN], DataKeys.CASE_ID.value: row[DataKeys.CASE_ID]})
-        rows.append({**head, "time_ms": ms, **{k: v for k, v in row.items() if k not in head}})
+        kind = {"memory_kind": cost.memory_kind} if memory else {}
+        rows.append({**head, **spent, **kind, **{k: v for k, v in row.items() if k not in head}})
     return rows
+
+
+def cost_per_method(rows: Sequence[Mapping[str, Any]], warmup: int, device: torch.device) -> dict[str, dict[str, Any]]:
+    """The cost per case of each method from the rows of its cost run (one setting per method), over the run's cases
+    after its first ``warmup`` (one-off work: the optimizer, the norm conversion, CUDA graphs, lazy buffers; the last
+    case alone when the run has no more): the median, mean, minimum and maximum wall time and the median CPU time of
+    those without a memory probe (a probe slows the call it measures), the median peak memory of those with one. On
+    CUDA the peak memory of a warm-up case counts when larger (CUDA graphs allocate their pool in the first call and
+    keep it). A run too short to have both kinds of case after its warm-up takes the missing kind from its other cases.
+
+    Returns:
+        per method: ``cases`` and ``memory_cases`` (how many the medians cover), ``median_ms``, ``mean_ms``,
+        ``min_ms``, ``max_ms``, ``median_cpu_ms``, ``memory_kind``, ``peak_extra_mb``, ``peak_total_mb``.
+    """
+    cost: dict[str, dict[str, Any]] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        rest, first = mine[warmup:] or mine[-1:], mine[: min(warmup, len(mine) - 1)]
+        timed = [r for r in rest if "peak_extra_mb" not in r] or rest
+        probed = [r for r in rest if "peak_extra_mb" in r] or [r for r in mine if "peak_extra_mb" in r][-1:]
+        times = [r["time_ms"] for r in timed]
+        entry = {"cases": len(timed), "memory_cases": len(probed)}
+        entry.update(median_ms=float(np.median(times)), mean_ms=float(np.mean(times)))
+        entry.update(min_ms=float(np.min(times)), max_ms=float(np.max(times)))
+        entry.update(
+            median_cpu_ms=float(np.median([r["cpu_ms"] for r in timed])),
+            memory_kind=mine[0].get("memory_kind", "not measured"),
+        )
+        for key in ("peak_extra_mb", "peak_total_mb"):
+            entry[key] = float(np.median([r[key] for r in probed])) if probed else math.nan
+            if device.type == "cuda" and any(key in r for r in first):
+                entry[key] = max(entry[key], *(r[key] for r in first if key in r))
+        cost[method] = entry
+    return cost
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -148,25 +192,6 @@ def _window_record(window: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, (int, float, bool, type(None), list)) else str(v) for k, v in options.items()}
 
 
-def timing_methods(args: argparse.Namespace, device: torch.device) -> list[str]:
-    """``--timing-methods``, or the methods plus source-only, the exact GraTa variants that differ from ``grata``
-    on this device (the 6 views in one forward; on a GPU also: no CUDA graph, the reference's separate forwards, and
-    the joint views), and TENT and GraTa without the collapse safeguard (the published update alone: the safeguard's
-    source-gap probe adds one forward per case)."""
-    if args.timing_methods:
-        names = list(args.timing_methods)
-    else:
-        names = list(args.methods)
-        if "grata" in names:
-            variants = ["grata_batched"]
-            variants += [] if device.type == "cpu" else ["grata_eager", "grata_separate", "grata_joint"]
-            names += [v for v in variants if v not in names]
-        names += [f"{m}_nosafeguard" for m in ("tent", "grata", "grata_approx") if m in args.methods]
-    if REFERENCE not in names:
-        names.insert(0, REFERENCE)
-    return names
-
-
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Run the whole benchmark described by ``args`` (see :func:`~monai_tta.bench.cli.parse_args`) and write its
     outputs: the 2D images into ``--out``, the 3D volumes into ``<out>/3d`` (``--dims``).
@@ -198,47 +223,40 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_dims(args: argparse.Namespace, dims: int, device: torch.device) -> dict[str, Any]:
     """The benchmark of one dimensionality: every method in every setting on the fundus images (2) or, through the
-    3D bundle's sliding window, on the MR sites' volumes (3); then the timing phase with its memory probes, on one
-    image (at ``--timing-size``) or one volume, as ratios to source-only; written to ``--out`` (2D) or ``--vol-out``
-    (default ``<out>/3d``).
+    3D bundle's sliding window, on the MR sites' volumes (3), with the cost per case of each method from its run in
+    the cost setting (``domain``, else the first setting; :func:`cost_per_method`; peak memory probed in that run
+    only); written to ``--out`` (2D) or ``--vol-out`` (default ``<out>/3d``).
 
     Returns:
-        ``{"rows", "summary", "timing", "calls", "targets", "meta", "domains", "files"}``.
+        ``{"rows", "summary", "timing", "targets", "meta", "domains", "files"}``.
     """
     start, loadavg_start = time.perf_counter(), _loadavg()
-    amp = AMP[args.amp]
     prepared = {**prepare(args, dims, device), "cache": args.cache}
     train_s = time.perf_counter() - start
     cases, window = prepared["cases"], prepared["window"] or None
     logger.info(f"{sum(len(v) for v in cases.values())} target cases in {list(cases)}; device {device}")
     methods = args.methods if dims == 2 else args.vol_methods
-    settings = [] if args.timing_only else (args.settings if dims == 2 else args.vol_settings)
+    settings = args.settings if dims == 2 else args.vol_settings
+    cost_setting = "domain" if "domain" in settings else settings[0]
     options = {
         "seed": args.seed,
-        "amp": amp,
+        "amp": AMP[args.amp],
         "compile_net": args.compile,
         "channels_last": args.channels_last and dims == 2,
+        "compute_asd": not args.no_asd,
     }
     rows: list[dict[str, Any]] = []
     for setting, method in ((s, m) for s in settings for m in methods):
         t0 = time.perf_counter()
-        new = run_cases(method, setting, prepared, device, dims, args.rounds, compute_asd=not args.no_asd, **options)
+        memory = setting == cost_setting and not args.no_memory
+        new = run_cases(method, setting, prepared, device, dims, args.rounds, memory=memory, **options)
         rows += new
         dice = np.mean([r.get("dice_mean", math.nan) for r in new]) if new else math.nan
         logger.info(f"{setting:>10} {method:>14}: Dice {dice:.2f}, {time.perf_counter() - t0:.1f} s")
-    image = torch.as_tensor(next(iter(cases.values()))[0]["image"]).float()[None].contiguous()  # the first case
-    if dims == 2:
-        size = args.timing_size or args.image_size
-        image = image if size == image.shape[-1] else F.interpolate(image, size=(size, size), mode="bilinear")
-        names, reps, warmup = timing_methods(args, device), args.timing_reps, 2
-    else:
-        names, reps, warmup = [REFERENCE] + [m for m in methods if m != REFERENCE], args.vol_timing_reps, 1
-    probes = 0 if args.no_memory else 3
-    timing, calls = time_methods(
-        names, prepared["network"], image, device, reps, warmup, **options, window=window, memory_probes=probes
-    )
+    warmup = WARMUP[dims]
+    timing = cost_per_method([r for r in rows if r["setting"] == cost_setting], warmup, device)
     for name, t in timing.items():
-        logger.info(f"timing {name:>14}: {t['median_ms']:.1f} ms/case, peak extra {t['peak_extra_mb']:.1f} MiB")
+        logger.info(f"cost {name:>14}: {t['median_ms']:.1f} ms/case, peak extra {t['peak_extra_mb']:.1f} MiB")
     domains = list(cases)
     summary = summarize_runs(rows, domains)
     meta = {
@@ -247,23 +265,21 @@ def run_dims(args: argparse.Namespace, dims: int, device: torch.device) -> dict[
         "environment": environment(device),
         "config": {k: v for k, v in vars(args).items() if k != "argv"},
         "checkpoint": str(prepared["checkpoint"]),
+        "cost_setting": cost_setting,
+        "warmup_cases": warmup,
         "memory_kind": next(iter(timing.values()))["memory_kind"] if timing else "unavailable",
-        "run_time_ms": {m: float(np.median([r["time_ms"] for r in rows if r["method"] == m])) for m in methods if rows},
         "loadavg_start": loadavg_start,
         "loadavg_end": _loadavg(),
         "train_s": train_s,
     }
-    if dims == 2:
-        meta["timing_size"] = int(image.shape[-1])
-    else:
+    if dims == 3:
         network = prepared["network"]
-        meta.update(volume_shape=list(image.shape[2:]), window=_window_record(window or {}))
-        meta.update(network=type(network).__name__, network_parameters=sum(p.numel() for p in network.parameters()))
-        meta["datalist"] = str(prepared["datalist"])
+        meta.update(volume_shape=list(next(iter(cases.values()))[0]["image"].shape[1:]))
+        meta.update(window=_window_record(window or {}), network=type(network).__name__)
+        meta.update(network_parameters=sum(p.numel() for p in network.parameters()), datalist=str(prepared["datalist"]))
     meta["total_s"] = time.perf_counter() - start
     targets = check_targets(timing, summary, device, dims)
-    result = {"rows": rows, "summary": summary, "timing": timing, "calls": calls, "targets": targets}
-    result.update(meta=meta, domains=domains)
+    result = {"rows": rows, "summary": summary, "timing": timing, "targets": targets, "meta": meta, "domains": domains}
     out = Path(args.out) if dims == 2 else (Path(args.vol_out) if args.vol_out else Path(args.out) / "3d")
     result["files"] = write_outputs(out, result, plots=not args.no_plots)
     logger.info(f"wrote {', '.join(p.name for p in result['files'])} to {out} in {meta['total_s']:.0f} s")

@@ -22,25 +22,18 @@ import torch
 
 from monai_tta.adapters.settings import Setting
 from monai_tta.bench.methods import method_parser
-from monai_tta.bench.probes import CaseTimer, proc_status_kb
 from monai_tta.data import CaseStream, GuardedDataset
 from monai_tta.data.synthetic import SOURCE_DOMAIN, SYNTHETIC_FUNDUS_DOMAINS, synthesize_fundus_case
+from monai_tta.handlers import CaseCost
+from monai_tta.handlers.case_cost import rss_mib
 from monai_tta.io import atomic_write_json, atomic_write_text
 from monai_tta.networks import SmallUNet
 from monai_tta.reports import markdown_table
 
-__all__ = ["SOAK_METHODS", "image_pool", "rss_mib", "soak_method", "run_soak"]
+__all__ = ["SOAK_METHODS", "image_pool", "soak_method", "run_soak"]
 
 #: methods of the soak run by default.
 SOAK_METHODS = ("source_only", "tent", "grata")
-
-
-def rss_mib() -> float:
-    """The resident set size of this process in MiB (``nan`` where ``/proc`` is missing)."""
-    try:
-        return proc_status_kb("VmRSS") / 1024.0
-    except OSError:
-        return float("nan")
 
 
 def image_pool(size: int, per_domain: int = 4, seed: int = 0) -> list[torch.Tensor]:
@@ -59,7 +52,8 @@ def image_pool(size: int, per_domain: int = 4, seed: int = 0) -> list[torch.Tens
 
 def soak_method(name: str, n_images: int, pool: Sequence[torch.Tensor], block: int, seed: int = 0) -> dict[str, Any]:
     """Stream ``n_images`` (cycling over ``pool``) through method ``name``'s bundle evaluator (continual, no report,
-    no post-processing); per-block figures from a :class:`~monai_tta.bench.probes.CaseTimer` and the process's RSS.
+    no post-processing); per-block figures from a :class:`~monai_tta.handlers.CaseCost` (the time of each case's
+    adapter call) and the process's RSS.
 
     Returns:
         ``{"blocks": [{"cases", "median_ms", "rss_mib"}...], "rss_start_mib", "nonfinite"}``.
@@ -78,8 +72,8 @@ def soak_method(name: str, n_images: int, pool: Sequence[torch.Tensor], block: i
         "evaluator#key_val_metric": None,
     }
     evaluator = method_parser(name, Setting.CONTINUAL.value, 2, overrides, seed).get_parsed_content("evaluator")
-    timer = CaseTimer(torch.device("cpu"))
-    timer.attach(evaluator)
+    cost = CaseCost(torch.device("cpu"))
+    cost.attach(evaluator)
     result: dict[str, Any] = {"blocks": [], "rss_start_mib": math.nan, "nonfinite": 0}
 
     def record(engine: Any) -> None:
@@ -88,7 +82,7 @@ def soak_method(name: str, n_images: int, pool: Sequence[torch.Tensor], block: i
         if done == 1:  # after the first call (norms converted, optimizer built)
             result["rss_start_mib"] = rss_mib()
         if done % block == 0 or done == n_images:
-            times = timer.times[len(result["blocks"]) * block :]
+            times = [r["time_ms"] for r in cost.rows[len(result["blocks"]) * block :]]
             result["blocks"].append({"cases": done, "median_ms": statistics.median(times), "rss_mib": rss_mib()})
 
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from monai_tta.handlers.case_cost import CaseCost, PeakMemory
 from monai_tta.handlers.case_mean import CaseMean
 from monai_tta.handlers.case_report import REASON, SUMMARY_FILES, CaseReport, row_stats
 from monai_tta.handlers.overlays import OverlaySaver
@@ -9,6 +10,8 @@ from monai_tta.handlers.progress import PROGRESS_MODES, Progress
 from monai_tta.handlers.run_checkpoint import RunCheckpoint
 
 __all__ = [
+    "CaseCost",
+    "PeakMemory",
     "CaseMean",
     "CaseReport",
     "REASON",
