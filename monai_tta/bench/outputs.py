@@ -134,7 +134,7 @@ def reliability_table(
     """Per method of one setting: Dice minus source-only's per domain, the worst domain against the target, and
     what the safeguard and ``safe`` did (from the per-case rows' adapter statistics)."""
     ref = methods[REFERENCE]
-    columns = [*domains, "worst", "met", "fired", "fallback %", "safe: source %", "safe: source weight"]
+    columns = [*domains, "worst", "met", "fired", "fallback %", "safe: source %", "safe: step %", "safe: source weight"]
     table: dict[str, dict[str, Any]] = {}
     for method, block in ((m, b) for m, b in methods.items() if m != REFERENCE):
         diff = {d: block[d][MEAN_DICE] - ref[d][MEAN_DICE] for d in domains if d in block and d in ref}
@@ -152,7 +152,7 @@ def reliability_table(
         if any(StatKeys.SAFEGUARD in r for r in mine):
             fired = [r for r in mine if bool(r.get(StatKeys.SAFEGUARD))]
             entry["fired"] = f"{len(fired)} ({sum(r.get('safeguard_signal') == 'source_gap' for r in fired)})"
-        share = {"fallback %": "safeguard_fallback", "safe: source %": "safe_source"}
+        share = {"fallback %": "safeguard_fallback", "safe: source %": "safe_source", "safe: step %": "safe_step"}
         for column, key in ((c, k) for c, k in share.items() if any(k in r for r in mine)):
             entry[column] = format_number(100.0 * np.mean([bool(r.get(key)) for r in mine]), 0)
         if any("safe_source" in r for r in mine):

@@ -13,6 +13,8 @@ c = collections.defaultdict(collections.Counter)
 for r in rows:
     d[(r["method"], r["domain"])].append(float(r["dice_mean"]))
     c[r["method"]][r.get("safe_choice") or "-"] += 1
+    if str(r.get("safe_step", "")).lower() in ("1", "1.0", "true"):
+        c[r["method"]]["(step rule)"] += 1
 
 
 def m(k):
