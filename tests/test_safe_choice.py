@@ -327,3 +327,20 @@ def test_step_rule_keeps_an_update_that_moves_the_entropy_less_than_the_margin(m
 def test_step_margin_is_validated():
     with pytest.raises(ValueError, match="step_margin"):
         SafeChoice(step_margin=-1.0)
+
+
+def test_without_running_statistics_one_weights_candidate_is_scored():
+    """On a network without running statistics every statistics mix is the same forward: only ``stats_1`` is scored
+    (with the method's own and the source model's), and it is the adapted weights' prediction."""
+    net = GroupNormNet()
+    ref = copy.deepcopy(net)
+    x = tiny_image(seed=3, size=8)
+    adapter = Tent(setting="episodic", lr=1.0, safeguard=False, safe=True)
+    adapter(x, net)
+    scored = {k[len(StatKeys.SAFE_SCORE) + 1 :] for k in adapter.last_stats if k.startswith(StatKeys.SAFE_SCORE)}
+    assert scored == {"method", "stats_1", "source"}
+    adapted = copy.deepcopy(ref)
+    Tent(setting="continual", lr=1.0, safeguard=False)(x, adapted)
+    with torch.no_grad():
+        h_after = entropy_by_hand(adapted(x))
+    assert adapter.last_stats[f"{StatKeys.SAFE_SCORE}_stats_1"] == pytest.approx(-h_after, abs=1e-5)

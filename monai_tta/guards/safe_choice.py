@@ -161,19 +161,23 @@ class SafeChoice(Guard):
         """Forget the per-domain entropies."""
         state.cases, state.sums = 0, {}
 
-    def candidates(self, own: float | None = None) -> list[tuple[str, float | None]]:
+    def candidates(self, own: float | None = None, statistics: bool = True) -> list[tuple[str, float | None]]:
         """``(label, statistics weight)`` of each candidate besides the method's own, in the order of the choice.
 
         The source model's weight is ``None``. A candidate that is the method's own prediction, or another candidate,
         by construction is left out: when the method's prediction is a plain forward in the statistics of weight
         ``own`` (a method without updated weights, :attr:`~monai_tta.adapters.Adapter.plain_prediction`),
-        ``stats_<own>`` is that same forward, and so is ``source`` when ``stats_1`` is there (or ``own`` is 1).
+        ``stats_<own>`` is that same forward, and so is ``source`` when ``stats_1`` is there (or ``own`` is 1). On a
+        network without source running statistics (``statistics=False``) every ``stats_<p>`` is the same forward (the
+        weights only): the first is kept.
 
         Args:
             own: the statistics weight of the method's prediction when it is a plain forward, else ``None``.
+            statistics: whether the network has source running statistics to mix.
         """
         plain = own is not None
-        out: list[tuple[str, float | None]] = [(candidate_label(p), p) for p in self.priors if p != own]
+        priors = self.priors if statistics else self.priors[:1]
+        out: list[tuple[str, float | None]] = [(candidate_label(p), p) for p in priors if p != own]
         if self.source and not (plain and (own == 1.0 or 1.0 in self.priors)):
             out.append((SafeCandidate.SOURCE.value, None))
         return out
@@ -192,6 +196,7 @@ class SafeChoice(Guard):
         own_is_source = ctx.source_prediction
         own = regime if plain else None
         whole = ctx.scored is None
+        has_stats = any(layer.has_source_stats for layer in ctx.norms)
         x = ctx.scored_inputs()
         flip = self.signal == SafeSignal.FLIP
         labels = [SafeCandidate.METHOD.value]
@@ -201,11 +206,12 @@ class SafeChoice(Guard):
                 outputs = [ctx.prediction()]
             else:
                 outputs = [ctx.source_scored() if own_is_source else ctx.method_scored()]
-            for label, prior in self.candidates(own):
+            for label, prior in self.candidates(own, statistics=has_stats):
                 if prior is None:
                     z = outputs[0] if own_is_source else ctx.source_scored()
                     prior = 1.0
-                elif not whole and not own_is_source and prior == regime:  # a volume: the method's own regime
+                elif not whole and not own_is_source and (prior == regime or not has_stats):
+                    # a volume: the method's own regime (without running statistics: the same weights, the same forward)
                     z = outputs[0]
                 else:
                     with statistics_prior(ctx.norms, prior):
@@ -251,7 +257,9 @@ class SafeChoice(Guard):
         is_source = labels[best] == SafeCandidate.SOURCE or (best == 0 and own_is_source)
         if whole:
             ctx.logits = outputs[best]
-        elif best != 0:  # a volume: only the chosen candidate predicts it whole
+        elif best != 0 and (has_stats or labels[best] == SafeCandidate.SOURCE):
+            # a volume: only the chosen candidate predicts it whole (without running statistics a stats_<p> candidate
+            # is the method's own prediction)
             chosen = priors[best]
             ctx.report(ctx.source_logits if labels[best] == SafeCandidate.SOURCE else lambda: ctx.predict_with(chosen))
         ctx.stats[StatKeys.SAFE_CHOICE] = labels[best]
