@@ -353,6 +353,11 @@ class Adapter(Inferer):
                 guard.on_reset(s)
             self.reset_state(state)
 
+    def networks(self) -> list[nn.Module]:
+        """The networks the adapter keeps a state for (those it adapted or gave a state; held weakly: a network that
+        is deleted leaves the list), e.g. to read :meth:`state_for` of the network a server built."""
+        return list(self._states.keys())
+
     def n_params(self, network: nn.Module) -> int:
         """Number of scalar parameters the adapter updates on ``network``."""
         return sum(p.numel() for p in self.state_for(network).params)
