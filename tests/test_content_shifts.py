@@ -13,6 +13,7 @@ import pytest
 from monai_tta.data import (
     CONTENT_FUNDUS_DOMAINS,
     FUNDUS_DOMAIN_PRESETS,
+    MANIFEST_NAME,
     MR_CONTENT_SITES,
     MR_SITE_PRESETS,
     MR_SITES,
@@ -25,10 +26,8 @@ from monai_tta.data import (
     list_domains,
     list_mr_sites,
     load_datalist,
-    mr_sites,
     synthesize_fundus_case,
     synthesize_mr_case,
-    synthetic,
 )
 from monai_tta.data.fundus_scene import MASK_BACKGROUND, MASK_CUP, render_scene
 from monai_tta.data.mr_phantom import PERIPHERAL_ZONE, draw_pelvis, phantom_label, phantom_signal
@@ -89,9 +88,11 @@ def test_default_mr_cases_are_byte_identical(site):
     assert _digest(image, label, affine) == MR_DIGESTS[site]
 
 
-def test_default_manifests_are_unchanged():
-    fundus = synthetic._manifest(0, 2, (48, 48), list_domains(), 0.2)
-    mr = mr_sites._manifest(0, 2, 1, 0.25, 3.0, "zones", list_mr_sites())
+def test_default_manifests_are_unchanged(tmp_path):
+    generate_fundus_domains(tmp_path / "fundus", num_per_domain=2, image_size=48, seed=0, val_fraction=0.2)
+    generate_mr_sites(tmp_path / "mr", num_train=2, num_test=1, val_fraction=0.25, voxel_scale=3.0, labels="zones")
+    fundus = json.loads((tmp_path / "fundus" / MANIFEST_NAME).read_text())
+    mr = json.loads((tmp_path / "mr" / MANIFEST_NAME).read_text())
     assert _json_digest(fundus) == FUNDUS_MANIFEST_DIGEST
     assert _json_digest(mr) == MR_MANIFEST_DIGEST
 

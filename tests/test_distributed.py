@@ -233,14 +233,24 @@ def test_a_rank_killed_mid_stream_fails_the_run_and_the_rerun_resumes_each_rank(
 
 
 def test_rank_0_refuses_rows_that_miss_or_repeat_a_case(tmp_path, monkeypatch):
+    """At completion rank 0 gathers the ranks' rows (here two ranks' worth, faked): a missing or repeated case is an
+    error and nothing is written; complete rows are merged in stream order into cases.csv and the summary."""
+    from ignite.engine import Engine, Events
+
     from monai_tta import distributed
     from monai_tta.handlers import CaseReport
 
-    report = CaseReport(tmp_path, "M", expected_cases=lambda: 4)
-    row = {"case_id": "c", "domain": "A", "method": "M", "dice_mean": 1.0}
-    monkeypatch.setattr(distributed, "gather_objects", lambda obj: [([0, 2], [row, row]), ([1, 2], [row, row])])
+    report = CaseReport(tmp_path, "M", expected_cases=lambda: 4, compute_asd=False, plots=False)
+    engine = Engine(lambda engine, batch: None)
+    report.attach(engine)
+    row = {"case_id": "c", "domain": "A", "method": "M", "status": "ok", "dice_disc": 1.0, "dice_cup": 1.0}
+    rows = [{**row, "case_id": f"c{i}", "dice_mean": float(i)} for i in range(4)]
+    monkeypatch.setattr(distributed, "gather_objects", lambda obj: [([0, 2], rows[:2]), ([1, 2], rows[2:])])
     with pytest.raises(RuntimeError, match=r"cases \[3\] are missing and \[2\] appear twice"):
-        report._gather()
-    assert not (tmp_path / "cases.csv").exists()
-    monkeypatch.setattr(distributed, "gather_objects", lambda obj: [([0, 2], [row, row]), ([1, 3], [row, row])])
-    assert report._gather() and len(read_case_csv(tmp_path / "cases.csv")) == 4
+        engine.fire_event(Events.COMPLETED)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(distributed, "gather_objects", lambda obj: [([0, 2], rows[:2]), ([1, 3], rows[2:])])
+    engine.fire_event(Events.COMPLETED)
+    merged = read_case_csv(tmp_path / "cases.csv")
+    assert [r["case_id"] for r in merged] == ["c0", "c2", "c1", "c3"]  # stream order: rank 0 had cases 0 and 2
+    assert json.loads((tmp_path / "summary.json").read_text())["M"]["overall"]["n"] == 4

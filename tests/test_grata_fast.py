@@ -309,7 +309,7 @@ def test_invalid_options_raise():
 def test_approximate_strong_size_is_a_multiple_of_the_network_divisor():
     adapter = GraTa(mode="approximate", strong_scale=0.3)
     net = SmallUNet(features=(8, 16, 32))  # size_divisor 4
-    assert adapter._scaled_size((64, 40), net) == (20, 12)
-    assert adapter._scaled_size((16, 16), net) == (8, 8)  # never below twice the divisor (2x2 coarsest features)
-    assert adapter._scaled_size((4, 4), net) == (4, 4)  # nor above the input size
-    assert adapter._scaled_size((64, 40), nn.Identity()) == (19, 12)
+    assert adapter.strong_size((64, 40), net) == (20, 12)
+    assert adapter.strong_size((16, 16), net) == (8, 8)  # never below twice the divisor (2x2 coarsest features)
+    assert adapter.strong_size((4, 4), net) == (4, 4)  # nor above the input size
+    assert adapter.strong_size((64, 40), nn.Identity()) == (19, 12)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_image, tiny_net
+from tiny import noise_images, tiny_image, tiny_net
 
 from monai_tta.adapters import VPTTA, NormAdapt, SafeChoice, SafeNorm, Tent
 from monai_tta.adapters.stats import StatKeys
@@ -167,13 +167,10 @@ def test_reset_returns_safe_and_the_safeguard_to_the_start_bit_for_bit():
 
 
 def test_safe_candidates_leave_vptta_memory_and_prompt_alone():
-    from test_vptta import S, net3
-    from test_vptta import images as vimages
-
-    xs = vimages(3)
-    nets = net3(), net3()
-    plain = VPTTA(prompt_size=S, memory_size=2, neighbors=2, safeguard=False)
-    safe = VPTTA(prompt_size=S, memory_size=2, neighbors=2, safeguard=False, safe=True)
+    xs = noise_images(3)  # 3-channel 16 x 16 images, with a 3 x 3 prompt (as in test_vptta.py)
+    nets = tiny_net(0, in_channels=3), tiny_net(0, in_channels=3)
+    plain = VPTTA(prompt_size=3, memory_size=2, neighbors=2, safeguard=False)
+    safe = VPTTA(prompt_size=3, memory_size=2, neighbors=2, safeguard=False, safe=True)
     for x in xs:
         plain(x, nets[0])
         safe(x, nets[1])

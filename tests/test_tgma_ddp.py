@@ -39,7 +39,7 @@ def ghost_batch_reference(items: list[dict], ranks: int) -> dict[str, torch.Tens
     """
     runner = make_ddp_runner("unused")  # nothing is written: only its options and transferability are used
     images = torch.stack([torch.as_tensor(item["image"]).float().as_tensor() for item in items])
-    case_ids = runner._case_ids(items)
+    case_ids = runner.case_ids(items)
     stage = runner.transferability(images, case_ids, runner.sources)
     indices, weights = stage["selection"]["indices"], stage["selection"]["weights"]
     ensemble = WeightedEnsemble([copy.deepcopy(runner.sources[k]) for k in indices], weights).train()

@@ -59,7 +59,7 @@ def test_gamma_keeps_each_channel_range_and_contrast_stays_inside_it():
     g = torch.Generator().manual_seed(0)
     for step in ("prob_gamma", "prob_contrast"):
         aug = StrongStyle(**{**OFF, step: 1.0})
-        y = aug._augment_one(x, g)
+        y = aug.augment_one(x, g)
         lo, hi = x.amin(dim=(1, 2)), x.amax(dim=(1, 2))
         if step == "prob_gamma":
             torch.testing.assert_close(y.amin(dim=(1, 2)), lo, atol=1e-6, rtol=0)
@@ -71,7 +71,7 @@ def test_gamma_keeps_each_channel_range_and_contrast_stays_inside_it():
 
 def test_noise_std_is_within_its_range():
     x = image(shape=(1, 3, 64, 64))[0]
-    y = StrongStyle(**{**OFF, "prob_noise": 1.0})._augment_one(x, torch.Generator().manual_seed(1))
+    y = StrongStyle(**{**OFF, "prob_noise": 1.0}).augment_one(x, torch.Generator().manual_seed(1))
     assert 0.0 < float((y - x).std()) < 0.05 * 1.1
 
 

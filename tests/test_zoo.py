@@ -5,6 +5,7 @@ ConfigWorkflow run) without writing into the bundle folder."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from monai_tta.zoo import (
     BundleFamily,
     compare_generated,
     export_bundle,
+    format_for_zoo,
     merge_config,
     zoo_json_text,
 )
@@ -160,19 +162,34 @@ def test_zoo_checks_pass_on_the_export(exports, name, tmp_path):
     assert len(list((tmp_path / "eval" / "masks").glob("*.nii.gz"))) == 1
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", NAMES)
 def test_export_passes_the_zoos_code_format_checks(exports, name):
-    """black, isort, flake8 and the text pre-commit hooks with the zoo's settings, on the export at models/<name>/."""
+    """black, isort, flake8 and the text pre-commit hooks with the zoo's settings, on the export at models/<name>/
+    (the whole copied package; the unit tier checks the same rules on a small folder below)."""
     _, out = exports
     tools = ["black", "isort", "flake8", "pretty-format-json", "trailing-whitespace", "end-of-file-fixer"]
     assert check_code_format(out[name]) == dict.fromkeys([*tools, "mixed-line-ending"], "pass")
 
 
-def test_committed_bundles_fail_pretty_format_json_and_the_export_fixes_it():
-    """The repository keeps its compact JSON; the zoo's hook wants json.dumps(indent=4): one element per line."""
+def test_committed_bundles_fail_pretty_format_json_and_the_export_fixes_it(tmp_path):
+    """The repository keeps its compact JSON; the zoo's hook wants json.dumps(indent=4): one element per line.
+
+    The export's formatting (:func:`format_for_zoo`, as ``export_bundle`` runs it) makes a bundle with package files
+    under ``scripts/`` pass every code-format check of the zoo."""
     expected = '{\n    "a": [\n        1,\n        2\n    ],\n    "b": "\\u00e9"\n}\n'
     assert zoo_json_text({"a": [1, 2], "b": "é"}) == expected
     assert "pretty-format-json" in {k for k, v in check_code_format(BUNDLES / NAMES[0]).items() if v != "pass"}
+    folder = tmp_path / NAMES[0]
+    shutil.copytree(BUNDLES / NAMES[0], folder)
+    modules = ["zoo/__init__.py", "zoo/source.py", "adapters/tent/__init__.py", "adapters/tent/adapter.py"]
+    for module in modules:  # the Tent files are among those black and isort rewrite
+        (folder / "scripts" / "monai_tta" / module).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / "monai_tta" / module, folder / "scripts" / "monai_tta" / module)
+    changed = {p.relative_to(folder).as_posix() for p in format_for_zoo(folder)}
+    assert {"configs/inference.json", "scripts/monai_tta/adapters/tent/adapter.py"} <= changed
+    results = check_code_format(folder)
+    assert results == dict.fromkeys(results, "pass") and len(results) == 7, results
 
 
 def test_export_refuses_hosted_files_without_a_url_and_leaves_nothing(tmp_path):
@@ -182,7 +199,10 @@ def test_export_refuses_hosted_files_without_a_url_and_leaves_nothing(tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_a_failed_export_removes_its_folder(tmp_path):
+def test_a_failed_export_removes_its_folder(tmp_path, monkeypatch):
+    from monai_tta.zoo import export
+
+    monkeypatch.setattr(export, "format_for_zoo", lambda folder: [])  # seconds of black, not what is tested here
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     out = tmp_path / "zoo" / "x"
@@ -191,6 +211,7 @@ def test_a_failed_export_removes_its_folder(tmp_path):
     assert list((tmp_path / "zoo").iterdir()) == []  # neither the folder nor its temporary twin
 
 
+@pytest.mark.integration
 def test_tgma_exports_its_adapted_target_model_and_serves_it(tmp_path):
     """The TGMA export ships the adapted target model of its offline adaptation (tiny: 3 sites, 2 epochs) as
     models/model.pt; the zoo's checks pass and inference.json runs on the target site's volumes."""

@@ -38,7 +38,7 @@ from torch import nn
 
 from monai_tta.adapters.cases import Case, CaseParts, WholeCase
 from monai_tta.adapters.optimizers import OPTIMIZERS, build_optimizer, set_lr
-from monai_tta.adapters.settings import Setting
+from monai_tta.adapters.settings import ResetSchedule, Setting
 from monai_tta.adapters.state import AdapterState
 from monai_tta.adapters.stats import StatKeys
 from monai_tta.gradients import only_requires_grad
@@ -48,14 +48,6 @@ from monai_tta.norms import AdaptiveBatchNorm, NormPolicy, convert_norms
 from monai_tta.params import ParamSelection, nothing_to_update_message, select_parameters
 
 logger = logging.getLogger(__name__)
-
-
-def names_a_case(inputs: Any) -> bool:
-    """Whether ``inputs`` says which case it is: a ``MetaTensor`` whose metadata name its source file."""
-    if not isinstance(inputs, MetaTensor):
-        return False
-    name = inputs.meta.get("filename_or_obj")
-    return bool(name) and not (isinstance(name, (list, tuple)) and not any(name))
 
 
 __all__ = ["Adapter", "AdapterState", "build_optimizer", "set_lr"]
@@ -173,10 +165,7 @@ class Adapter(Inferer):
         else:
             self.generator.seed()
         self._states: weakref.WeakKeyDictionary[nn.Module, AdapterState] = weakref.WeakKeyDictionary()
-        self._domain: Any = None
-        self._pending_reset = False
-        self._domain_changed = False
-        self._said_per_patient = False
+        self._schedule = ResetSchedule(type(self).__name__, logger)  # the setting along the stream
         self._lock = threading.RLock()
         self.last_stats: dict[str, Any] = {}
         self._case: Case | None = None
@@ -273,14 +262,11 @@ class Adapter(Inferer):
         generator and the domain bookkeeping (the last domain, a pending reset). An interrupted continual run resumes
         exactly from it (:class:`~monai_tta.handlers.RunCheckpoint`)."""
         state = self.state_for(network)
-        domain = self._domain
         return {
             "method": self.method_state_dict(state),
             "guards": [guard.state_dict(s) for guard, s in zip(self.guards, state.guards)],
             "generator": self.generator.get_state(),
-            "domain": domain if domain is None or isinstance(domain, (str, int, float)) else str(domain),
-            "pending_reset": bool(self._pending_reset),
-            "domain_changed": bool(self._domain_changed),
+            **self._schedule.state_dict(),
         }
 
     @torch.no_grad()
@@ -300,20 +286,14 @@ class Adapter(Inferer):
         for guard, s, saved in zip(self.guards, state.guards, values["guards"]):
             guard.load_state_dict(s, saved)
         self.generator.set_state(values["generator"])
-        self._domain = values["domain"]
-        self._pending_reset = bool(values["pending_reset"])
-        self._domain_changed = bool(values.get("domain_changed", False))
+        self._schedule.load_state_dict(values)
 
     # ----------------------------------------------------------------- the setting: domains and resets
     def set_domain(self, domain: Any) -> None:
         """Tell the adapter the domain of the next case; in the ``"domain"`` setting a change triggers a reset. In
         every setting a change restarts what the guards keep per domain (``safe``'s per-domain choice, the
         safeguard's source gap and fallback)."""
-        if self._domain is not None and domain != self._domain:
-            self._domain_changed = True
-            if self.setting == Setting.DOMAIN:
-                self._pending_reset = True
-        self._domain = domain
+        self._schedule.set_domain(domain, self.setting)
 
     @torch.no_grad()
     def reset(self, network: nn.Module | None = None) -> None:
@@ -352,6 +332,11 @@ class Adapter(Inferer):
             for guard, s in zip(self.guards, state.guards):
                 guard.on_reset(s)
             self.reset_state(state)
+
+    def networks(self) -> list[nn.Module]:
+        """The networks the adapter keeps a state for (those it adapted or gave a state; held weakly: a network that
+        is deleted leaves the list), e.g. to read :meth:`state_for` of the network a server built."""
+        return list(self._states.keys())
 
     def n_params(self, network: nn.Module) -> int:
         """Number of scalar parameters the adapter updates on ``network``."""
@@ -401,27 +386,18 @@ class Adapter(Inferer):
     def _run_case(self, inputs: torch.Tensor, network: nn.Module, case: Case) -> torch.Tensor:
         state = self.state_for(network)
         episodic = self.setting == Setting.EPISODIC
-        # no domain signalled and the input names its file (a MONAI evaluator's or MONAI Label's case): per patient
-        per_patient = self.setting == Setting.DOMAIN and self._domain is None and names_a_case(inputs)
-        if per_patient and not self._said_per_patient:
-            self._said_per_patient = True
-            logger.warning(
-                "%s (setting 'domain'): no domain was given with set_domain, so each case is adapted from the source "
-                "model (per patient). Give each case's domain (an evaluator's batch 'domain' key) to adapt per domain, "
-                "or setting='continual' to carry adaptation from case to case.",
-                type(self).__name__,
-            )
-        did_reset = episodic or per_patient or self._pending_reset
+        # episodic, a domain change, or per patient (no domain given and the input names its file)
+        did_reset = self._schedule.reset_due(self.setting, inputs)
         if did_reset:  # the setting's reset keeps what the guards keep per domain
             if self.seed is not None:
                 self.generator.manual_seed(self.seed)  # episodic: the same image gets the same random views
             self._reset_states([state])
-            self._pending_reset = False
+            self._schedule.pending_reset = False
         guards = list(zip(self.guards, state.guards))
-        if self._domain_changed:
+        if self._schedule.domain_changed:
             for guard, s in guards:
                 guard.on_domain_change(s)
-            self._domain_changed = False
+            self._schedule.domain_changed = False
         for guard, _ in guards:
             if guard.whole_inputs_only and not case.whole:
                 raise ValueError(

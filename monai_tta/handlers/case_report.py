@@ -203,7 +203,7 @@ class CaseReport:
             return False
         if len(gathered) == 1:
             return True
-        pairs = sorted((i, row) for indices, rows in gathered for i, row in zip(indices, rows))
+        pairs = sorted(((i, row) for indices, rows in gathered for i, row in zip(indices, rows)), key=lambda p: p[0])
         indices = [i for i, _ in pairs]
         twice = sorted(i for i, n in Counter(indices).items() if n > 1)
         count = self.expected_cases() if callable(self.expected_cases) else self.expected_cases

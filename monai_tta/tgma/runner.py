@@ -197,7 +197,13 @@ class TGMARunner:
         stacked = torch.stack([torch.as_tensor(item[key]).float() for item in items])
         return stacked.as_tensor() if isinstance(stacked, MetaTensor) else stacked
 
-    def _case_ids(self, items: Sequence[Mapping[str, Any]]) -> list[str]:
+    def case_ids(self, items: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The ITM row of each of ``items`` (what :meth:`transferability` takes as ``case_ids``): the item's
+        ``case_id`` (its index when it has none), or its index at ``itm_level="slice"``.
+
+        Args:
+            items: the target items, in the order of the images.
+        """
         if self.itm_level == "slice":
             return [str(i) for i in range(len(items))]
         return [str(item.get(DataKeys.CASE_ID, i)) for i, item in enumerate(items)]
@@ -278,7 +284,7 @@ class TGMARunner:
             for tmp in self.output_dir.glob(".*.tmp"):  # left by a kill during a write
                 tmp.unlink()
         images = self._stack(items, DataKeys.IMAGE)
-        case_ids = self._case_ids(items)
+        case_ids = self.case_ids(items)
         config = self.config(images, case_ids)
         stage = self._load(TRANSFERABILITY_NAME, config)
         if stage is None:

@@ -153,10 +153,18 @@ class StrongStyle(Transform):
         if img.dim() < 3:
             raise ValueError(f"StrongStyle expects (B, C, *spatial), got shape {tuple(img.shape)}.")
         g = self.generator if generator is None else generator
-        samples = [self._augment_one(x, g) for x in img.detach()]
+        samples = [self.augment_one(x, g) for x in img.detach()]
         return minmax_per_sample(torch.stack(samples))
 
-    def _augment_one(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    def augment_one(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        """The steps (brightness, contrast, gamma, noise, blur) on one image, before the batch's per-sample min-max
+        of :meth:`__call__`: each step's own range rules can be seen here (contrast keeps each channel inside its
+        range, gamma keeps each channel's range); the input is not modified.
+
+        Args:
+            x: one image ``(C, *spatial)``.
+            g: random generator of the draws (``None``: torch's global one).
+        """
         c = x.shape[0]
         shape = (c,) + (1,) * (x.dim() - 1)
         axes = tuple(range(1, x.dim()))

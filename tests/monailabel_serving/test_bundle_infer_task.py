@@ -87,7 +87,7 @@ def test_continual_serving_is_an_opt_in(served, tmp_path):
     infer(task, image)
     inferer = task.inferer({"device": "cpu"})
     assert inferer.setting == "continual"
-    network = next(iter(inferer._states))
+    (network,) = inferer.networks()  # the one network the task built
     assert inferer.state_for(network).step == 1
     infer(task, image)
     assert inferer.state_for(network).step == 2

@@ -234,10 +234,15 @@ class GraTa(Adapter):
         pseudo = self.pseudo_label(inputs, network, state.norms)
         return consistency_loss(network(strong).float(), pseudo, self.activation)
 
-    def _scaled_size(self, spatial: Sequence[int], network: nn.Module) -> tuple[int, ...]:
+    def strong_size(self, spatial: Sequence[int], network: nn.Module) -> tuple[int, ...]:
         """Spatial size of the approximate mode's strong pass: a multiple of the network's ``size_divisor``, at least
         twice it (so the coarsest features keep more than one value per channel for per-image statistics), at most
-        the input size."""
+        the input size (``strong_scale=1``: the input size).
+
+        Args:
+            spatial: the spatial size of the input.
+            network: the adapted network (its ``size_divisor``, when it has one; else 1).
+        """
         if self.strong_scale == 1.0:
             return tuple(int(s) for s in spatial)
         divisor = int(getattr(network, "size_divisor", 1) or 1)
@@ -279,7 +284,7 @@ class GraTa(Adapter):
                 return self._pseudo_loss(state, x, network, s)
             # approximate: the pseudo-label is the entropy pass's own prediction (one view, at theta)
             pseudo = activate(next(own).float(), self.activation)
-            size = self._scaled_size(x.shape[2:], network)
+            size = self.strong_size(x.shape[2:], network)
             if size != tuple(x.shape[2:]):
                 s, pseudo = F.interpolate(s, size=size, mode="area"), F.interpolate(pseudo, size, mode="area")
             return consistency_loss(network(s).float(), pseudo_target(pseudo, self.activation), self.activation)
