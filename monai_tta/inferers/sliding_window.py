@@ -70,8 +70,8 @@ def add_safe(adapter: Adapter, safe: SafeChoice | dict | bool | None) -> None:
     if guard is None or not adapts or any(isinstance(g, SafeChoice) for g in adapter.guards):
         return
     adapter.guards = (*adapter.guards, guard)
-    for state in adapter._states.values():
-        state.guards.append(guard.init_state())
+    for network in adapter.networks():
+        adapter.state_for(network).guards.append(guard.init_state())
 
 
 class SlidingWindowAdapter(Inferer):
