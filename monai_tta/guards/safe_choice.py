@@ -18,13 +18,13 @@ confident); other ties go to the earlier candidate in the order above.
 
 When the source model wins, the method's *update* is still kept where it would not hurt (``step_margin``, issue 18:
 "refuse only when it would hurt"): the adapted weights with the source model's statistics (``stats_1``; on a network
-without running statistics, InstanceNorm, GroupNorm or LayerNorm, where every candidate normalises with the case's own
-statistics as the source model does, the method's own prediction) differ from the source model by the update's steps
-alone, like with like; if their score is at most ``step_margin`` (0.01) worse, they are chosen and ``safe_step``
-records it. So the margin refuses the *statistics* that do not clearly fit, and the step is refused only when it
-moves the signal the wrong way by more than the margin. Without this rule the source model, favoured by its margin,
-won every case on a network without running statistics and the method never acted (a tiny step barely moves the
-entropy).
+without running statistics, InstanceNorm, GroupNorm or LayerNorm, every statistics mix is the same forward, the
+adapted weights with the case's own statistics as the source model uses them, and only ``stats_1`` is scored) differ
+from the source model by the update's steps alone, like with like; if their score is at most ``step_margin`` (0.01)
+worse, they are chosen and ``safe_step`` records it. So the margin refuses the *statistics* that do not clearly
+fit, and the step is refused only when it moves the signal the wrong way by more than the margin. Without this rule
+the source model, favoured by its margin, won every case on a network without running statistics and the method
+never acted (a tiny step barely moves the entropy).
 
 Why entropy by default (measured against flip, consensus and source agreement on every embedded domain and site,
 ``docs/reliability.md``: none fell below source-only, entropy had the highest overall): on the embedded data the
@@ -102,9 +102,8 @@ class SafeChoice(Guard):
         signal: the label-free score of the candidates (:class:`~monai_tta.guards.signals.SafeSignal`:
             ``"entropy"``, ``"flip"``, ``"consensus"``, ``"source"``).
         step_margin: when the source model wins, the method's update is still accepted if the adapted weights with
-            the source model's statistics (``stats_1``; on a network without running statistics, where every
-            candidate of the adapted weights normalises with the case's own statistics as the source model does,
-            the method's own prediction) score at most this much below it: like with like, only the update's steps
+            the source model's statistics (``stats_1``, or the method's own prediction where no such candidate is
+            scored) score at most this much below it: like with like, only the update's steps
             differ, and a step that moves the signal by less than this is accepted (``None``: never; the source
             model is kept). Our choice: 0.01, the source margin (issue 18: "refuse only when it would hurt").
 
