@@ -1,8 +1,9 @@
-"""Per-volume CPU cost of TENT through SlidingWindowAdapter, safe off vs on (interleaved, median of reps).
+"""Per-volume CPU cost of TENT or GraTa through SlidingWindowAdapter, safe off vs on (interleaved, median of reps).
 
-Usage: ``python tools/issue18/volume_cost.py CHECKPOINT CACHE [REPS]``: CHECKPOINT is the 3D source model the
-benchmark trains into its cache (``source_mr_train16_e80_s0_<digest>.pt``), CACHE the benchmark's cache folder holding
-the generated content sites (``python -m monai_tta.bench --dims 3 --vol-sites pelvis --vol-cases 3 --cache CACHE``).
+Usage: ``python tools/issue18/volume_cost.py CHECKPOINT CACHE [REPS] [METHOD]`` (METHOD ``tent``, the default, or
+``grata``): CHECKPOINT is the 3D source model the benchmark trains into its cache
+(``source_mr_train16_e80_s0_<digest>.pt``), CACHE the benchmark's cache folder holding the generated content sites
+(``python -m monai_tta.bench --dims 3 --vol-sites pelvis --vol-cases 3 --cache CACHE``).
 """
 
 import glob
@@ -14,7 +15,7 @@ import nibabel as nib
 import torch
 from monai.networks.nets import UNet
 
-from monai_tta.adapters import Tent
+from monai_tta.adapters import GraTa, Tent
 from monai_tta.inferers import SlidingWindowAdapter
 
 torch.set_num_threads(1)
@@ -26,9 +27,10 @@ x = torch.as_tensor(nib.load(f).get_fdata(), dtype=torch.float32)[None, None]
 x = (x - x.mean()) / x.std()
 print("volume", tuple(x.shape), f)
 kw = dict(roi_size=(48, 48, 16), sw_batch_size=4, overlap=0.25, mode="gaussian")
+method = {"tent": Tent, "grata": GraTa}[sys.argv[4] if len(sys.argv) > 4 else "tent"]
 runs = {
-    "off": SlidingWindowAdapter(Tent(setting="episodic"), safe=False, **kw),
-    "on": SlidingWindowAdapter(Tent(setting="episodic"), safe=True, **kw),
+    "off": SlidingWindowAdapter(method(setting="episodic", seed=0), safe=False, **kw),
+    "on": SlidingWindowAdapter(method(setting="episodic", seed=0), safe=True, **kw),
 }
 t = {k: [] for k in runs}
 for rep in range(int(sys.argv[3]) if len(sys.argv) > 3 else 7):
