@@ -74,19 +74,19 @@ def test_runner_end_to_end(tmp_path):
     assert float(episodic[0]["dice_mean"]) == pytest.approx(float(domain[0]["dice_mean"]))
 
     timing = results["timing"]
-    # the cost per method: the CaseCost figures of its domain-setting run, the first 2 (warm-up) cases left out
-    assert list(timing) == ["source_only", "grata"] and results["meta"]["cost_setting"] == "domain"
+    # the cost per method: the CaseCost figures of its episodic run, the first 2 (warm-up) cases left out
+    assert list(timing) == ["source_only", "grata"] and results["meta"]["cost_setting"] == "episodic"
     assert results["meta"]["warmup_cases"] == 2
     for method, t in timing.items():
         # after the warm-up, case 3 is timed and case 2 probed for memory (every other case, from the first)
-        sel = [r for r in rows if r["setting"] == "domain" and r["method"] == method]
+        sel = [r for r in rows if r["setting"] == "episodic" and r["method"] == method]
         assert [r["peak_extra_mb"] != "" for r in sel] == [True, False, True, False]
         assert t["cases"] == 1 and t["memory_cases"] == 1
         assert (t["median_ms"], t["median_cpu_ms"]) == pytest.approx(
             (float(sel[3]["time_ms"]), float(sel[3]["cpu_ms"]))
         )
         assert t["peak_extra_mb"] == pytest.approx(float(sel[2]["peak_extra_mb"]))
-    assert all(r["peak_extra_mb"] == "" for r in rows if r["setting"] != "domain")
+    assert all(r["peak_extra_mb"] == "" for r in rows if r["setting"] != "episodic")
     if reset_rss_peak():  # Linux: the memory probes measured the process's resident set
         assert all(
             t["memory_kind"] == "process_rss" and t["peak_total_mb"] > t["peak_extra_mb"] > 0 for t in timing.values()
@@ -96,15 +96,15 @@ def test_runner_end_to_end(tmp_path):
     assert "| source_only | " in markdown and "| camera | dim | overall |" in markdown
     assert any(t["target"].startswith("exact GraTa time") for t in results["targets"])
 
-    # a second run reuses the cached checkpoint instead of training again; without a domain run the cost is the
+    # a second run reuses the cached checkpoint instead of training again; without an episodic run the cost is the
     # first setting's
     mtime = checkpoints[0].stat().st_mtime_ns
     again = tmp_path / "again"
-    options = ["--settings", "episodic", "--methods", "source_only", "--no-memory", "--cudnn-benchmark"]
+    options = ["--settings", "domain", "--methods", "source_only", "--no-memory", "--cudnn-benchmark"]
     bench.main(argv[:-2] + options + ["--cache", str(out / "cache"), "--out", str(again)])
     assert checkpoints[0].stat().st_mtime_ns == mtime
     results = json.loads((again / "results.json").read_text())
-    assert results["meta"]["cost_setting"] == "episodic" and results["timing"]["source_only"]["median_ms"] > 0
+    assert results["meta"]["cost_setting"] == "domain" and results["timing"]["source_only"]["median_ms"] > 0
     assert results["timing"]["source_only"]["memory_kind"] == "not measured"
 
 
@@ -238,14 +238,17 @@ def test_volume_benchmark_smoke(tmp_path):
     assert sorted(bench.data.VOLUME_BUNDLE.rglob("*")) == bundle_files  # nothing written into the bundle
     rows = read_rows(vol / "cases.csv")
     assert [(r["method"], r["domain"], r["setting"]) for r in rows] == [
+        ("source_only", "thick", "episodic"),
+        ("tent", "thick", "episodic"),
         ("source_only", "thick", "domain"),
         ("tent", "thick", "domain"),
-    ]
+    ]  # the default 3D settings: episodic (the cost's) and domain
     assert all(0.0 <= float(r["dice_mean"]) <= 100.0 for r in rows)
     assert {"dice_peripheral", "dice_transition"} <= set(rows[0])
     results = json.loads((vol / "results.json").read_text())
     assert list(results["timing"]) == ["source_only", "tent"]
-    assert results["summary"]["domain"]["tent"]["thick"]["dice_mean"] == pytest.approx(float(rows[1]["dice_mean"]))
+    assert results["summary"]["episodic"]["tent"]["thick"]["dice_mean"] == pytest.approx(float(rows[1]["dice_mean"]))
+    assert results["summary"]["domain"]["tent"]["thick"]["dice_mean"] == pytest.approx(float(rows[3]["dice_mean"]))
     window = results["meta"]["window"]
     assert window["update_batch_size"] == 2 and window["stats_from"] == "patches" and window["num_patches"] == 4
     targets = {t["target"]: t for t in results["targets"]}

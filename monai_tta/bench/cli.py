@@ -15,8 +15,9 @@ reset), and ``stream``: a continual run over ``--rounds`` passes of the target d
 Cost per case: the ``CaseCost`` handler (``monai_tta.handlers``) measures the adapter's call of every case in the
 evaluator, from its ADAPT_STARTED event (the case on the device) to FORWARD_COMPLETED: wall time
 (``time.perf_counter``, on CUDA synchronised before and after) and process CPU time (all threads). The cost table of a
-method is its run in the ``domain`` setting (else the first setting run), over that run's cases after its first 2 (2D)
-or 1 (3D) cases, which are warm-up (one-off work: the optimizer, the norm conversion, CUDA graphs, lazy buffers; with
+method is its run in the ``episodic`` setting (else the first setting run: in ``episodic`` every case adapts from the
+source model, and no safeguard fallback stands in for the method), over that run's cases after its first 2 (2D) or 1
+(3D) cases, which are warm-up (one-off work: the optimizer, the norm conversion, CUDA graphs, lazy buffers; with
 no case after them, the last case alone): the median time of the cases without a memory probe. Methods are timed one
 after the other, not interleaved. Ratios are to source-only in the same benchmark run.
 
@@ -86,7 +87,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     v.add_argument("--vol-epochs", type=int, default=None, help="source training epochs (default: the bundle's)")
     v.add_argument("--vol-checkpoint", default=None, help="source weights of the 3D network (trained when omitted)")
     v.add_argument("--vol-methods", nargs="+", default=list(VOLUME_METHODS), help="methods of the 3D runs")
-    v.add_argument("--vol-settings", nargs="+", default=["domain"], help="settings of the 3D runs")
+    v.add_argument("--vol-settings", nargs="+", default=["episodic", "domain"], help="settings of the 3D runs")
     v.add_argument("--vol-patches", type=int, default=None, help="patches of each update (default: the bundle's)")
     v.add_argument(
         "--vol-window",

@@ -237,7 +237,8 @@ def run_dims(args: argparse.Namespace, dims: int, device: torch.device) -> dict[
     logger.info(f"{sum(len(v) for v in cases.values())} target cases in {list(cases)}; device {device}")
     methods = args.methods if dims == 2 else args.vol_methods
     settings = args.settings if dims == 2 else args.vol_settings
-    cost_setting = "domain" if "domain" in settings else settings[0]
+    # every case adapts from the source model there (no safeguard fallback can stand in for the method)
+    cost_setting = "episodic" if "episodic" in settings else settings[0]
     options = {
         "seed": args.seed,
         "amp": AMP[args.amp],
