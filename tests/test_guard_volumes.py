@@ -157,7 +157,7 @@ def test_safe_choice_signal_is_validated():
 
 
 def test_fallbacks_are_counted_per_domain_and_warned_when_most_cases_refused():
-    from monai_tta.handlers.refusals import count_fallbacks, refusal_warnings
+    from monai_tta.handlers.refusals import count_fallbacks, count_update_only, refusal_warnings
 
     rows = [
         {"domain": "a", "safeguard_fallback": 1.0, "safe_source": 0.0},
@@ -171,3 +171,10 @@ def test_fallbacks_are_counted_per_domain_and_warned_when_most_cases_refused():
     assert counts == {"a": (2, 3), "b": (1, 2)}
     lines = refusal_warnings("TENT", counts)
     assert len(lines) == 1 and "refused on 2 of 3 cases of domain 'a'" in lines[0]
+    # the step rule: the source model won and only the update was kept
+    steps = [{"domain": "a", "safe_step": 1.0}, {"domain": "a", "safe_step": 1.0}, {"domain": "a", "safe_step": 0.0}]
+    steps += [{"domain": "b", "safe_step": 0.0}, {"domain": "c", "dice_mean": 1.0}]
+    update_only = count_update_only(steps)
+    assert update_only == {"a": (2, 3), "b": (0, 1)}
+    lines = refusal_warnings("TENT", {}, update_only)
+    assert len(lines) == 1 and "on 2 of 3 cases of domain 'a' the source model won safe's choice" in lines[0]

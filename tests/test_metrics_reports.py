@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -193,3 +194,35 @@ def test_case_report_rows_do_not_depend_on_handler_order(tmp_path):
     _, report = _row_run(tmp_path, handlers_before=[early])
     assert [m.get("dice_mean") for m in early.seen] == [pytest.approx(2 * 30 / 72 * 100), None, pytest.approx(100.0)]
     assert len(read_case_csv(tmp_path / "cases.csv")) == 3 == len(report.rows)
+
+
+def test_case_report_counts_refusals_and_update_only_cases_per_domain(tmp_path, monkeypatch, caplog):
+    """The summary counts, per domain, the cases predicted by the source model (``n_fallback``) and those where safe's
+    step rule kept only the update (``n_update_only``); a domain where either holds for most cases gets one warning."""
+    import logging
+
+    from ignite.engine import Engine, Events
+
+    from monai_tta import distributed
+    from monai_tta.handlers import CaseReport
+
+    report = CaseReport(tmp_path, "M", expected_cases=lambda: 4, compute_asd=False, plots=False)
+    engine = Engine(lambda engine, batch: None)
+    report.attach(engine)
+    base = {"method": "M", "status": "ok", "dice_disc": 1.0, "dice_cup": 1.0, "dice_mean": 1.0}
+    flags = [("A", 1.0, 0.0), ("A", 0.0, 1.0), ("B", 0.0, 1.0), ("B", 0.0, 1.0)]  # (domain, safe_source, safe_step)
+    rows = [
+        {**base, "case_id": f"c{i}", "domain": d, "safe_source": src, "safe_step": step}
+        for i, (d, src, step) in enumerate(flags)
+    ]
+    # two ranks' rows (the merge path of a sharded run, as in test_distributed)
+    monkeypatch.setattr(distributed, "gather_objects", lambda obj: [([0, 1], rows[:2]), ([2, 3], rows[2:])])
+    with caplog.at_level(logging.WARNING):
+        engine.fire_event(Events.COMPLETED)
+    summary = json.loads((tmp_path / "summary.json").read_text())["M"]
+    assert (summary["A"]["n_fallback"], summary["A"]["n_update_only"]) == (1, 1)
+    assert (summary["B"]["n_fallback"], summary["B"]["n_update_only"]) == (0, 2)
+    assert (summary["overall"]["n_fallback"], summary["overall"]["n_update_only"]) == (1, 3)
+    warned = [r.getMessage() for r in caplog.records if "domain 'B'" in r.getMessage()]
+    assert len(warned) == 1 and "only the update was kept" in warned[0]
+    assert not any("domain 'A'" in r.getMessage() for r in caplog.records)  # 1 of 2: not most cases

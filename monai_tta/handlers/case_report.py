@@ -16,7 +16,13 @@ from monai_tta import distributed
 from monai_tta.data.guarded import FAILURE_KEY, is_failure
 from monai_tta.data.keys import CaseStatus, DataKeys
 from monai_tta.engines.evaluator import ADAPT_KEY, CASE_METRICS, CaseEvents
-from monai_tta.handlers.refusals import N_FALLBACK, count_fallbacks, refusal_warnings
+from monai_tta.handlers.refusals import (
+    N_FALLBACK,
+    N_UPDATE_ONLY,
+    count_fallbacks,
+    count_update_only,
+    refusal_warnings,
+)
 from monai_tta.io import atomic_write_json, atomic_write_text
 from monai_tta.metrics import asd_per_channel, dice_per_channel, hd95_per_channel
 from monai_tta.reports import MEAN_DICE, markdown_table, plot_domain_dice, plot_stream_stats, summarize, write_case_csv
@@ -237,7 +243,12 @@ class CaseReport:
             self.summary.setdefault(domain, {"n": 0})[N_FALLBACK] = refused
         if fallbacks and "overall" in self.summary:
             self.summary["overall"][N_FALLBACK] = sum(r for r, _ in fallbacks.values())
-        for line in refusal_warnings(self.method, fallbacks):
+        update_only = count_update_only(scored)
+        for domain, (kept, _) in update_only.items():
+            self.summary.setdefault(domain, {"n": 0})[N_UPDATE_ONLY] = kept
+        if update_only and "overall" in self.summary:
+            self.summary["overall"][N_UPDATE_ONLY] = sum(k for k, _ in update_only.values())
+        for line in refusal_warnings(self.method, fallbacks, update_only):
             self.logger.warning(line)
         atomic_write_json({self.method: self.summary}, self.output_dir / "summary.json")
         if not scored or MEAN_DICE not in scored[0]:
@@ -247,6 +258,7 @@ class CaseReport:
         cols += ["hd95_mean"] if self.compute_hd95 else []
         cols += ["n_failed"] if len(scored) < len(self.rows) else []
         cols += [N_FALLBACK] if fallbacks else []
+        cols += [N_UPDATE_ONLY] if update_only else []
         table = markdown_table(self.summary, cols, row_title="domain")
         atomic_write_text(f"# {self.method}\n\n{table}\n", self.output_dir / "summary.md")
         domains = [d for d in self.summary if d != "overall" and MEAN_DICE in self.summary[d]]
