@@ -20,7 +20,6 @@ consensus agreement (with the mean of all candidates), agreement with the source
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import time
@@ -32,16 +31,16 @@ from monai_tta.adapters import NormAdapt, Tent
 from monai_tta.guards.signals import agreement, probabilities
 from monai_tta.guards.source import mean_entropy
 from monai_tta.inferers import SlidingWindowAdapter
+from monai_tta.metrics import dice_per_channel
+from monai_tta.reports import write_case_csv
 
 PRIORS = (1.0, 0.75, 0.5, 0.25, 0.0)
 
 
 def dice(pred: torch.Tensor, label: torch.Tensor) -> float:
-    """Mean Dice (%) over the channels; 100 where both are empty."""
-    p, g = pred.float(), label.float()
-    inter = (p * g).flatten(1).sum(1)
-    den = p.flatten(1).sum(1) + g.flatten(1).sum(1)
-    return float(torch.where(den > 0, 2 * inter / den.clamp_min(1), torch.ones_like(den)).mean() * 100)
+    """Mean Dice (%) over the channels (:func:`monai_tta.metrics.dice_per_channel`)."""
+    values = dice_per_channel(pred, label)
+    return sum(values) / len(values)
 
 
 def main() -> None:
@@ -104,10 +103,7 @@ def main() -> None:
                     }
                 )
             print(item["case_id"], f"{time.time() - t0:.0f}s", {r["candidate"]: r["dice"] for r in rows[-len(runs) :]})
-    with open(args.out_csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_case_csv(args.out_csv, rows)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ reported prediction, the candidate chosen, whether the update was taken (``step`
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import time
@@ -30,6 +29,8 @@ from monai.networks.nets import UNETR, BasicUNet, DynUNet, SegResNet, SwinUNETR,
 from monai_tta.adapters import GraTa, SourceOnly, Tent
 from monai_tta.guards import CollapseSafeguard, NonFiniteRollback, SafeChoice
 from monai_tta.inferers import SlidingWindowAdapter
+from monai_tta.metrics import dice_per_channel
+from monai_tta.reports import write_case_csv
 
 ROI = (64, 64, 32)
 FAMILIES = {
@@ -48,11 +49,9 @@ METHODS = {"tent": Tent, "grata": GraTa}
 
 
 def dice(pred: torch.Tensor, label: torch.Tensor) -> float:
-    """Mean Dice (%) over the channels; 100 where both are empty."""
-    p, g = pred.float(), label.float()
-    inter = (p * g).flatten(1).sum(1)
-    den = p.flatten(1).sum(1) + g.flatten(1).sum(1)
-    return float(torch.where(den > 0, 2 * inter / den.clamp_min(1), torch.ones_like(den)).mean() * 100)
+    """Mean Dice (%) over the channels (:func:`monai_tta.metrics.dice_per_channel`)."""
+    values = dice_per_channel(pred, label)
+    return sum(values) / len(values)
 
 
 def pad(x: torch.Tensor) -> torch.Tensor:
@@ -146,10 +145,7 @@ def main() -> None:
                     }
                 )
                 print(rows[-1], flush=True)
-    with open(args.out_csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_case_csv(args.out_csv, rows)
 
 
 if __name__ == "__main__":
