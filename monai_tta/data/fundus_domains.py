@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from monai_tta.data.presets import resolve_names
+from monai_tta.data.presets import preset_names, resolve_names
 
 __all__ = [
     "SOURCE_DOMAIN",
@@ -234,13 +234,9 @@ def list_domains(preset: str = "default") -> list[str]:
     Raises:
         ValueError: for an unknown preset.
     """
-    if preset == "default":  # read the registry at call time: an entry added to it is listed
-        return list(SYNTHETIC_FUNDUS_DOMAINS)
-    if preset == "all":
-        return [*SYNTHETIC_FUNDUS_DOMAINS, *(n for n in CONTENT_FUNDUS_DOMAINS if n not in SYNTHETIC_FUNDUS_DOMAINS)]
-    if preset not in FUNDUS_DOMAIN_PRESETS:
-        raise ValueError(f"unknown fundus domain preset {preset!r}; available: {list(FUNDUS_DOMAIN_PRESETS)}.")
-    return list(FUNDUS_DOMAIN_PRESETS[preset])
+    return preset_names(
+        preset, FUNDUS_DOMAIN_PRESETS, SYNTHETIC_FUNDUS_DOMAINS, CONTENT_FUNDUS_DOMAINS, "fundus domain"
+    )
 
 
 def get_fundus_domain(domain: str | FundusDomain) -> FundusDomain:

@@ -20,7 +20,7 @@ from monai.utils import look_up_option
 
 from monai_tta.data.fundus_domains import SOURCE_DOMAIN
 from monai_tta.data.mr_variation import PelvisVariation
-from monai_tta.data.presets import resolve_names
+from monai_tta.data.presets import preset_names, resolve_names
 
 __all__ = [
     "MRSite",
@@ -217,13 +217,7 @@ def list_mr_sites(preset: str = "default") -> list[str]:
     Raises:
         ValueError: for an unknown preset.
     """
-    if preset == "default":  # read the registry at call time: an entry added to it is listed
-        return list(MR_SITES)
-    if preset == "all":
-        return [*MR_SITES, *(n for n in MR_CONTENT_SITES if n not in MR_SITES)]
-    if preset not in MR_SITE_PRESETS:
-        raise ValueError(f"unknown MR site preset {preset!r}; available: {list(MR_SITE_PRESETS)}.")
-    return list(MR_SITE_PRESETS[preset])
+    return preset_names(preset, MR_SITE_PRESETS, MR_SITES, MR_CONTENT_SITES, "MR site")
 
 
 def get_mr_site(site: str) -> MRSite:

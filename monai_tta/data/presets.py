@@ -5,7 +5,38 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["resolve_names"]
+__all__ = ["preset_names", "resolve_names"]
+
+
+def preset_names(
+    preset: str,
+    presets: Mapping[str, Sequence[str]],
+    default: Mapping[str, Any],
+    content: Mapping[str, Any],
+    noun: str,
+) -> list[str]:
+    """The names of a generator's preset, read at call time from its registries.
+
+    ``"default"`` is the keys of ``default`` (an entry added to the registry is listed), ``"all"`` those and then the
+    keys of ``content`` not already listed, any other preset its entry of ``presets``.
+
+    Args:
+        preset: a key of ``presets``.
+        presets: the generator's named lists of names.
+        default: the registry of the default preset (name -> parameters).
+        content: the registry of the content shifts (name -> parameters).
+        noun: what the preset lists, for the message (``"fundus domain"``, ``"MR site"``).
+
+    Raises:
+        ValueError: for an unknown preset.
+    """
+    if preset == "default":
+        return list(default)
+    if preset == "all":
+        return [*default, *(n for n in content if n not in default)]
+    if preset not in presets:
+        raise ValueError(f"unknown {noun} preset {preset!r}; available: {list(presets)}.")
+    return list(presets[preset])
 
 
 def resolve_names(
