@@ -362,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "cases": len(result.masks),
         "resets": [bool(s.get("reset")) for s in result.stats],
         "losses": [s.get("loss") for s in result.stats],
+        "safe_choice": [s.get("safe_choice") for s in result.stats],
+        "safe_step": [s.get("safe_step") for s in result.stats],
         "changed": len(result.changed),
         "only_norm": result.changed <= result.norms,
         "seconds_per_case": result.seconds / max(len(result.masks), 1),
