@@ -77,8 +77,10 @@ def test_per_case_choice_is_the_lowest_entropy_candidate_of_a_gradient_method():
             "source": by_hand(ref, x, 1.0),
         }
         raw = {k: entropy_by_hand(z) for k, z in candidates.items()}
-        entropies = {k: h - (0.01 if k == "source" else 0.0) for k, h in raw.items()}
-        best = min(entropies, key=entropies.get)  # the source is preferred by the margin
+        # the source is preferred by its margin; the others pay mix_margin (0.01) per unit of statistics departure
+        departure = {"method": 1.0, "stats_1": 0.0, "stats_0.5": 0.5, "stats_0": 1.0, "source": 0.0}
+        entropies = {k: h - (0.01 if k == "source" else 0.0) + 0.01 * departure[k] for k, h in raw.items()}
+        best = min(entropies, key=entropies.get)
         # ... and the update is accepted where, like with like (source statistics), it moves the entropy by < 0.01
         step = best == "source" and raw["stats_1"] <= raw["source"] + 0.01
         best = "stats_1" if step else best
@@ -115,11 +117,12 @@ def test_gradient_free_candidates_skip_duplicates_and_safe_norm_is_source_infere
 def test_per_domain_choice_uses_the_mean_entropy_of_the_domain_so_far():
     net = contrast_net()
     ref = copy.deepcopy(net)
-    adapter = NormAdapt(setting="continual", safe="domain")
+    adapter = NormAdapt(setting="continual", safe={"per": "domain", "mix_margin": 0.0})  # the margin: next test
     xs = images(6)
     domains = ["a", "a", "a", "b", "b", "b"]
     per_case, per_domain = [], []
     sums: dict[str, float] = {}
+    margin = {"method": 0.0, "stats_1": -0.01, "stats_0.5": 0.0}  # the source statistics: source_margin
     n = 0
     for x, domain in zip(xs, domains):
         if n and domain != domains[n - 1]:
@@ -130,9 +133,9 @@ def test_per_domain_choice_uses_the_mean_entropy_of_the_domain_so_far():
             "stats_0.5": by_hand(ref, x, 0.5),
         }
         for k, z in candidates.items():
-            sums[k] = sums.get(k, 0.0) + entropy_by_hand(z) - (0.01 if k == "stats_1" else 0.0)  # source statistics
+            sums[k] = sums.get(k, 0.0) + entropy_by_hand(z) + margin[k]
         best = min(sums, key=sums.get)  # the lowest mean over the domain's cases so far, this one included
-        per_case.append(min(candidates, key=lambda k: entropy_by_hand(candidates[k]) - 0.01 * (k == "stats_1")))
+        per_case.append(min(candidates, key=lambda k: entropy_by_hand(candidates[k]) + margin[k]))
         per_domain.append(best)
         adapter.set_domain(domain)
         out = adapter(x, net)
@@ -141,6 +144,41 @@ def test_per_domain_choice_uses_the_mean_entropy_of_the_domain_so_far():
         assert torch.allclose(out, candidates[best], atol=1e-6)
         n += 1
     assert per_case != per_domain and len(set(per_domain)) > 1  # the domain's history decides, and restarts
+
+
+@pytest.mark.parametrize("mix_margin", [0.0, 0.1, 1.0])
+def test_mix_margin_asks_more_of_candidates_whose_statistics_depart_further(mix_margin):
+    """Each candidate's entropy is raised by ``mix_margin * (1 - p)`` before the choice (``p`` its source weight),
+    the source statistics keep their ``source_margin``: computed by hand on every image."""
+    net = contrast_net()
+    ref = copy.deepcopy(net)
+    adapter = NormAdapt(safe={"mix_margin": mix_margin})  # its own prediction: the image's statistics
+    chosen = []
+    for x in images(6):
+        candidates = {
+            "method": by_hand(ref, x, 0.0),
+            "stats_1": by_hand(ref, x, 1.0),
+            "stats_0.5": by_hand(ref, x, 0.5),
+        }
+        weight = {"method": 0.0, "stats_1": 1.0, "stats_0.5": 0.5}
+        score = {
+            k: entropy_by_hand(z) + (-0.01 if k == "stats_1" else mix_margin * (1.0 - weight[k]))
+            for k, z in candidates.items()
+        }
+        best = min(candidates, key=score.get)
+        out = adapter(x, net)
+        chosen.append(best)
+        assert adapter.last_stats[StatKeys.SAFE_CHOICE] == best
+        assert adapter.last_stats[StatKeys.SAFE_PRIOR] == weight[best]
+        assert torch.allclose(out, candidates[best], atol=1e-6)
+        # the recorded scores are the signal's own values, without either margin
+        assert adapter.last_stats[f"{StatKeys.SAFE_SCORE}_stats_0.5"] == pytest.approx(
+            -entropy_by_hand(candidates["stats_0.5"]), abs=1e-5
+        )
+    expected = {0.0: 3, 0.1: 4, 1.0: 6}[mix_margin]  # the source statistics kept on more images as the margin grows
+    assert chosen.count("stats_1") == expected
+    with pytest.raises(ValueError, match="mix_margin"):
+        SafeChoice(mix_margin=-0.1)
 
 
 def test_reset_returns_safe_and_the_safeguard_to_the_start_bit_for_bit():

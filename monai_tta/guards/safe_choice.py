@@ -14,7 +14,11 @@ candidate of best mean score over the cases of the current domain so far, this o
 restart when the domain given to :meth:`~monai_tta.adapters.Adapter.set_domain` changes and at an explicit
 ``reset()``). The source's prediction (the source model, or the source statistics of a method without weights) is
 preferred by a margin (``source_margin``, 0.01 of the entropy's range: another candidate must be clearly more
-confident); other ties go to the earlier candidate in the order above.
+confident); other ties go to the earlier candidate in the order above. A candidate whose statistics depart further
+from the source's needs more evidence (``mix_margin``, issue 18): its score is lowered by ``mix_margin * (1 - p)``
+(``p`` its statistics weight, the method's own prediction that of its regime), so the image's own statistics must
+beat the source by ``source_margin + mix_margin`` and the half-and-half mix by ``source_margin + mix_margin / 2``.
+On a network without running statistics every candidate normalises alike and nothing is lowered.
 
 When the source model wins, the method's *update* is still kept where it would not hurt (``step_margin``, issue 18:
 "refuse only when it would hurt"): the adapted weights with the source model's statistics (``stats_1``; on a network
@@ -106,6 +110,12 @@ class SafeChoice(Guard):
             scored) score at most this much below it: like with like, only the update's steps
             differ, and a step that moves the signal by less than this is accepted (``None``: never; the source
             model is kept). Our choice: 0.01, the source margin (issue 18: "refuse only when it would hurt").
+        mix_margin: the score of a candidate with statistics weight ``p`` is lowered by ``mix_margin * (1 - p)``
+            before the choice (the source's statistics: nothing; the image's own: all of it), so the further a
+            candidate's statistics depart from the source's, the clearer its evidence must be. Only on a network with
+            source running statistics. Our choice: 0.01, the source margin (issue 18: with 0 a single image of the
+            embedded ``lesions`` domain took the image's statistics on an entropy 0.011 better and lost 10.7 Dice;
+            ``docs/reliability.md``).
 
     Raises:
         ValueError: for a prior outside ``[0, 1]``, an unknown ``per`` or activation.
@@ -118,6 +128,7 @@ class SafeChoice(Guard):
     source_margin: float = 0.01
     signal: str = SafeSignal.ENTROPY
     step_margin: float | None = 0.01
+    mix_margin: float = 0.01
 
     def __post_init__(self) -> None:
         self.signal = look_up_option(self.signal, SafeSignal)
@@ -131,6 +142,8 @@ class SafeChoice(Guard):
             self.activation = look_up_option(self.activation, ACTIVATIONS)
         if self.source_margin < 0:
             raise ValueError(f"safe: source_margin must be >= 0, got {self.source_margin}.")
+        if self.mix_margin < 0:
+            raise ValueError(f"safe: mix_margin must be >= 0, got {self.mix_margin}.")
 
     @classmethod
     def from_any(cls, value: SafeChoice | dict | bool | str | None) -> SafeChoice | None:
@@ -240,6 +253,12 @@ class SafeChoice(Guard):
             if label == SafeCandidate.SOURCE or (i == 0 and own_is_source) or (plain and prior == 1.0)
         ]
         raw = scores
+        if has_stats and self.mix_margin:
+            weights = [regime if p is None else p for p in priors]
+            scores = [
+                h - self.mix_margin * (1.0 - (1.0 if i in sources else w))
+                for i, (h, w) in enumerate(zip(scores, weights))
+            ]
         scores = [h + self.source_margin if i in sources else h for i, h in enumerate(scores)]
         best = max(range(len(scores)), key=lambda i: (scores[i], -i))
         step = None if plain or own_is_source else self._step_candidate(ctx, labels, priors, regime)
