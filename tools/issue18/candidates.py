@@ -14,7 +14,12 @@ Cases are read and preprocessed by the bundle's ``labelled_preprocessing`` (``gr
 Candidates: ``stats_<p>`` the source weights with statistics ``p * source + (1 - p) * case`` (``stats_1`` is the source
 model), and ``tent`` (one episodic TENT step, no guard). In 3D every candidate predicts through
 ``SlidingWindowAdapter`` at the bundle's window. Signals (the whole prediction): mean entropy, flip agreement,
-consensus agreement (with the mean of all candidates), agreement with the source model, foreground fraction.
+consensus agreement (with the mean of all candidates), agreement with the source model, foreground fraction;
+``mixes``, the stability across statistics mixes (a ``stats_<p>`` candidate's mean agreement with its neighbours on
+the path of mixes, ``p - 0.25`` and ``p + 0.25``; ``tent``, whose regime is the case's statistics: with
+``stats_0.25``); with ``--dropout K``, ``dropout``: the agreement of K forwards with feature dropout (rate
+``--dropout-rate``, after every normalisation layer, fixed seeds) with their mean (1 minus the disagreement, after
+AETTA's dropout disagreement). Agreement as in :func:`monai_tta.guards.signals.agreement`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import argparse
 import json
 import os
 import time
+from contextlib import contextmanager
 
 import torch
 from monai.bundle import ConfigParser
@@ -32,9 +38,35 @@ from monai_tta.guards.signals import agreement, probabilities
 from monai_tta.guards.source import mean_entropy
 from monai_tta.inferers import SlidingWindowAdapter
 from monai_tta.metrics import dice_per_channel
+from monai_tta.norms import norm_layers
 from monai_tta.reports import write_case_csv
 
 PRIORS = (1.0, 0.75, 0.5, 0.25, 0.0)
+
+
+@contextmanager
+def feature_dropout(net: torch.nn.Module, rate: float, seed: int):
+    """Dropout at ``rate`` on the output of every (adaptive) normalisation layer of ``net``, seeded."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def hook(_module, _inputs, out):
+        keep = (torch.rand(out.shape, generator=gen) >= rate).to(out.dtype)
+        return out * keep / (1.0 - rate)
+
+    handles = [layer.register_forward_hook(hook) for layer in norm_layers(net)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def neighbours(name: str) -> list[str]:
+    """The candidates next to ``name`` on the path of statistics mixes."""
+    if name == "tent":
+        return ["stats_0.25"]
+    p = float(name.split("_")[1])
+    return [f"stats_{q:g}" for q in (p - 0.25, p + 0.25) if -1e-9 <= q <= 1 + 1e-9]
 
 
 def dice(pred: torch.Tensor, label: torch.Tensor) -> float:
@@ -50,6 +82,8 @@ def main() -> None:
     ap.add_argument("dataset_dir")
     ap.add_argument("out_csv")
     ap.add_argument("--sections", nargs="+", default=None, help="datalist sections (default: every target's)")
+    ap.add_argument("--dropout", type=int, default=0, help="forwards with feature dropout per candidate (0: none)")
+    ap.add_argument("--dropout-rate", type=float, default=0.1)
     args = ap.parse_args()
     torch.set_num_threads(1)
     bundle = "grata_prostate_mr_segmentation" if args.dims == 3 else "grata_fundus_segmentation"
@@ -80,15 +114,26 @@ def main() -> None:
             files = {k: os.path.join(args.dataset_dir, item[k]) for k in ("image", "label")}
             data = pre(files)
             x, y = data["image"].as_tensor()[None], data["label"].as_tensor() > 0.5
-            logits, flipped = {}, {}
+            logits, flipped, dropped = {}, {}, {}
             for name, run in runs.items():
                 logits[name] = run(x, net)[0].detach()
                 flipped[name] = torch.flip(run(torch.flip(x, dims=(-1,)), net)[0], dims=(-1,)).detach()
+                samples = []
+                for k in range(args.dropout):
+                    with feature_dropout(net, args.dropout_rate, seed=k):
+                        samples.append(probabilities(run(x, net)[0].detach()[None], "sigmoid")[0])
+                dropped[name] = samples
             probs = {k: probabilities(v[None], "sigmoid")[0] for k, v in logits.items()}
             mean = torch.stack(list(probs.values())).mean(0)
             for name in runs:
                 p = probs[name]
                 flip = agreement(p, probabilities(flipped[name][None], "sigmoid")[0], "sigmoid")
+                near = [float(agreement(p, probs[n], "sigmoid")) for n in neighbours(name)]
+                if dropped[name]:
+                    centre = torch.stack(dropped[name]).mean(0)
+                    drop = sum(float(agreement(q, centre, "sigmoid")) for q in dropped[name]) / len(dropped[name])
+                else:
+                    drop = float("nan")
                 rows.append(
                     {
                         "site": item["domain"],
@@ -100,6 +145,8 @@ def main() -> None:
                         "consensus": round(float(agreement(p, mean, "sigmoid")), 6),
                         "source": round(float(agreement(p, probs["stats_1"], "sigmoid")), 6),
                         "area": round(float((p > 0.5).float().mean()), 6),
+                        "mixes": round(sum(near) / len(near), 6),
+                        "dropout": round(drop, 6),
                     }
                 )
             print(item["case_id"], f"{time.time() - t0:.0f}s", {r["candidate"]: r["dice"] for r in rows[-len(runs) :]})
