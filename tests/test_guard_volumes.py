@@ -12,7 +12,7 @@ from monai.networks.nets import BasicUNet, SegResNet, UNet
 
 from monai_tta.adapters import SourceOnly, Tent
 from monai_tta.guards import CollapseSafeguard, SafeChoice
-from monai_tta.guards.signals import SafeSignal, agreement, signal_scores
+from monai_tta.guards.signals import SafeSignal, agreement, mix_neighbours, signal_scores
 from monai_tta.inferers import SlidingWindowAdapter
 
 KW = {"roi_size": (8, 8, 8), "sw_batch_size": 4, "overlap": 0.25, "mode": "gaussian"}
@@ -59,6 +59,13 @@ def test_signal_scores_by_hand():
     assert signal_scores(SafeSignal.FLIP, z, "sigmoid", flipped=flipped) == pytest.approx([0.9, 1.0, 1.0], abs=1e-6)
     with pytest.raises(ValueError, match="flipped input"):
         signal_scores(SafeSignal.FLIP, z, "sigmoid")
+    # mixes: the mean agreement with the neighbouring mixes; none: 1
+    near = [[torch.full((1, 1, 2), logit(0.6)), torch.full((1, 1, 2), logit(0.3))], [], [z[0]]]
+    got = signal_scores(SafeSignal.MIXES, z, "sigmoid", neighbours=near)
+    assert got == pytest.approx([(0.9 + 0.8) / 2, 1.0, 1.0], abs=1e-6)
+    with pytest.raises(ValueError, match="path of statistics mixes"):
+        signal_scores(SafeSignal.MIXES, z, "sigmoid")
+    assert mix_neighbours(0.0) == [0.25] and mix_neighbours(0.5) == [0.25, 0.75] and mix_neighbours(1.0) == [0.75]
 
 
 def count_windows(adapter: SlidingWindowAdapter) -> list[int]:
@@ -74,7 +81,7 @@ def count_windows(adapter: SlidingWindowAdapter) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("signal", ["entropy", "flip", "consensus", "source"])
+@pytest.mark.parametrize("signal", ["entropy", "flip", "consensus", "source", "mixes"])
 def test_safe_on_a_volume_predicts_it_once_with_the_chosen_candidate(signal):
     x = vol()
     adapter = SlidingWindowAdapter(Tent(safe={"signal": signal}, seed=0), **KW)

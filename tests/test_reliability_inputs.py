@@ -386,7 +386,7 @@ def test_safe_norm_reports_the_lowest_entropy_candidate_and_keeps_the_network():
     best = min(entropies, key=entropies.get)
     net = tiny_net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    safe = SafeNorm()
+    safe = SafeNorm(signal="entropy")
     out = safe(x, net)
     assert safe.last_stats["safe_prior"] == best
     assert torch.equal(out, candidates[best])

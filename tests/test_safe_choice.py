@@ -61,7 +61,7 @@ def test_per_case_choice_is_the_lowest_entropy_candidate_of_a_gradient_method():
     net = contrast_net()
     ref = copy.deepcopy(net)
     plain_net = copy.deepcopy(net)
-    safe = Tent(setting="continual", lr=1e-2, safe=True, safeguard=False)
+    safe = Tent(setting="continual", lr=1e-2, safe={"signal": "entropy"}, safeguard=False)
     plain = Tent(setting="continual", lr=1e-2, safeguard=False)
     chosen = []
     for x in images(6):
@@ -117,7 +117,9 @@ def test_gradient_free_candidates_skip_duplicates_and_safe_norm_is_source_infere
 def test_per_domain_choice_uses_the_mean_entropy_of_the_domain_so_far():
     net = contrast_net()
     ref = copy.deepcopy(net)
-    adapter = NormAdapt(setting="continual", safe={"per": "domain", "mix_margin": 0.0})  # the margin: next test
+    adapter = NormAdapt(
+        setting="continual", safe={"per": "domain", "mix_margin": 0.0, "signal": "entropy"}
+    )  # the margin: next test
     xs = images(6)
     domains = ["a", "a", "a", "b", "b", "b"]
     per_case, per_domain = [], []
@@ -152,7 +154,9 @@ def test_mix_margin_asks_more_of_candidates_whose_statistics_depart_further(mix_
     the source statistics keep their ``source_margin``: computed by hand on every image."""
     net = contrast_net()
     ref = copy.deepcopy(net)
-    adapter = NormAdapt(safe={"mix_margin": mix_margin})  # its own prediction: the image's statistics
+    adapter = NormAdapt(
+        safe={"mix_margin": mix_margin, "signal": "entropy"}
+    )  # its own prediction: the image's statistics
     chosen = []
     for x in images(6):
         candidates = {
@@ -179,6 +183,80 @@ def test_mix_margin_asks_more_of_candidates_whose_statistics_depart_further(mix_
     assert chosen.count("stats_1") == expected
     with pytest.raises(ValueError, match="mix_margin"):
         SafeChoice(mix_margin=-0.1)
+
+
+def agreement_by_hand(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean of ``1 - |sigmoid(a) - sigmoid(b)|`` over every pixel and channel, in float64 numpy."""
+    pa, pb = (1.0 / (1.0 + np.exp(-z.double().numpy())) for z in (a, b))
+    return float(np.mean(1.0 - np.abs(pa - pb)))
+
+
+def test_mixes_signal_scores_each_candidate_by_its_agreement_with_its_neighbouring_mixes():
+    """``signal="mixes"``: a candidate with statistics weight ``p`` scores its mean agreement with the same weights at
+    ``p - 0.25`` and ``p + 0.25`` (the source model: source weights; the others: the adapted ones), then the margins
+    apply as with every signal. Computed by hand on every image of a stream."""
+    net = contrast_net()
+    ref = copy.deepcopy(net)
+    plain_net = copy.deepcopy(net)
+    sm, mm = 0.001, 0.001  # small margins, so that the stream exercises the choice
+    safe = Tent(
+        setting="continual", lr=1e-2, safe={"signal": "mixes", "source_margin": sm, "mix_margin": mm}, safeguard=False
+    )
+    plain = Tent(setting="continual", lr=1e-2, safeguard=False)
+    chosen = []
+    for x in images(6):
+        before = [p.detach().clone() for p in plain.state_for(plain_net).params]
+        own = plain(x, plain_net)
+        after = [p.detach().clone() for p in plain.state_for(plain_net).params]
+
+        def adapted(q, after=after, x=x):
+            return by_hand(ref, x, q, after)
+
+        candidates = {
+            "method": by_hand(ref, x, 0.0, before),
+            "stats_1": adapted(1.0),
+            "stats_0.5": adapted(0.5),
+            "stats_0": adapted(0.0),
+            "source": by_hand(ref, x, 1.0),
+        }
+        assert torch.allclose(own, candidates["method"], atol=1e-6)
+        near = {
+            "method": [adapted(0.25)],  # TENT's regime: the image's statistics
+            "stats_1": [adapted(0.75)],
+            "stats_0.5": [adapted(0.25), adapted(0.75)],
+            "stats_0": [adapted(0.25)],
+            "source": [by_hand(ref, x, 0.75)],  # the source weights
+        }
+        raw = {k: float(np.mean([agreement_by_hand(candidates[k], z) for z in near[k]])) for k in candidates}
+        departure = {"method": 1.0, "stats_1": 0.0, "stats_0.5": 0.5, "stats_0": 1.0, "source": 0.0}
+        score = {k: v + (sm if k == "source" else -mm * departure[k]) for k, v in raw.items()}
+        best = max(score, key=score.get)
+        step = best == "source" and raw["stats_1"] >= raw["source"] - 0.01
+        best = "stats_1" if step else best
+        out = safe(x, net)
+        chosen.append(best)
+        assert safe.last_stats[StatKeys.SAFE_SIGNAL] == "mixes"
+        assert safe.last_stats[StatKeys.SAFE_CHOICE] == best
+        for k, v in raw.items():
+            assert safe.last_stats[f"{StatKeys.SAFE_SCORE}_{k}"] == pytest.approx(v, abs=1e-5)
+        assert torch.allclose(out, candidates[best], atol=1e-6)
+        assert all(torch.equal(p, q) for p, q in zip(safe.state_for(net).params, after))
+    assert len(set(chosen)) > 1
+
+
+def test_mixes_without_running_statistics_is_the_entropy():
+    """On a network without running statistics every mix is the same forward (no path to be stable along): the
+    mixes signal scores with the entropy there, so the step rule still refuses a step that raises it."""
+    x = tiny_image(seed=3, size=8)
+    runs = {}
+    for signal in ("mixes", "entropy"):
+        adapter = EntropyAscent(setting="episodic", safeguard=False, safe={"signal": signal})
+        runs[signal] = (adapter(x, GroupNormNet()), adapter.last_stats)
+    (out, stats), (expected, entropy) = runs["mixes"], runs["entropy"]
+    assert stats[StatKeys.SAFE_SIGNAL] == "entropy"
+    assert stats[StatKeys.SAFE_CHOICE] == entropy[StatKeys.SAFE_CHOICE] == "source"  # the ascent is refused
+    assert stats[f"{StatKeys.SAFE_SCORE}_stats_1"] == entropy[f"{StatKeys.SAFE_SCORE}_stats_1"]
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
 def test_reset_returns_safe_and_the_safeguard_to_the_start_bit_for_bit():
@@ -291,7 +369,7 @@ def test_source_gap_stays_quiet_on_a_benign_stream_and_can_be_turned_off():
 def test_safe_in_the_fallback_records_the_source_model_and_keeps_the_update_rule():
     net = confident_source_net()
     ref = copy.deepcopy(net)
-    adapter = Tent(setting="continual", lr=1e-2, safe=True)
+    adapter = Tent(setting="continual", lr=1e-2, safe={"signal": "entropy"})  # the source model is the most confident
     xs = images(2)
     for x in xs:
         out = adapter(x, net)

@@ -76,7 +76,7 @@ METHODS: dict[str, MethodSpec] = {
     "norm_mix": MethodSpec(
         "source_only", block=_own("NormAdapt", norm={"regime": "mix", "prior": 0.5}), description="BN half source"
     ),
-    "safe_norm": MethodSpec("source_only", block=_own("SafeNorm"), description="lowest-entropy of 3 BN regimes"),
+    "safe_norm": MethodSpec("source_only", block=_own("SafeNorm"), description="label-free choice of 3 BN regimes"),
     "safe_norm_domain": MethodSpec("source_only", block=_own("SafeNorm", per="domain"), description="per domain"),
     "tent": MethodSpec("tent", description="TENT: entropy, BN affine, 1 fwd + 1 bwd"),
     "sar": MethodSpec("tent", block=_own("SAR", **_SAFE), description="SAR: reliable entropy, SAM, recovery"),
@@ -108,13 +108,15 @@ _VARIANTS: dict[str, dict[str, Any]] = {
     "safe_flip": {"safe": {"signal": "flip"}},
     "safe_consensus": {"safe": {"signal": "consensus"}},
     "safe_agree_source": {"safe": {"signal": "source"}},
+    "safe_mixes": {"safe": {"signal": "mixes"}},
     "gap0": {"safeguard": {"source_gap": 0.0}},
     "probe": {"safeguard": {"source_gap": 1.0}},
     "source_stats": {"norm": "source", "safeguard": False},
     "mix_stats": {"norm": {"regime": "mix", "prior": 0.5}, "safeguard": False},
 }
 # the variants of each method: not a regime that defines it, its default already, or nothing to measure
-_SIGNALS = ("safe_entropy", "safe_flip", "safe_consensus", "safe_agree_source")  # measured on TENT (issue 18)
+# the signals of safe, measured on TENT (issue 18)
+_SIGNALS = ("safe_entropy", "safe_flip", "safe_consensus", "safe_agree_source", "safe_mixes")
 _GRADIENT = tuple(v for v in _VARIANTS if v != "safeguard" and v not in _SIGNALS)
 _HAS = {"source_only": ("safeguard", "safe", "safe_domain"), "tent": (*_GRADIENT, *_SIGNALS), "grata": _GRADIENT}
 _HAS.update(sar=_GRADIENT, norm_adapt=_HAS["source_only"], vptta=("nosafeguard", "safe", "safe_domain"))

@@ -6,7 +6,11 @@
 - ``consensus``: agreement of the candidate with the mean probabilities of all the candidates;
 - ``source``: agreement of the candidate with the source model's prediction; the source candidate itself (which
   agrees with itself) scores the mean agreement of the other candidates with it, so that the candidate closest to the
-  source is chosen when it is clearly closer than the others on average (the source's margin applies).
+  source is chosen when it is clearly closer than the others on average (the source's margin applies);
+- ``mixes``: stability across statistics mixes: the mean agreement of the candidate with the predictions of the same
+  weights with statistics weights ``p - 0.25`` and ``p + 0.25`` (those in ``[0, 1]``), ``p`` the candidate's; a
+  prediction that barely moves when the statistics move a little is taken as settled. Two or three more forwards per
+  case (the neighbours are shared between candidates).
 
 Agreement of two predictions is :func:`agreement`: the mean over voxels of ``1 - |p - q|`` per channel (sigmoid) or
 of ``sum_c min(p_c, q_c)`` (softmax), in ``[0, 1]`` (1: the same probabilities): the definition stated in
@@ -23,7 +27,7 @@ from monai.utils import StrEnum
 
 from monai_tta.guards.source import mean_entropy
 
-__all__ = ["SafeSignal", "agreement", "probabilities", "signal_scores"]
+__all__ = ["MIX_STEP", "SafeSignal", "agreement", "mix_neighbours", "probabilities", "signal_scores"]
 
 
 class SafeSignal(StrEnum):
@@ -33,6 +37,16 @@ class SafeSignal(StrEnum):
     FLIP = "flip"
     CONSENSUS = "consensus"
     SOURCE = "source"
+    MIXES = "mixes"
+
+
+#: the step between a candidate's statistics weight and its neighbours' (``mixes``).
+MIX_STEP = 0.25
+
+
+def mix_neighbours(prior: float) -> list[float]:
+    """The statistics weights next to ``prior`` on the path of mixes (``prior -+ MIX_STEP`` within ``[0, 1]``)."""
+    return [q for q in (round(prior - MIX_STEP, 6), round(prior + MIX_STEP, 6)) if 0.0 <= q <= 1.0]
 
 
 def probabilities(logits: torch.Tensor, activation: str) -> torch.Tensor:
@@ -54,6 +68,7 @@ def signal_scores(
     activation: str,
     source_index: int | None = None,
     flipped: Sequence[torch.Tensor] | None = None,
+    neighbours: Sequence[Sequence[torch.Tensor]] | None = None,
 ) -> list[float]:
     """The score (higher is better) of each candidate's prediction under ``signal``.
 
@@ -63,9 +78,12 @@ def signal_scores(
         activation: ``"sigmoid"`` or ``"softmax"``.
         source_index: the index of the source model's candidate (``signal="source"``; required there).
         flipped: ``signal="flip"``: each candidate's logits of the flipped input, flipped back.
+        neighbours: ``signal="mixes"``: for each candidate, the logits of its neighbours on the path of statistics
+            mixes (:func:`mix_neighbours`); a candidate without any scores 1.
 
     Raises:
-        ValueError: for ``"source"`` without ``source_index`` or ``"flip"`` without ``flipped``.
+        ValueError: for ``"source"`` without ``source_index``, ``"flip"`` without ``flipped`` or ``"mixes"`` without
+            ``neighbours``.
     """
     if signal == SafeSignal.ENTROPY:
         return [-float(h) for h in torch.stack([mean_entropy(z, activation) for z in outputs]).tolist()]
@@ -77,6 +95,15 @@ def signal_scores(
     elif signal == SafeSignal.CONSENSUS:
         mean = torch.stack(probs).mean(0)
         values = [agreement(p, mean, activation) for p in probs]
+    elif signal == SafeSignal.MIXES:
+        if neighbours is None or len(neighbours) != len(outputs):
+            raise ValueError("the mixes signal needs each candidate's neighbours on the path of statistics mixes.")
+        values = [
+            torch.stack([agreement(p, probabilities(z, activation), activation) for z in near]).mean()
+            if near
+            else torch.ones(())
+            for p, near in zip(probs, neighbours)
+        ]
     elif signal == SafeSignal.SOURCE:
         if source_index is None:
             raise ValueError("the source signal needs the source model among the candidates.")
