@@ -419,3 +419,36 @@ def test_a_rank_folder_is_refused_by_a_rerun_with_another_number_of_ranks(tmp_pa
     monkeypatch.setattr(daynight, "get_world_size", lambda: 3)
     with pytest.raises(ValueError, match="'world_size': 2"):
         make_runner(tmp_path).run(stream(), heldout())
+
+
+def test_rows_say_what_the_day_adapters_guards_chose(tmp_path):
+    """Each ok row of cases.csv carries the day adapter's guard records of that case (issue 18): safe's candidate and
+    statistics weight, whether it is the source and whether the step rule kept the update, the safeguard's fallback;
+    a run without ``safe`` has no safe column."""
+    from monai_tta.reports import read_case_csv
+
+    seen = []
+
+    def record(event, info):
+        if event == "image":
+            seen.append(dict(runner.day_adapter.last_stats))
+
+    runner = DayNightRunner(
+        source_net(),
+        tmp_path / "safe",
+        day_adapter=VPTTA(prompt_size=3, memory_size=4, neighbors=2, safe="case"),
+        images_per_day=PER_DAY,
+        night_epochs=0,
+        callback=record,
+    )
+    runner.run(stream())
+    rows = read_case_csv(tmp_path / "safe" / "cases.csv")
+    assert len(rows) == len(seen) == N_STREAM
+    for row, stats in zip(rows, seen, strict=True):
+        assert row["safe_choice"] == stats["safe_choice"]
+        assert row["safe_prior"] == pytest.approx(float(stats["safe_prior"]))
+        for key in ("safe_source", "safe_step", "safeguard_fallback"):
+            assert row[key] == str(bool(stats[key]))
+    plain = DayNightRunner(source_net(), tmp_path / "plain", images_per_day=PER_DAY, night_epochs=0)
+    plain.run(stream())
+    assert not any(k.startswith("safe_") for k in read_case_csv(tmp_path / "plain" / "cases.csv")[0])

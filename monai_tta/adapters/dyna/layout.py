@@ -6,7 +6,8 @@ Layout of a run's output folder::
                                          ``checkpoint_interval`` night iterations
     <output_dir>/day_store/manifest.json the list of stored day images (replaced atomically after each image)
     <output_dir>/day_store/items/*.pt    one file per day image: image, binarised prediction, day
-    <output_dir>/cases.csv               one row per stream case, in stream order: its day and day Dice, or
+    <output_dir>/cases.csv               one row per stream case, in stream order: its day, the day adapter's guard
+                                         records (``safeguard_fallback``, ``safe_choice``, ...) and day Dice, or
                                          ``status=failed`` and the reason (replaced atomically after each day)
     <output_dir>/report.json             the final report (also returned by :meth:`DayNightRunner.run`)
     <output_dir>/report.md, report.png   tables and plot (``report.write_daynight_summary``, optional)

@@ -59,6 +59,29 @@ _NIGHT_DATA = ("day", "all")
 _HeldOut = Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]] | None
 _PHASE_DAY, _PHASE_NIGHT, _PHASE_DONE = "day", "night", "done"
 
+#: the day adapter's guard records copied into a case's row of ``cases.csv`` when present (issue 18: each case's row
+#: says which candidate ``safe`` chose, and whether the safeguard fell back).
+_GUARD_COLUMNS = (
+    StatKeys.SAFEGUARD_FALLBACK,
+    StatKeys.SAFE_CHOICE,
+    StatKeys.SAFE_PRIOR,
+    StatKeys.SAFE_SOURCE,
+    StatKeys.SAFE_STEP,
+)
+
+
+def guard_columns(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The guard records of a day adapter's ``last_stats`` that a case's row carries (plain ``str``, ``bool`` or
+    ``float`` values; absent keys are left out, so a run without guards keeps its columns)."""
+    row: dict[str, Any] = {}
+    for key in _GUARD_COLUMNS:
+        value = stats.get(key.value)
+        if value is None:
+            continue
+        row[key.value] = value if isinstance(value, (str, bool)) else float(value)
+    return row
+
+
 #: report fields present only when the stream's cases carry a group (``group_key``, e.g. the domain) or when the
 #: held-out cases are given as ``{group: cases}``: per-group Dice, keyed by group name.
 
@@ -346,6 +369,7 @@ class DayNightRunner:
                 row.update({CaseStatus.KEY.value: CaseStatus.FAILED.value, CaseStatus.ERROR.value: e.reason})
                 continue
             row[CaseStatus.KEY.value] = CaseStatus.OK.value
+            row.update(guard_columns(getattr(self.day_adapter, "last_stats", None) or {}))
             n_good += 1
             pred = torch.sigmoid(plain_tensor(logits)) >= 0.5
             self.store.put(i, image, pred[0].to(torch.uint8), day=day)
