@@ -1,0 +1,72 @@
+"""Issue 18: `safe`'s choice under each label-free signal, replayed on the rows of ``candidates.py``.
+
+Usage::
+
+    python tools/issue18/signal_choice.py CANDIDATES_CSV [CANDIDATES_CSV ...]
+
+Per case, among the candidates of `safe`'s default set made with the source weights (``stats_1``, the source model;
+``stats_0.5``; ``stats_0``; ``tent``, the method), the candidate of best score under each signal is chosen with
+`safe`'s margins (:class:`monai_tta.guards.SafeChoice` defaults: the source is preferred by ``source_margin`` 0.01, a
+candidate of statistics weight ``p`` loses ``mix_margin * (1 - p)`` = 0.01 * (1 - p); TENT's regime is the case's
+statistics, ``p = 0``). Prints, per file, a table domain x signal of the Dice (%) of the chosen candidates (``*``:
+more than 0.5 below source-only), the overall (mean over domains), the number of domains below and the choices, with
+the fixed regimes for reference.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import sys
+
+#: signal -> sign (the column's value times the sign is the score, higher better)
+SIGNALS = {"entropy": -1, "flip": 1, "consensus": 1, "source": 1, "mixes": 1, "dropout": 1}
+#: candidate -> statistics weight
+CANDIDATES = {"stats_1": 1.0, "stats_0.5": 0.5, "stats_0": 0.0, "tent": 0.0}
+SOURCE_MARGIN = MIX_MARGIN = 0.01
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def table(path: str) -> None:
+    cases: dict[tuple[str, str], dict[str, dict]] = collections.defaultdict(dict)
+    for row in csv.DictReader(open(path)):
+        cases[(row["site"], row["case"])][row["candidate"]] = row
+    source = collections.defaultdict(list)
+    for (site, _), rows in cases.items():
+        source[site].append(float(rows["stats_1"]["dice"]))
+    sites = list(source)
+
+    def line(name: str, per: dict[str, list[float]], tail: str = "| |") -> str:
+        cells = [f"{mean(per[s]):.1f}" + ("*" if mean(per[s]) < mean(source[s]) - 0.5 else "") for s in sites]
+        return f"| {name} | " + " | ".join(cells) + f" | {mean([mean(per[s]) for s in sites]):.2f} {tail}"
+
+    print(path)
+    print("| signal | " + " | ".join(sites) + " | overall | below | chosen |")
+    print("|---" * (len(sites) + 4) + "|")
+    print(line("source-only", source, "| | |"))
+    for name in ("stats_0", "stats_0.5", "tent"):
+        per = collections.defaultdict(list)
+        for (site, _), rows in cases.items():
+            per[site].append(float(rows[name]["dice"]))
+        print(line(f"fixed {name}", per, "| | |"))
+    for signal, sign in SIGNALS.items():
+        per, chosen = collections.defaultdict(list), collections.Counter()
+        for (site, _), rows in cases.items():
+            scores = {
+                k: sign * float(rows[k][signal]) + (SOURCE_MARGIN if k == "stats_1" else -MIX_MARGIN * (1.0 - w))
+                for k, w in CANDIDATES.items()
+            }
+            best = max(CANDIDATES, key=lambda k: scores[k])  # ties: the earlier candidate (the source first)
+            chosen[best] += 1
+            per[site].append(float(rows[best]["dice"]))
+        below = sum(mean(per[s]) < mean(source[s]) - 0.5 for s in sites)
+        print(line(signal, per, f"| {below} | {dict(chosen)} |"))
+    print()
+
+
+if __name__ == "__main__":
+    for csv_path in sys.argv[1:]:
+        table(csv_path)
