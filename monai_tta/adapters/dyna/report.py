@@ -4,23 +4,77 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from monai_tta.adapters.dyna.keys import DayNightKeys
 from monai_tta.adapters.dyna.layout import CASES_NAME, PLOT_NAME, REPORT_NAME, SUMMARY_NAME
 from monai_tta.adapters.stats import StatKeys
+from monai_tta.data.guarded import is_failure
+from monai_tta.data.keys import CaseStatus
 from monai_tta.io import atomic_write_text
 from monai_tta.reports import format_cell, markdown_table, plot_day_night
 
 K = DayNightKeys  # short name of the keys in this module
 
-__all__ = ["write_daynight_summary"]
+__all__ = ["build_daynight_report", "write_daynight_summary"]
 
 
 def _percent(value: Any) -> float | None:
     return None if value is None else 100.0 * float(value)
+
+
+def build_daynight_report(
+    ckpt: Mapping[str, Any],
+    n_stream: int,
+    heldout_cases: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """The report of a day/night run (``report.json``) from its checkpoint: counts, the mean day Dice, the held-out
+    Dice before the first day and after the last night, per group when the run has groups, the held-out cases that
+    failed to load, every day's record and the run's configuration.
+
+    Args:
+        ckpt: the run state (:class:`~monai_tta.adapters.dyna.runner.DayNightRunner`'s checkpoint).
+        n_stream: the number of stream cases.
+        heldout_cases: the held-out cases, a sequence or ``{group: cases}``, or ``None``.
+    """
+    records = ckpt["records"]
+    labelled = [(r[K.DAY_DICE.value], r["n_labelled"]) for r in records if r[K.DAY_DICE.value] is not None]
+    n_lab = sum(c for _, c in labelled)
+    nights = [r for r in records if K.NIGHT_ITERATIONS.value in r]
+    heldout = [r.get(K.HELDOUT_DICE.value) for r in nights]
+    report = {
+        K.N_IMAGES.value: n_stream,
+        K.N_FAILED.value: sum(
+            r.get(CaseStatus.KEY.value) == CaseStatus.FAILED.value for r in ckpt.get(K.CASES.value, [])
+        ),
+        K.N_DAYS.value: len(records),
+        K.N_NIGHTS.value: len(nights),
+        K.MEAN_DAY_DICE.value: sum(d * c for d, c in labelled) / n_lab if n_lab else None,
+        K.INITIAL_HELDOUT_DICE.value: ckpt[K.INITIAL_HELDOUT_DICE.value],
+        K.FINAL_HELDOUT_DICE.value: heldout[-1] if heldout else None,
+    }
+    # per-group fields only when the run has groups (a plain run's report keeps its keys)
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for r in records:
+        for g, d in r.get(K.DAY_DICE_PER_GROUP.value, {}).items():
+            c = r[K.N_LABELLED_PER_GROUP.value][g]
+            sums[g], counts[g] = sums.get(g, 0.0) + d * c, counts.get(g, 0) + c
+    if counts:
+        report[K.DAY_DICE_PER_GROUP.value] = {g: sums[g] / counts[g] for g in counts}
+    if ckpt.get(K.INITIAL_HELDOUT_DICE_PER_GROUP.value) is not None:
+        report[K.INITIAL_HELDOUT_DICE_PER_GROUP.value] = ckpt[K.INITIAL_HELDOUT_DICE_PER_GROUP.value]
+    if nights and K.HELDOUT_DICE_PER_GROUP.value in nights[-1]:
+        report[K.FINAL_HELDOUT_DICE_PER_GROUP.value] = nights[-1][K.HELDOUT_DICE_PER_GROUP.value]
+    groups = heldout_cases.values() if isinstance(heldout_cases, Mapping) else [heldout_cases or []]
+    bad = [c for cases in groups for c in cases if is_failure(c)]
+    if bad:  # held-out cases that could not be loaded, left out of every held-out Dice
+        report[K.HELDOUT_FAILED.value] = [{k: str(v) for k, v in c.items()} for c in bad]
+    report[K.DAYS.value] = records
+    report[K.CONFIG.value] = ckpt[K.CONFIG.value]
+    return report
 
 
 def write_daynight_summary(

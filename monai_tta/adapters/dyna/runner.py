@@ -26,6 +26,7 @@ from monai_tta.adapters.base import Adapter, build_optimizer
 from monai_tta.adapters.dyna.keys import DayNightKeys
 from monai_tta.adapters.dyna.layout import CASES_NAME, CHECKPOINT_NAME, REPORT_NAME, STORE_NAME
 from monai_tta.adapters.dyna.night import NightTrainer, derived_seed, ema_update_
+from monai_tta.adapters.dyna.report import build_daynight_report
 from monai_tta.adapters.dyna.store import DayImageStore, NightBatches, night_schedule, plain_tensor
 from monai_tta.adapters.stats import StatKeys
 from monai_tta.adapters.vptta.adapter import VPTTA
@@ -335,7 +336,7 @@ class DayNightRunner:
                 self._day(ckpt, stream)
             else:
                 self._night(ckpt, heldout)
-        report = self._report(ckpt, n, heldout)
+        report = build_daynight_report(ckpt, n, heldout)
         atomic_write_json(report, self.report_path)
         self._save(ckpt)
         self._emit(K.DONE_EVENT, report=report)
@@ -479,41 +480,3 @@ class DayNightRunner:
         )
         self._save(ckpt)
         self._emit(K.NIGHT_EVENT, day=day)
-
-    def _report(self, ckpt: dict[str, Any], n_stream: int, heldout_cases: _HeldOut = None) -> dict[str, Any]:
-        records = ckpt["records"]
-        labelled = [(r[K.DAY_DICE.value], r["n_labelled"]) for r in records if r[K.DAY_DICE.value] is not None]
-        n_lab = sum(c for _, c in labelled)
-        nights = [r for r in records if K.NIGHT_ITERATIONS.value in r]
-        heldout = [r.get(K.HELDOUT_DICE.value) for r in nights]
-        report = {
-            K.N_IMAGES.value: n_stream,
-            K.N_FAILED.value: sum(
-                r.get(CaseStatus.KEY.value) == CaseStatus.FAILED.value for r in ckpt.get(K.CASES.value, [])
-            ),
-            K.N_DAYS.value: len(records),
-            K.N_NIGHTS.value: len(nights),
-            K.MEAN_DAY_DICE.value: sum(d * c for d, c in labelled) / n_lab if n_lab else None,
-            K.INITIAL_HELDOUT_DICE.value: ckpt[K.INITIAL_HELDOUT_DICE.value],
-            K.FINAL_HELDOUT_DICE.value: heldout[-1] if heldout else None,
-        }
-        # per-group fields only when the run has groups (a plain run's report keeps its keys)
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        for r in records:
-            for g, d in r.get(K.DAY_DICE_PER_GROUP.value, {}).items():
-                c = r[K.N_LABELLED_PER_GROUP.value][g]
-                sums[g], counts[g] = sums.get(g, 0.0) + d * c, counts.get(g, 0) + c
-        if counts:
-            report[K.DAY_DICE_PER_GROUP.value] = {g: sums[g] / counts[g] for g in counts}
-        if ckpt.get(K.INITIAL_HELDOUT_DICE_PER_GROUP.value) is not None:
-            report[K.INITIAL_HELDOUT_DICE_PER_GROUP.value] = ckpt[K.INITIAL_HELDOUT_DICE_PER_GROUP.value]
-        if nights and K.HELDOUT_DICE_PER_GROUP.value in nights[-1]:
-            report[K.FINAL_HELDOUT_DICE_PER_GROUP.value] = nights[-1][K.HELDOUT_DICE_PER_GROUP.value]
-        groups = heldout_cases.values() if isinstance(heldout_cases, Mapping) else [heldout_cases or []]
-        bad = [c for cases in groups for c in cases if is_failure(c)]
-        if bad:  # held-out cases that could not be loaded, left out of every held-out Dice
-            report[K.HELDOUT_FAILED.value] = [{k: str(v) for k, v in c.items()} for c in bad]
-        report[K.DAYS.value] = records
-        report[K.CONFIG.value] = ckpt[K.CONFIG.value]
-        return report
