@@ -66,6 +66,11 @@ def test_signal_scores_by_hand():
     with pytest.raises(ValueError, match="path of statistics mixes"):
         signal_scores(SafeSignal.MIXES, z, "sigmoid")
     assert mix_neighbours(0.0) == [0.25] and mix_neighbours(0.5) == [0.25, 0.75] and mix_neighbours(1.0) == [0.75]
+    # softmax (2 classes, 1 pixel): the agreement is sum_c min(p_c, q_c)
+    two = [torch.log(torch.tensor([[[0.7], [0.3]]])), torch.log(torch.tensor([[[0.5], [0.5]]]))]
+    near = [[two[1], torch.log(torch.tensor([[[0.9], [0.1]]]))], [two[0]]]
+    got = signal_scores(SafeSignal.MIXES, two, "softmax", neighbours=near)
+    assert got == pytest.approx([((0.5 + 0.3) + (0.7 + 0.1)) / 2, 0.5 + 0.3], abs=1e-6)
 
 
 def count_windows(adapter: SlidingWindowAdapter) -> list[int]:
