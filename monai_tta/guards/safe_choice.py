@@ -122,7 +122,7 @@ class SafeChoice(Guard):
             ``docs/reliability.md``).
 
     Raises:
-        ValueError: for a prior outside ``[0, 1]``, an unknown ``per`` or activation.
+        ValueError: for a prior outside ``[0, 1]``, an unknown ``per``, activation or signal, or a negative margin.
     """
 
     priors: Sequence[float] = (1.0, 0.5, 0.0)
