@@ -34,7 +34,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from monai_tta.adapters import NormAdapt, Tent
-from monai_tta.guards.signals import agreement, probabilities
+from monai_tta.guards.signals import agreement, mix_neighbours, probabilities
 from monai_tta.guards.source import mean_entropy
 from monai_tta.inferers import SlidingWindowAdapter
 from monai_tta.metrics import dice_per_channel
@@ -62,11 +62,10 @@ def feature_dropout(net: torch.nn.Module, rate: float, seed: int):
 
 
 def neighbours(name: str) -> list[str]:
-    """The candidates next to ``name`` on the path of statistics mixes."""
-    if name == "tent":
-        return ["stats_0.25"]
-    p = float(name.split("_")[1])
-    return [f"stats_{q:g}" for q in (p - 0.25, p + 0.25) if -1e-9 <= q <= 1 + 1e-9]
+    """The candidates next to ``name`` on the path of statistics mixes (as ``safe`` takes them,
+    :func:`monai_tta.guards.signals.mix_neighbours`); TENT's regime is the case's statistics (weight 0)."""
+    prior = 0.0 if name == "tent" else float(name.split("_")[1])
+    return [f"stats_{q:g}" for q in mix_neighbours(prior)]
 
 
 def dice(pred: torch.Tensor, label: torch.Tensor) -> float:
