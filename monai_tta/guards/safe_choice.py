@@ -46,7 +46,8 @@ its prediction (``safe_prior``, the source's share: 1 for the source model), whe
 (``safe_source``) and whether the step rule kept the update (``safe_step``).
 
 Cost: one forward without gradient per candidate besides the method's own (3 with the defaults), and for ``mixes``
-the neighbouring mixes not among them (3 more: the adapted state at 0.75 and 0.25, the source model at 0.75;
+the neighbouring mixes not among them (3 more: the adapted state at 0.75 and 0.25, the source model at 0.75; one or
+two more when the method's regime is off the 0.25 grid, e.g. VPTTA's warm-up statistics in a stream;
 ``signal="flip"`` doubles the candidates' forwards instead). A volume adapted on patches
 (:class:`~monai_tta.inferers.SlidingWindowAdapter`) scores its candidates on the update's patches (a sample of the
 volume) and predicts the whole volume only with the chosen one.

@@ -10,7 +10,8 @@
 - ``mixes``: stability across statistics mixes: the mean agreement of the candidate with the predictions of the same
   weights with statistics weights ``p - 0.25`` and ``p + 0.25`` (those in ``[0, 1]``), ``p`` the candidate's; a
   prediction that barely moves when the statistics move a little is taken as settled. Two or three more forwards per
-  case (the neighbours are shared between candidates).
+  case (the neighbours are shared between candidates), one or two more when the method's regime is off the 0.25
+  grid.
 
 Agreement of two predictions is :func:`agreement`: the mean over voxels of ``1 - |p - q|`` per channel (sigmoid) or
 of ``sum_c min(p_c, q_c)`` (softmax), in ``[0, 1]`` (1: the same probabilities): the definition stated in
