@@ -1,0 +1,113 @@
+"""Issue 18: DyNA's day/night run with ``safe`` off and on against source-only, per target domain.
+
+Usage::
+
+    python tools/issue18/dyna_table.py DATASET_DIR CHECKPOINT OFF_DIR ON_DIR [--heldout 6]
+
+DATASET_DIR holds the ``datalist.json`` the two runs read (``generate_fundus_domains(DATASET_DIR, 16, image_size=128,
+seed=0, domains=<the 11 target domains>)``), CHECKPOINT the source weights both runs started from, OFF_DIR / ON_DIR
+their ``--output_dir`` (``safe`` ``None`` and ``"case"``; the bundle writes ``<dir>/DyNA/cases.csv`` and
+``report.json``). Source-only is the source model on the same stream cases, preprocessed by the DyNA bundle's
+``labelled_preprocessing`` and scored with the runner's own :func:`~monai_tta.adapters.dyna.runner.case_dice`. Prints a
+Markdown table (Dice %, ``**`` and a warning sign: more than 0.5 below source-only) and, per run, the largest
+single-case losses against source-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+
+import torch
+from monai.bundle import ConfigParser
+
+from monai_tta.adapters.dyna.runner import case_dice
+from monai_tta.data import GuardedDataset, load_datalist
+from monai_tta.data.fundus_domains import list_domains
+from monai_tta.networks import load_reference_state_dict
+from monai_tta.reports import read_case_csv
+
+BUNDLE = "bundles/dyna_fundus_segmentation"
+
+
+def source_only(dataset_dir: str, checkpoint: str, domains: list[str]) -> dict[str, dict[str, float]]:
+    """``{domain: {case_id: Dice in [0, 1]}}`` of the source model on every case of ``domains``."""
+    parser = ConfigParser()
+    parser.read_config([f"{BUNDLE}/configs/inference.json", f"{BUNDLE}/configs/daynight.json"])
+    parser.update({"bundle_root": BUNDLE, "datalist_file": os.path.join(dataset_dir, "datalist.json")})
+    pre = parser.get_parsed_content("labelled_preprocessing")
+    net = parser.get_parsed_content("network_def")
+    load_reference_state_dict(net, checkpoint)
+    net.eval()
+    data = load_datalist(os.path.join(dataset_dir, "datalist.json"), sections=domains)
+    out: dict[str, dict[str, float]] = {}
+    with torch.no_grad():
+        for domain in domains:
+            cases = data[domain]
+            for item, case in zip(cases, GuardedDataset(cases, pre)):
+                pred = torch.sigmoid(net(case["image"].float()[None])) >= 0.5
+                out.setdefault(domain, {})[item["case_id"]] = case_dice(pred, case["label"].float()[None])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dataset_dir")
+    ap.add_argument("checkpoint")
+    ap.add_argument("off_dir")
+    ap.add_argument("on_dir")
+    args = ap.parse_args()
+    domains = [d for d in list_domains("all") if d != "source"]
+    source = source_only(args.dataset_dir, args.checkpoint, domains)
+    runs = {}
+    for arm, folder in (("off", args.off_dir), ("on", args.on_dir)):
+        rows = [r for r in read_case_csv(os.path.join(folder, "DyNA", "cases.csv")) if r.get("status") == "ok"]
+        report = json.load(open(os.path.join(folder, "DyNA", "report.json")))
+        runs[arm] = (rows, report)
+
+    def mean(values):
+        return 100.0 * sum(values) / len(values)
+
+    print(
+        "| domain | n | source-only | DyNA safe off | DyNA safe on | on − off | held-out: source | held-out final, off "
+        "| held-out final, on | safe on: choices |"
+    )
+    print("|---" * 10 + "|")
+    totals: collections.Counter = collections.Counter()
+    columns = collections.defaultdict(list)
+    for domain in domains:
+        day = {arm: [r for r in rows if r["domain"] == domain] for arm, (rows, _) in runs.items()}
+        src = mean([source[domain][r["case_id"]] for r in day["off"]])
+        held = [source[domain][c] for c in source[domain] if c not in {r["case_id"] for r in day["off"]}]
+        values = {arm: mean([float(r["day_dice"]) for r in day[arm]]) for arm in runs}
+        final = {arm: 100.0 * report["final_heldout_dice_per_group"][domain] for arm, (_, report) in runs.items()}
+        chosen = collections.Counter(r["safe_choice"] for r in day["on"])
+        totals += chosen
+        steps = sum(r.get("safe_step") == "True" for r in day["on"])
+        cells = [f"**{v:.2f}** ⚠" if v < src - 0.5 else f"{v:.2f}" for v in (values["off"], values["on"])]
+        choices = ", ".join(f"{k} {n}" for k, n in sorted(chosen.items())) + (f" (step kept {steps})" if steps else "")
+        row = (src, values["off"], values["on"], mean(held), final["off"], final["on"])
+        for k, v in enumerate(row):
+            columns[k].append(v)
+        print(
+            f"| {domain} | {len(day['off'])} | {src:.2f} | {cells[0]} | {cells[1]} "
+            f"| {values['on'] - values['off']:+.2f} "
+            f"| {mean(held):.2f} | {final['off']:.2f} | {final['on']:.2f} | {choices} |"
+        )
+    m = [sum(v) / len(v) for _, v in sorted(columns.items())]
+    print(
+        f"| mean of domains | {sum(len([r for r in runs['off'][0] if r['domain'] == d]) for d in domains)} | "
+        f"{m[0]:.2f} | {m[1]:.2f} | {m[2]:.2f} | {m[2] - m[1]:+.2f} | {m[3]:.2f} | {m[4]:.2f} | {m[5]:.2f} | "
+        + ", ".join(f"{k} {n}" for k, n in sorted(totals.items()))
+        + " |"
+    )
+    flat = {c: d for dom in source.values() for c, d in dom.items()}
+    for arm, (rows, _) in runs.items():
+        losses = sorted((100.0 * (float(r["day_dice"]) - flat[r["case_id"]]), r["case_id"]) for r in rows)
+        print(arm, "largest losses against source-only:", [(round(x, 1), c) for x, c in losses[:3]])
+
+
+if __name__ == "__main__":
+    main()
