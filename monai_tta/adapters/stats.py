@@ -35,3 +35,5 @@ class StatKeys(StrEnum):
     SAFE_SIGNAL = "safe_signal"
     SAFE_SCORE = "safe_score"
     SAFE_STEP = "safe_step"
+    SAFE_ANCHOR = "safe_anchor"
+    SAFE_ANCHOR_MARGIN = "safe_anchor_margin"

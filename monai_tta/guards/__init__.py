@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from monai_tta.guards.anchor import SourceAnchor
 from monai_tta.guards.collapse import CollapseSafeguard, CollapseState
 from monai_tta.guards.defaults import resolve_guards
 from monai_tta.guards.finite import LOSS_KEYS, NonFiniteRollback, nonfinite_part
@@ -20,6 +21,7 @@ __all__ = [
     "CollapseState",
     "SafeChoice",
     "SafeChoiceState",
+    "SourceAnchor",
     "candidate_label",
     "resolve_guards",
     "ACTIVATIONS",

@@ -2,15 +2,17 @@
 
 Usage::
 
-    python tools/issue18/dyna_table.py DATASET_DIR CHECKPOINT OFF_DIR ON_DIR [--heldout 6]
+    python tools/issue18/dyna_table.py DATASET_DIR CHECKPOINT OFF_DIR ON_DIR [--no_anchor DIR]
 
-DATASET_DIR holds the ``datalist.json`` the two runs read (``generate_fundus_domains(DATASET_DIR, 16, image_size=128,
-seed=0, domains=<the 11 target domains>)``), CHECKPOINT the source weights both runs started from, OFF_DIR / ON_DIR
-their ``--output_dir`` (``safe`` ``None`` and ``"case"``; the bundle writes ``<dir>/DyNA/cases.csv`` and
-``report.json``). Source-only is the source model on the same stream cases, preprocessed by the DyNA bundle's
-``labelled_preprocessing`` and scored with the runner's own :func:`~monai_tta.adapters.dyna.runner.case_dice`. Prints a
-Markdown table (Dice %, ``**`` and a warning sign: more than 0.5 below source-only) and, per run, the largest
-single-case losses against source-only.
+DATASET_DIR holds the ``datalist.json`` the runs read (``generate_fundus_domains(DATASET_DIR, 16, image_size=128,
+seed=0, domains=<the 11 target domains>)``), CHECKPOINT the source weights the runs started from, OFF_DIR / ON_DIR
+their ``--output_dir`` (``--safe None`` and the bundle's default, ``"case"`` with the source anchor; the bundle writes
+``<dir>/DyNA/cases.csv`` and ``report.json``), and ``--no_anchor`` that of a run with ``safe`` on and
+``--source_anchor false`` (an extra column). Source-only is the source model on the same stream cases, preprocessed
+by the DyNA bundle's ``labelled_preprocessing`` and scored with the runner's own
+:func:`~monai_tta.adapters.dyna.runner.case_dice`. Prints a Markdown table (Dice %, ``**`` and a warning sign: more
+than 0.5 below source-only; "original source": the day cases where the source anchor reported the original source
+model's prediction) and, per run, the largest single-case losses against source-only.
 """
 
 from __future__ import annotations
@@ -58,23 +60,29 @@ def main() -> None:
     ap.add_argument("checkpoint")
     ap.add_argument("off_dir")
     ap.add_argument("on_dir")
+    ap.add_argument("--no_anchor", default=None, help="output folder of a run with safe on and no source anchor")
     args = ap.parse_args()
     domains = [d for d in list_domains("all") if d != "source"]
     source = source_only(args.dataset_dir, args.checkpoint, domains)
+    arms = [("off", args.off_dir), ("on", args.on_dir)]
+    if args.no_anchor:
+        arms.insert(1, ("no anchor", args.no_anchor))
     runs = {}
-    for arm, folder in (("off", args.off_dir), ("on", args.on_dir)):
+    for arm, folder in arms:
         rows = [r for r in read_case_csv(os.path.join(folder, "DyNA", "cases.csv")) if r.get("status") == "ok"]
         report = json.load(open(os.path.join(folder, "DyNA", "report.json")))
         runs[arm] = (rows, report)
+    names = {"off": "DyNA safe off", "no anchor": "safe on, no anchor", "on": "DyNA default (safe on, anchor)"}
 
     def mean(values):
         return 100.0 * sum(values) / len(values)
 
     print(
-        "| domain | n | source-only | DyNA safe off | DyNA safe on | on − off | held-out: source | held-out final, off "
-        "| held-out final, on | safe on: choices |"
+        "| domain | n | source-only | "
+        + " | ".join(names[a] for a in runs)
+        + " | default − off | held-out: source | held-out final, off | held-out final, default | default: choices |"
     )
-    print("|---" * 10 + "|")
+    print("|---" * (8 + len(runs)) + "|")
     totals: collections.Counter = collections.Counter()
     columns = collections.defaultdict(list)
     for domain in domains:
@@ -84,23 +92,29 @@ def main() -> None:
         values = {arm: mean([float(r["day_dice"]) for r in day[arm]]) for arm in runs}
         final = {arm: 100.0 * report["final_heldout_dice_per_group"][domain] for arm, (_, report) in runs.items()}
         chosen = collections.Counter(r["safe_choice"] for r in day["on"])
+        chosen += collections.Counter("original source" for r in day["on"] if r.get("safe_anchor") == "True")
         totals += chosen
         steps = sum(r.get("safe_step") == "True" for r in day["on"])
-        cells = [f"**{v:.2f}** ⚠" if v < src - 0.5 else f"{v:.2f}" for v in (values["off"], values["on"])]
+        cells = [f"**{v:.2f}** ⚠" if v < src - 0.5 else f"{v:.2f}" for v in values.values()]
         choices = ", ".join(f"{k} {n}" for k, n in sorted(chosen.items())) + (f" (step kept {steps})" if steps else "")
-        row = (src, values["off"], values["on"], mean(held), final["off"], final["on"])
+        row = (src, *values.values(), mean(held), final["off"], final["on"])
         for k, v in enumerate(row):
             columns[k].append(v)
         print(
-            f"| {domain} | {len(day['off'])} | {src:.2f} | {cells[0]} | {cells[1]} "
-            f"| {values['on'] - values['off']:+.2f} "
+            f"| {domain} | {len(day['off'])} | {src:.2f} | "
+            + " | ".join(cells)
+            + f" | {values['on'] - values['off']:+.2f} "
             f"| {mean(held):.2f} | {final['off']:.2f} | {final['on']:.2f} | {choices} |"
         )
     m = [sum(v) / len(v) for _, v in sorted(columns.items())]
+    k = len(runs)
     print(
         f"| mean of domains | {sum(len([r for r in runs['off'][0] if r['domain'] == d]) for d in domains)} | "
-        f"{m[0]:.2f} | {m[1]:.2f} | {m[2]:.2f} | {m[2] - m[1]:+.2f} | {m[3]:.2f} | {m[4]:.2f} | {m[5]:.2f} | "
-        + ", ".join(f"{k} {n}" for k, n in sorted(totals.items()))
+        + " | ".join(f"{v:.2f}" for v in m[: 1 + k])
+        + f" | {m[k] - m[1]:+.2f} | "
+        + " | ".join(f"{v:.2f}" for v in m[1 + k :])
+        + " | "
+        + ", ".join(f"{c} {n}" for c, n in sorted(totals.items()))
         + " |"
     )
     flat = {c: d for dom in source.values() for c, d in dom.items()}

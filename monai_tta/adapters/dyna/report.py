@@ -18,7 +18,32 @@ from monai_tta.reports import format_cell, markdown_table, plot_day_night
 
 K = DayNightKeys  # short name of the keys in this module
 
-__all__ = ["build_daynight_report", "write_daynight_summary"]
+__all__ = ["build_daynight_report", "guard_columns", "write_daynight_summary"]
+
+
+#: the day adapter's guard records copied into a case's row of ``cases.csv`` when present (issue 18: each case's row
+#: says which candidate ``safe`` chose, and whether the safeguard fell back).
+_GUARD_COLUMNS = (
+    StatKeys.SAFEGUARD_FALLBACK,
+    StatKeys.SAFE_CHOICE,
+    StatKeys.SAFE_PRIOR,
+    StatKeys.SAFE_SOURCE,
+    StatKeys.SAFE_STEP,
+    StatKeys.SAFE_ANCHOR,
+    StatKeys.SAFE_ANCHOR_MARGIN,
+)
+
+
+def guard_columns(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The guard records of a day adapter's ``last_stats`` that a case's row carries (plain ``str``, ``bool`` or
+    ``float`` values; absent keys are left out, so a run without guards keeps its columns)."""
+    row: dict[str, Any] = {}
+    for key in _GUARD_COLUMNS:
+        value = stats.get(key.value)
+        if value is None:
+            continue
+        row[key.value] = value if isinstance(value, (str, bool)) else float(value)
+    return row
 
 
 def _percent(value: Any) -> float | None:

@@ -26,7 +26,7 @@ from monai_tta.adapters.base import Adapter, build_optimizer
 from monai_tta.adapters.dyna.keys import DayNightKeys
 from monai_tta.adapters.dyna.layout import CASES_NAME, CHECKPOINT_NAME, REPORT_NAME, STORE_NAME
 from monai_tta.adapters.dyna.night import NightTrainer, derived_seed, ema_update_
-from monai_tta.adapters.dyna.report import build_daynight_report
+from monai_tta.adapters.dyna.report import build_daynight_report, guard_columns
 from monai_tta.adapters.dyna.store import DayImageStore, NightBatches, night_schedule, plain_tensor
 from monai_tta.adapters.stats import StatKeys
 from monai_tta.adapters.vptta.adapter import VPTTA
@@ -34,6 +34,7 @@ from monai_tta.data.checks import InvalidCaseError, case_name
 from monai_tta.data.guarded import FAILURE_KEY, is_failure
 from monai_tta.data.keys import CaseStatus, DataKeys
 from monai_tta.distributed import get_rank, get_world_size
+from monai_tta.guards import SourceAnchor
 from monai_tta.io import atomic_save, atomic_write_json
 from monai_tta.norms import norm_layers
 from monai_tta.reports.tables import write_case_csv
@@ -59,29 +60,6 @@ _NIGHT_DATA = ("day", "all")
 #: held-out cases: a sequence, ``{group: cases}`` or ``None``.
 _HeldOut = Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]] | None
 _PHASE_DAY, _PHASE_NIGHT, _PHASE_DONE = "day", "night", "done"
-
-#: the day adapter's guard records copied into a case's row of ``cases.csv`` when present (issue 18: each case's row
-#: says which candidate ``safe`` chose, and whether the safeguard fell back).
-_GUARD_COLUMNS = (
-    StatKeys.SAFEGUARD_FALLBACK,
-    StatKeys.SAFE_CHOICE,
-    StatKeys.SAFE_PRIOR,
-    StatKeys.SAFE_SOURCE,
-    StatKeys.SAFE_STEP,
-)
-
-
-def guard_columns(stats: Mapping[str, Any]) -> dict[str, Any]:
-    """The guard records of a day adapter's ``last_stats`` that a case's row carries (plain ``str``, ``bool`` or
-    ``float`` values; absent keys are left out, so a run without guards keeps its columns)."""
-    row: dict[str, Any] = {}
-    for key in _GUARD_COLUMNS:
-        value = stats.get(key.value)
-        if value is None:
-            continue
-        row[key.value] = value if isinstance(value, (str, bool)) else float(value)
-    return row
-
 
 #: report fields present only when the stream's cases carry a group (``group_key``, e.g. the domain) or when the
 #: held-out cases are given as ``{group: cases}``: per-group Dice, keyed by group name.
@@ -139,6 +117,11 @@ class DayNightRunner:
         night_data: ``"day"`` (the images of that day) or ``"all"`` (every image stored so far).
         checkpoint_interval: write an intra-night checkpoint every this many night iterations (0: none).
         reset_each_day: reset the day adapter at the start of each day.
+        source_anchor: after the day adapter's ``safe``, compare its prediction with the *original* source model's
+            (:class:`~monai_tta.guards.SourceAnchor`) on every day whose model differs from it (after a night):
+            ``safe`` and the safeguard take the day model, the global student, as their source, and the anchor keeps
+            the run from falling below the model it started from (ours, issue 18). ``None``: on when the day
+            adapter has ``safe``; ``True`` requires it.
         strong_augment: the night's strong augmentation (default ``StrongStyle``).
         seed: seed of every random draw of the nights.
         device: device of the run (default: that of the network's parameters).
@@ -151,7 +134,8 @@ class DayNightRunner:
             crash.
 
     Raises:
-        ValueError: for invalid counts or options, or a network whose norms were already converted.
+        ValueError: for invalid counts or options, a network whose norms were already converted, or
+            ``source_anchor=True`` with a day adapter without ``safe``.
         TypeError: if the day adapter cannot save its state.
     """
 
@@ -180,6 +164,7 @@ class DayNightRunner:
         label_key: str = DataKeys.LABEL,
         group_key: str | None = DataKeys.DOMAIN,
         callback: Callable[[str, dict[str, Any]], None] | None = None,
+        source_anchor: bool | None = None,
     ) -> None:
         if images_per_day < 1 or night_epochs < 0 or night_batch_size < 1 or checkpoint_interval < 0:
             raise ValueError(
@@ -210,6 +195,12 @@ class DayNightRunner:
         self.image_key, self.label_key, self.callback = image_key, label_key, callback
         self.group_key = group_key
         self.global_student = copy.deepcopy(network)
+        safe = getattr(self.day_adapter, "safe", None)
+        if source_anchor and safe is None:
+            raise ValueError("source_anchor=True needs a day adapter with safe on (e.g. VPTTA(safe='case')).")
+        use_anchor = safe is not None if source_anchor is None else source_anchor
+        activation = getattr(self.day_adapter, "activation", "sigmoid")
+        self.anchor = SourceAnchor(network, safe, activation) if use_anchor else None
         self.store: DayImageStore | None = None
         self.checkpoint_path = self.output_dir / CHECKPOINT_NAME
         self.report_path = self.output_dir / REPORT_NAME
@@ -294,6 +285,7 @@ class DayNightRunner:
             K.CASES.value: [],
             K.INITIAL_HELDOUT_DICE.value: initial,
             K.INITIAL_HELDOUT_DICE_PER_GROUP.value: initial_groups,
+            "source": None if self.anchor is None else self.anchor.state_dict(),
         }
 
     # ----------------------------------------------------------------- the run
@@ -323,6 +315,8 @@ class DayNightRunner:
                 )
         else:
             ckpt = self._fresh_checkpoint(n, heldout)
+        if self.anchor is not None and ckpt.get("source") is not None:  # the model the run started from
+            self.anchor.load_state_dict(ckpt["source"])
         self.global_student.load_state_dict(ckpt["global_student"])
         self.network.load_state_dict(ckpt["global_student"])
         if ckpt["day_adapter"] is not None:
@@ -351,6 +345,7 @@ class DayNightRunner:
         group_scores: dict[str, list[float]] = {}
         rows: list[dict[str, Any]] = []
         n_good = 0
+        anchor = self.anchor if self.anchor is not None and self.anchor.differs_from(self.global_student) else None
         while end < len(stream) and n_good < self.images_per_day:
             i, end = end, end + 1
             case = stream[i]
@@ -370,7 +365,11 @@ class DayNightRunner:
                 row.update({CaseStatus.KEY.value: CaseStatus.FAILED.value, CaseStatus.ERROR.value: e.reason})
                 continue
             row[CaseStatus.KEY.value] = CaseStatus.OK.value
-            row.update(guard_columns(getattr(self.day_adapter, "last_stats", None) or {}))
+            stats = dict(getattr(self.day_adapter, "last_stats", None) or {})
+            if anchor is not None:  # the day model is not the source model any more
+                logits, record = anchor.choose(self._batch(image), plain_tensor(logits), stats)
+                stats.update(record)
+            row.update(guard_columns(stats))
             n_good += 1
             pred = torch.sigmoid(plain_tensor(logits)) >= 0.5
             self.store.put(i, image, pred[0].to(torch.uint8), day=day)
