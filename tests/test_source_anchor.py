@@ -137,10 +137,13 @@ def test_dyna_days_after_a_night_are_checked_against_the_original_source(tmp_pat
 
 
 def test_dyna_anchor_options_and_resume(tmp_path):
-    """``source_anchor=True`` needs ``safe``; ``False`` leaves it out; a run interrupted after its first night resumes
+    """``source_anchor=True`` needs ``safe`` and a string is refused (``false`` on a bundle's command line); ``False``
+    leaves it out; a run interrupted after its first night resumes
     to the rows of an uninterrupted run (the anchor's source model comes back from the checkpoint)."""
     with pytest.raises(ValueError, match="needs a day adapter with safe"):
         DayNightRunner(source_net(), tmp_path / "x", day_adapter=VPTTA(prompt_size=3), source_anchor=True)
+    with pytest.raises(TypeError, match="--source_anchor False"):
+        _runner(tmp_path / "x", source_anchor="false")
     _runner(tmp_path / "off", source_anchor=False).run(stream())
     assert "safe_anchor" not in read_case_csv(tmp_path / "off" / "cases.csv")[0]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from monai_tta.zoo.flags import as_flag
 from monai_tta.zoo.run import run_bundle
 from monai_tta.zoo.source import ensure_source_checkpoint
 
@@ -35,6 +36,24 @@ def test_a_missing_checkpoint_is_not_trained_unless_asked(tmp_path):
     elsewhere = tmp_path / "weights" / "mine.pt"
     with pytest.raises(FileNotFoundError, match=f"--ckpt_dir {tmp_path / 'weights'} --ckpt_filename mine.pt"):
         ensure_source_checkpoint(elsewhere, tmp_path, train=False)
+
+
+@pytest.mark.parametrize("value", ["false", "False", "no", "0", None, 0])
+def test_the_command_lines_false_is_false(tmp_path, value):
+    """``--train_if_missing false`` reaches the config as the string ``"false"`` (MONAI's bundle command line): it
+    must not train."""
+    missing = tmp_path / "models" / "model.pt"
+    with pytest.raises(FileNotFoundError):
+        ensure_source_checkpoint(missing, tmp_path, {"epochs": 1}, train=value)
+    assert not missing.parent.exists()
+
+
+def test_flags_are_read_or_refused_by_name():
+    assert [as_flag(v) for v in (True, "true", "TRUE", " yes ", "on", "1", 1)] == [True] * 7
+    assert [as_flag(v) for v in (False, "false", "No", "off", "0", "none", "", None, 0)] == [False] * 9
+    for bad in ("maybe", 2, 0.5, [True]):
+        with pytest.raises(ValueError, match="generate_data must be true or false"):
+            as_flag(bad, "generate_data")
 
 
 def test_an_existing_checkpoint_is_returned_as_it_is(tmp_path):

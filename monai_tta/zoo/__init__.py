@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from monai_tta.zoo.checks import SCHEMA_FILE, SCHEMA_MD5, ZOO_CHECKS, check_code_format, run_checks
 from monai_tta.zoo.export import export_bundle, exported_requirements
+from monai_tta.zoo.flags import as_flag
 from monai_tta.zoo.generate import (
     FAMILIES_DIR,
     RUNTIME_DIRS,
@@ -21,6 +22,7 @@ from monai_tta.zoo.source import ensure_source_checkpoint, load_source_model
 from monai_tta.zoo.style import format_for_zoo, zoo_json_text, zoo_python_text
 
 __all__ = [
+    "as_flag",
     "run_bundle",
     "record_config",
     "ensure_source_checkpoint",

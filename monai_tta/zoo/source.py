@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_tta import distributed
+from monai_tta.zoo.flags import as_flag
 from monai_tta.zoo.run import run_bundle
 
 __all__ = ["ensure_source_checkpoint", "load_source_model"]
@@ -44,17 +45,20 @@ def ensure_source_checkpoint(
             with exactly the inference run's network and data. Keys starting with ``_`` are ignored.
         configs: the config files that make up the training run.
         train: whether to train a missing checkpoint; ``False``: raise ``FileNotFoundError`` naming the checkpoint and
-            the command that trains it.
+            the command that trains it (read by :func:`~monai_tta.zoo.as_flag`: the command line's ``false`` is the
+            string ``"false"``).
 
     Returns:
         the checkpoint path.
 
     Raises:
         FileNotFoundError: if the checkpoint does not exist and ``train`` is ``False``.
+        ValueError: if ``train`` is neither a bool nor a yes/no string.
         RuntimeError: if training finished without writing the checkpoint, or (on every rank) when a sharded run
             finds no checkpoint.
     """
     checkpoint = Path(checkpoint)
+    train = as_flag(train, "train_if_missing")
     if checkpoint.is_file():
         return checkpoint
     if not train:

@@ -136,7 +136,7 @@ class DayNightRunner:
     Raises:
         ValueError: for invalid counts or options, a network whose norms were already converted, or
             ``source_anchor=True`` with a day adapter without ``safe``.
-        TypeError: if the day adapter cannot save its state.
+        TypeError: if the day adapter cannot save its state, or ``source_anchor`` is not a bool or ``None``.
     """
 
     def __init__(
@@ -196,6 +196,11 @@ class DayNightRunner:
         self.group_key = group_key
         self.global_student = copy.deepcopy(network)
         safe = getattr(self.day_adapter, "safe", None)
+        if source_anchor is not None and not isinstance(source_anchor, bool):
+            raise TypeError(
+                f"source_anchor must be True, False or None, got {source_anchor!r} (on a bundle's command line: "
+                "--source_anchor False, capitalised; lower-case false is read as a string)."
+            )
         if source_anchor and safe is None:
             raise ValueError("source_anchor=True needs a day adapter with safe on (e.g. VPTTA(safe='case')).")
         use_anchor = safe is not None if source_anchor is None else source_anchor
