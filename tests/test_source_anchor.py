@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -115,12 +116,17 @@ def _runner(out, safe="case", **kwargs) -> DayNightRunner:
 
 
 @pytest.mark.parametrize("safe, anchored", [("case", "True"), ({"source_margin": 0.0, "mix_margin": 0.0}, "False")])
-def test_dyna_days_after_a_night_are_checked_against_the_original_source(tmp_path, safe, anchored):
+def test_dyna_days_after_a_night_are_checked_against_the_original_source(tmp_path, caplog, safe, anchored):
     """Day 0's model is the source: no anchor. After a night every ok row carries the anchor's record, and a row where
     the original source model won scores exactly the source model's Dice on that case. On this tiny run the source
     margin decides: with it the original source model wins, without the margins the day model's predictions do."""
-    _runner(tmp_path / "run", safe=safe).run(stream(), heldout())
+    with caplog.at_level(logging.WARNING, logger="monai_tta.adapters.dyna.report"):
+        report = _runner(tmp_path / "run", safe=safe).run(stream(), heldout())
     rows = read_case_csv(tmp_path / "run" / "cases.csv")
+    n_source = sum(r["safe_anchor"] == "True" for r in rows)
+    assert report["source_anchor_per_group"] == {"all": [n_source, sum(r["day"] > 0 for r in rows)]}
+    warned = [m for m in caplog.messages if "the original source model was reported on" in m]
+    assert len(warned) == (2 if anchored == "True" else 0)  # days 2 and 3, all their cases
     assert all(r["safe_anchor"] == "" for r in rows if r["day"] == 0)
     later = [r for r in rows if r["day"] > 0]
     assert later and all(r["safe_anchor"] in ("True", "False") for r in later)

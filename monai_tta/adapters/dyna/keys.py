@@ -42,3 +42,4 @@ class DayNightKeys(StrEnum):
     INITIAL_HELDOUT_DICE_PER_GROUP = "initial_heldout_dice_per_group"
     FINAL_HELDOUT_DICE_PER_GROUP = "final_heldout_dice_per_group"
     CONFIG = "config"
+    SOURCE_ANCHOR_PER_GROUP = "source_anchor_per_group"

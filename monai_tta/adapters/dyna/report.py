@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,13 +13,14 @@ from monai_tta.adapters.dyna.keys import DayNightKeys
 from monai_tta.adapters.dyna.layout import CASES_NAME, PLOT_NAME, REPORT_NAME, SUMMARY_NAME
 from monai_tta.adapters.stats import StatKeys
 from monai_tta.data.guarded import is_failure
-from monai_tta.data.keys import CaseStatus
+from monai_tta.data.keys import CaseStatus, DataKeys
 from monai_tta.io import atomic_write_text
 from monai_tta.reports import format_cell, markdown_table, plot_day_night
 
 K = DayNightKeys  # short name of the keys in this module
+logger = logging.getLogger(__name__)
 
-__all__ = ["build_daynight_report", "guard_columns", "write_daynight_summary"]
+__all__ = ["anchor_counts", "build_daynight_report", "guard_columns", "write_daynight_summary"]
 
 
 #: the day adapter's guard records copied into a case's row of ``cases.csv`` when present (issue 18: each case's row
@@ -44,6 +46,30 @@ def guard_columns(stats: Mapping[str, Any]) -> dict[str, Any]:
             continue
         row[key.value] = value if isinstance(value, (str, bool)) else float(value)
     return row
+
+
+def anchor_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[int]]:
+    """Per domain of a day's rows checked by the source anchor: ``[n, m]``, the cases where the original source
+    model's prediction was reported (``n``) among those checked (``m``)."""
+    counts: dict[str, list[int]] = {}
+    for row in rows:
+        if row.get(StatKeys.SAFE_ANCHOR.value) is None:
+            continue
+        count = counts.setdefault(str(row.get(DataKeys.DOMAIN.value, "all")), [0, 0])
+        count[0] += int(bool(row[StatKeys.SAFE_ANCHOR.value]))
+        count[1] += 1
+    return counts
+
+
+def warn_anchored(day: int, counts: Mapping[str, Sequence[int]]) -> None:
+    """Log one warning per domain where the source anchor reported the original source model on most of a day's
+    cases (issue 18: a run says when adaptation was refused on most cases of a domain)."""
+    for group, (n, m) in counts.items():
+        if 2 * n > m:
+            logger.warning(
+                f"DyNA day {day + 1}: the original source model was reported on {n} of {m} cases of {group!r}: the day "
+                "model (the global student) showed no clear gain over it under the safe signal (source_anchor)."
+            )
 
 
 def _percent(value: Any) -> float | None:
@@ -89,6 +115,13 @@ def build_daynight_report(
             sums[g], counts[g] = sums.get(g, 0.0) + d * c, counts.get(g, 0) + c
     if counts:
         report[K.DAY_DICE_PER_GROUP.value] = {g: sums[g] / counts[g] for g in counts}
+    anchored: dict[str, list[int]] = {}
+    for r in records:
+        for g, (n, m) in r.get(K.SOURCE_ANCHOR_PER_GROUP.value, {}).items():
+            total = anchored.setdefault(g, [0, 0])
+            total[0], total[1] = total[0] + n, total[1] + m
+    if anchored:
+        report[K.SOURCE_ANCHOR_PER_GROUP.value] = anchored
     if ckpt.get(K.INITIAL_HELDOUT_DICE_PER_GROUP.value) is not None:
         report[K.INITIAL_HELDOUT_DICE_PER_GROUP.value] = ckpt[K.INITIAL_HELDOUT_DICE_PER_GROUP.value]
     if nights and K.HELDOUT_DICE_PER_GROUP.value in nights[-1]:
@@ -172,6 +205,13 @@ def write_daynight_summary(
             f"{n_failed} stream cases and {len(report.get(K.HELDOUT_FAILED.value) or [])} held-out cases could not "
             "be used (unreadable, or failing the input checks): never stored nor trained on; their reasons are in "
             f"`{CASES_NAME}` and `{REPORT_NAME}`.",
+        ]
+    if report.get(K.SOURCE_ANCHOR_PER_GROUP.value):
+        per_group = ", ".join(f"{g} {n} of {m}" for g, (n, m) in report[K.SOURCE_ANCHOR_PER_GROUP.value].items())
+        lines += [
+            "",
+            "Source anchor (days after a night): the original source model's prediction was reported instead of the "
+            f"day model's on {per_group} checked cases.",
         ]
     heldout_groups: dict[str, dict[str, float | None]] = {}
     if report.get(K.INITIAL_HELDOUT_DICE_PER_GROUP.value) is not None:

@@ -26,7 +26,7 @@ from monai_tta.adapters.base import Adapter, build_optimizer
 from monai_tta.adapters.dyna.keys import DayNightKeys
 from monai_tta.adapters.dyna.layout import CASES_NAME, CHECKPOINT_NAME, REPORT_NAME, STORE_NAME
 from monai_tta.adapters.dyna.night import NightTrainer, derived_seed, ema_update_
-from monai_tta.adapters.dyna.report import build_daynight_report, guard_columns
+from monai_tta.adapters.dyna.report import anchor_counts, build_daynight_report, guard_columns, warn_anchored
 from monai_tta.adapters.dyna.store import DayImageStore, NightBatches, night_schedule, plain_tensor
 from monai_tta.adapters.stats import StatKeys
 from monai_tta.adapters.vptta.adapter import VPTTA
@@ -402,6 +402,9 @@ class DayNightRunner:
         if group_scores:
             record[K.DAY_DICE_PER_GROUP.value] = {g: float(sum(v) / len(v)) for g, v in group_scores.items()}
             record[K.N_LABELLED_PER_GROUP.value] = {g: len(v) for g, v in group_scores.items()}
+        if anchor is not None:
+            record[K.SOURCE_ANCHOR_PER_GROUP.value] = anchor_counts(rows)
+            warn_anchored(day, record[K.SOURCE_ANCHOR_PER_GROUP.value])
         ckpt.update(
             phase=_PHASE_NIGHT,
             position=end,
