@@ -9,7 +9,8 @@ seed=0, domains=<the 11 target domains>)``), CHECKPOINT the source weights the r
 their ``--output_dir`` (``--safe None`` and the bundle's default, ``"case"`` with the source anchor; the bundle writes
 ``<dir>/DyNA/cases.csv`` and ``report.json``), and ``--no_anchor`` that of a run with ``safe`` on and
 ``--source_anchor false`` (an extra column). Source-only is the source model on the same stream cases, preprocessed
-by the DyNA bundle's ``labelled_preprocessing`` and scored with the runner's own
+by the DyNA bundle's ``labelled_preprocessing`` (and beside it the two other fixed regimes: the source weights with the
+image's own statistics and with the half mix) and scored with the runner's own
 :func:`~monai_tta.adapters.dyna.runner.case_dice`. Prints a Markdown table (Dice %, ``**`` and a warning sign: more
 than 0.5 below source-only; "original source": the day cases where the source anchor reported the original source
 model's prediction) and, per run, the largest single-case losses against source-only.
@@ -29,13 +30,18 @@ from monai_tta.adapters.dyna.runner import case_dice
 from monai_tta.data import GuardedDataset, load_datalist
 from monai_tta.data.fundus_domains import list_domains
 from monai_tta.networks import load_reference_state_dict
+from monai_tta.norms import convert_norms, statistics_prior
 from monai_tta.reports import read_case_csv
 
 BUNDLE = "bundles/dyna_fundus_segmentation"
 
 
-def source_only(dataset_dir: str, checkpoint: str, domains: list[str]) -> dict[str, dict[str, float]]:
-    """``{domain: {case_id: Dice in [0, 1]}}`` of the source model on every case of ``domains``."""
+def fixed_regimes(
+    dataset_dir: str, checkpoint: str, domains: list[str], priors: tuple[float, ...] = (1.0, 0.0, 0.5)
+) -> dict[float, dict[str, dict[str, float]]]:
+    """``{prior: {domain: {case_id: Dice in [0, 1]}}}`` of the source weights with the normalisation statistics
+    ``prior * source + (1 - prior) * image`` (1: source-only; 0: the image's own, norm_adapt; 0.5: norm_mix) on every
+    case of ``domains``."""
     parser = ConfigParser()
     parser.read_config([f"{BUNDLE}/configs/inference.json", f"{BUNDLE}/configs/daynight.json"])
     parser.update({"bundle_root": BUNDLE, "datalist_file": os.path.join(dataset_dir, "datalist.json")})
@@ -43,14 +49,17 @@ def source_only(dataset_dir: str, checkpoint: str, domains: list[str]) -> dict[s
     net = parser.get_parsed_content("network_def")
     load_reference_state_dict(net, checkpoint)
     net.eval()
+    norms = convert_norms(net)
     data = load_datalist(os.path.join(dataset_dir, "datalist.json"), sections=domains)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[float, dict[str, dict[str, float]]] = {p: {} for p in priors}
     with torch.no_grad():
         for domain in domains:
             cases = data[domain]
             for item, case in zip(cases, GuardedDataset(cases, pre)):
-                pred = torch.sigmoid(net(case["image"].float()[None])) >= 0.5
-                out.setdefault(domain, {})[item["case_id"]] = case_dice(pred, case["label"].float()[None])
+                for p in priors:
+                    with statistics_prior(norms, p):
+                        pred = torch.sigmoid(net(case["image"].float()[None])) >= 0.5
+                    out[p].setdefault(domain, {})[item["case_id"]] = case_dice(pred, case["label"].float()[None])
     return out
 
 
@@ -63,7 +72,8 @@ def main() -> None:
     ap.add_argument("--no_anchor", default=None, help="output folder of a run with safe on and no source anchor")
     args = ap.parse_args()
     domains = [d for d in list_domains("all") if d != "source"]
-    source = source_only(args.dataset_dir, args.checkpoint, domains)
+    regimes = fixed_regimes(args.dataset_dir, args.checkpoint, domains)
+    source = regimes[1.0]
     arms = [("off", args.off_dir), ("on", args.on_dir)]
     if args.no_anchor:
         arms.insert(1, ("no anchor", args.no_anchor))
@@ -78,16 +88,17 @@ def main() -> None:
         return 100.0 * sum(values) / len(values)
 
     print(
-        "| domain | n | source-only | "
+        "| domain | n | source-only | image statistics | half mix | "
         + " | ".join(names[a] for a in runs)
         + " | default − off | held-out: source | held-out final, off | held-out final, default | default: choices |"
     )
-    print("|---" * (8 + len(runs)) + "|")
+    print("|---" * (10 + len(runs)) + "|")
     totals: collections.Counter = collections.Counter()
     columns = collections.defaultdict(list)
     for domain in domains:
         day = {arm: [r for r in rows if r["domain"] == domain] for arm, (rows, _) in runs.items()}
         src = mean([source[domain][r["case_id"]] for r in day["off"]])
+        fixed = [mean([regimes[p][domain][r["case_id"]] for r in day["off"]]) for p in (0.0, 0.5)]
         held = [source[domain][c] for c in source[domain] if c not in {r["case_id"] for r in day["off"]}]
         values = {arm: mean([float(r["day_dice"]) for r in day[arm]]) for arm in runs}
         final = {arm: 100.0 * report["final_heldout_dice_per_group"][domain] for arm, (_, report) in runs.items()}
@@ -97,21 +108,21 @@ def main() -> None:
         steps = sum(r.get("safe_step") == "True" for r in day["on"])
         cells = [f"**{v:.2f}** ⚠" if v < src - 0.5 else f"{v:.2f}" for v in values.values()]
         choices = ", ".join(f"{k} {n}" for k, n in sorted(chosen.items())) + (f" (step kept {steps})" if steps else "")
-        row = (src, *values.values(), mean(held), final["off"], final["on"])
+        row = (src, *fixed, *values.values(), mean(held), final["off"], final["on"])
         for k, v in enumerate(row):
             columns[k].append(v)
         print(
-            f"| {domain} | {len(day['off'])} | {src:.2f} | "
+            f"| {domain} | {len(day['off'])} | {src:.2f} | {fixed[0]:.2f} | {fixed[1]:.2f} | "
             + " | ".join(cells)
             + f" | {values['on'] - values['off']:+.2f} "
             f"| {mean(held):.2f} | {final['off']:.2f} | {final['on']:.2f} | {choices} |"
         )
     m = [sum(v) / len(v) for _, v in sorted(columns.items())]
-    k = len(runs)
+    k = len(runs) + 2  # the columns before "default - off": source-only, the two fixed regimes, the runs
     print(
         f"| mean of domains | {sum(len([r for r in runs['off'][0] if r['domain'] == d]) for d in domains)} | "
         + " | ".join(f"{v:.2f}" for v in m[: 1 + k])
-        + f" | {m[k] - m[1]:+.2f} | "
+        + f" | {m[k] - m[3]:+.2f} | "
         + " | ".join(f"{v:.2f}" for v in m[1 + k :])
         + " | "
         + ", ".join(f"{c} {n}" for c, n in sorted(totals.items()))
