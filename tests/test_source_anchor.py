@@ -98,7 +98,7 @@ def test_the_anchor_is_a_frozen_copy():
     with torch.no_grad():
         net[0].running_mean.fill_(3.0)
     assert anchor.differs_from(net)
-    torch.testing.assert_close(anchor._forward(X), _bn_by_hand(X, 1.0))
+    torch.testing.assert_close(anchor.predict(X), _bn_by_hand(X, 1.0))
 
 
 def _runner(out, safe="case", **kwargs) -> DayNightRunner:

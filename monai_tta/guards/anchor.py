@@ -80,7 +80,10 @@ class SourceAnchor:
         return any(k not in other or not torch.equal(v, other[k].to(v)) for k, v in self.network.state_dict().items())
 
     @torch.no_grad()
-    def _forward(self, x: torch.Tensor, prior: float = 1.0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, prior: float = 1.0) -> torch.Tensor:
+        """The original source model's logits of ``x`` ``(B, C, *spatial)`` with the normalisation statistics
+        ``prior * source + (1 - prior) * x's own`` (1: the source model as trained), padded to the network's size
+        multiple and cropped back."""
         x, crop = pad_to_multiple(x, network_divisor(self.network, x.dim() - 2))
         with statistics_prior(self.norms, prior):
             z = self.network(x)
@@ -109,15 +112,15 @@ class SourceAnchor:
             minus the original source model's score and source margin: positive keeps the reported prediction).
         """
         signal = self._signal(stats)
-        source = self._forward(inputs)
+        source = self.predict(inputs)
         reported = None
         if signal == SafeSignal.ENTROPY:
             anchor_score, reported = signal_scores(SafeSignal.ENTROPY, [source, logits], self.activation)
         elif signal == SafeSignal.MIXES:
-            near = [self._forward(inputs, q) for q in mix_neighbours(1.0)]
+            near = [self.predict(inputs, q) for q in mix_neighbours(1.0)]
             anchor_score = signal_scores(signal, [source], self.activation, neighbours=[near])[0]
         else:
-            flipped = torch.flip(self._forward(torch.flip(inputs, dims=(-1,))), dims=(-1,))
+            flipped = torch.flip(self.predict(torch.flip(inputs, dims=(-1,))), dims=(-1,))
             anchor_score = signal_scores(signal, [source], self.activation, flipped=[flipped])[0]
         if reported is None:
             choice = stats.get(StatKeys.SAFE_CHOICE.value)
