@@ -1,0 +1,62 @@
+"""Issue 18: per-image CPU cost of DyNA's source anchor on a day image (the day adapter with ``safe`` alone, against
+the day adapter followed by :class:`~monai_tta.guards.SourceAnchor`; interleaved calls, median of reps).
+
+Usage: ``python tools/issue18/anchor_cost.py CHECKPOINT DATASET_DIR [REPS]``: CHECKPOINT the 2D source model (the
+benchmark's ``source_small_128_n32_e30_s0.pt``), DATASET_DIR a folder written by
+``monai_tta.data.generate_fundus_domains`` (its first ``mild`` image, preprocessed by the DyNA bundle's
+``labelled_preprocessing``). The day adapter is the DyNA bundle's ``inferer`` (VPTTA, continual, ``safe="case"``);
+the anchor holds the same source model (as after a night the day model differs from it, the anchor's forwards do
+not depend on that). One thread; the two arms alternate, the order flips every round, the first round is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+from monai.bundle import ConfigParser
+
+from monai_tta.guards import SourceAnchor
+from monai_tta.networks import load_reference_state_dict
+
+BUNDLE = "bundles/dyna_fundus_segmentation"
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    checkpoint, root = sys.argv[1:3]
+    reps = int(sys.argv[3]) if len(sys.argv) > 3 else 15
+    parser = ConfigParser()
+    parser.read_config([f"{BUNDLE}/configs/inference.json", f"{BUNDLE}/configs/daynight.json"])
+    parser.update({"bundle_root": BUNDLE, "datalist_file": os.path.join(root, "datalist.json")})
+    pre = parser.get_parsed_content("labelled_preprocessing")
+    net = parser.get_parsed_content("network_def")
+    load_reference_state_dict(net, checkpoint)
+    net.eval()
+    anchor = SourceAnchor(net, parser.get_parsed_content("inferer").safe)
+    adapter = parser.get_parsed_content("inferer")
+    item = json.load(open(os.path.join(root, "datalist.json")))["mild"][0]
+    x = pre({k: os.path.join(root, item[k]) for k in ("image", "label")})["image"].as_tensor().float()[None]
+    times: dict[str, list[float]] = {"safe": [], "safe + anchor": []}
+    for r in range(reps + 1):
+        order = list(times) if r % 2 == 0 else list(reversed(times))
+        for arm in order:
+            start = time.perf_counter()
+            logits = adapter(x, net)
+            if arm == "safe + anchor":
+                anchor.choose(x, logits, dict(adapter.last_stats))
+            if r > 0:
+                times[arm].append(time.perf_counter() - start)
+    base, anchored = (statistics.median(times[a]) * 1000 for a in times)
+    print(
+        f"image {tuple(x.shape)}, {reps} rounds: safe {base:.1f} ms, safe + anchor {anchored:.1f} ms "
+        f"({anchored / base:.2f}x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
