@@ -122,6 +122,8 @@ class GuardedEnsemble(nn.Module):
         source: the ensemble before adaptation: the same architecture, the untouched source weights, the same weights.
         signal: ``"mixes"`` or ``"entropy"``; ``"mixes"`` falls back to the entropy without running statistics.
         source_margin: the untouched ensemble's score gains this (``safe``'s default, 0.01).
+        safe: ``False`` switches the guard off: every call returns the target model's prediction (one forward), the
+            checkpoint stays the same (a served bundle's ``safe``).
 
     Raises:
         ValueError: for an unknown signal, a negative margin, or ensembles with other activations or member counts.
@@ -133,6 +135,7 @@ class GuardedEnsemble(nn.Module):
         source: WeightedEnsemble,
         signal: str = SafeChoice.signal,
         source_margin: float = SafeChoice.source_margin,
+        safe: bool = True,
     ) -> None:
         super().__init__()
         if target.activation != source.activation or len(target.members) != len(source.members):
@@ -152,6 +155,7 @@ class GuardedEnsemble(nn.Module):
         self.signal = signal if stats else SafeSignal.ENTROPY.value
         self.neighbours = mix_neighbours(1.0)
         self.source_margin = float(source_margin)
+        self.safe = bool(safe)
         self.last_choice = ""
         self.last_margin = 0.0
         self.last_target_score = 0.0
@@ -179,6 +183,9 @@ class GuardedEnsemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.mix.fill_(1.0)  # whatever an interrupted call left
         target = self.target(x)
+        if not self.safe:
+            self.last_choice, self.last_margin = "target", 0.0
+            return target
         source = self.source(x)
         target_score = self._score(x, target, True)
         source_score = self._score(x, source, False)
