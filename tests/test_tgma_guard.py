@@ -176,3 +176,42 @@ def test_runner_guards_each_case_and_leaves_the_method_alone(tmp_path):
     assert loso["T"][GUARD_SOURCE] == loso["mean"][GUARD_SOURCE] == f"{sources}/3"
     assert loso["T"][GUARDED] == pytest.approx(summary["dice"][GUARDED]["overall"])
     assert GUARDED in paths["markdown"].read_text()
+
+
+def test_safe_off_serves_the_target_alone():
+    """safe=False: the target model's prediction, one forward, whatever the scores."""
+    guard = GuardedEnsemble(_ensemble(SOURCE), _ensemble(TARGET), safe=False).eval()
+    with torch.no_grad():
+        assert torch.equal(guard(X), _ensemble(SOURCE)(X))
+    assert guard.last_choice == "target"
+
+
+def test_save_target_model_writes_both_ensembles(tmp_path):
+    """The served checkpoint holds the adapted ensemble as target and the run's untouched selected sources, with the
+    same weights, as source; without the sources it names what is missing."""
+    from monai_tta.tgma import SliceWiseNetwork, save_target_model
+
+    adapted = _ensemble(TARGET)
+    state = {k: v.clone() for k, v in adapted.state_dict().items()}
+    torch.save({"ensemble": state, "names": ["b", "a"]}, tmp_path / "target_model.pt")
+    sources = {"a": _bn(*SOURCE[1]), "b": _bn(*SOURCE[0]), "c": _bn(0.0, 1.0, 1.0, 0.0)}
+
+    def served() -> SliceWiseNetwork:
+        blank = [(0.0, 1.0, 1.0, 0.0)] * 2
+        return SliceWiseNetwork(GuardedEnsemble(_ensemble(blank), _ensemble(blank)))
+
+    network = served()
+    save_target_model(tmp_path / "target_model.pt", network, tmp_path / "model.pt", sources)
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert torch.equal(saved["net.source.weights"], state["weights"])
+    for key, value in state.items():
+        assert torch.equal(saved[f"net.target.{key}"], value), key
+    for j, name in enumerate(["b", "a"]):
+        for key, value in sources[name].state_dict().items():
+            assert torch.equal(saved[f"net.source.members.{j}.{key}"], value), (name, key)
+    loaded = served()
+    loaded.load_state_dict(saved)
+    with torch.no_grad():
+        assert torch.equal(loaded.net.source(X), _ensemble(SOURCE)(X))
+    with pytest.raises(ValueError, match=r"\['b'\]"):
+        save_target_model(tmp_path / "target_model.pt", served(), tmp_path / "other.pt", {"a": sources["a"]})
