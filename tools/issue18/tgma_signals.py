@@ -1,5 +1,7 @@
 """TGMA's guard, diagnostic (issue 18): per held-out site and volume, the Dice of the adapted target model and of TGMA
-before adaptation, and the label-free scores of both under the mixes, entropy and flip signals.
+before adaptation, and the differences (target minus before adaptation) of their label-free scores: mixes, entropy
+(minus the mean entropy), flip agreement and (``others``) agreement with the mean probabilities of the sources that
+were not selected (untouched, no part of the adaptation; evaluated after the bundle's run, not a rule).
 
 Reads a finished leave-one-site-out run of the bundle (``eval/<site>/target_model.pt``, ``models/<site>.pt``); labels
 are read for the Dice only. Run from the repository root after the bundle's run::
@@ -18,6 +20,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from monai_tta.guards.signals import agreement
+from monai_tta.losses import activate
 from monai_tta.tgma import GuardedEnsemble, WeightedEnsemble, foreground_label, hard_foreground, probability_entropy
 from monai_tta.tgma.report import _case_dice
 
@@ -37,8 +40,9 @@ def main(bundle: Path) -> None:
     items_by_site = parser.get_parsed_content("target_items")
     sources = parser.get_parsed_content("sources")
     net_def = parser.get_parsed_content("network_def")
-    print("| site | volume | Dice target | Dice source | mixes t-s | entropy t-s | flip t-s | chosen (mixes) |")
-    print("|---|---|---|---|---|---|---|---|")
+    columns = ["site", "volume", "Dice target", "Dice source", "mixes t-s", "entropy t-s", "flip t-s", "others t-s"]
+    print("| " + " | ".join([*columns, "chosen (mixes)"]) + " |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for site, items in items_by_site.items():
         saved = torch.load(Path("eval") / site / "target_model.pt", map_location="cpu", weights_only=True)
         names = list(saved["names"])
@@ -47,6 +51,7 @@ def main(bundle: Path) -> None:
         source = WeightedEnsemble([copy.deepcopy(sources[n]).cpu() for n in names], [1.0] * len(names), activation)
         source.weights.copy_(saved["ensemble"]["weights"])
         guard = GuardedEnsemble(target, source).eval()
+        rest = [sources[n].cpu().eval() for n in sources if n not in names and n != site]
         groups: dict[str, list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault(str(item["case_id"]), []).append(i)
@@ -61,8 +66,10 @@ def main(bundle: Path) -> None:
             ent = float(probability_entropy(s, activation) - probability_entropy(t, activation))
             flip = _flip_score(guard.target, x, t, activation) - _flip_score(guard.source, x, s, activation)
             mixes = guard.last_target_score - guard.last_source_score
+            ref = torch.stack([activate(m(x), activation) for m in rest]).mean(0)
+            others = float(agreement(t, ref, activation) - agreement(s, ref, activation))
             print(
-                f"| {site} | {case} | {dt:.2f} | {ds:.2f} | {mixes:+.4f} | {ent:+.4f} | {flip:+.4f} | "
+                f"| {site} | {case} | {dt:.2f} | {ds:.2f} | {mixes:+.4f} | {ent:+.4f} | {flip:+.4f} | {others:+.4f} | "
                 f"{guard.last_choice} |"
             )
 
