@@ -222,8 +222,9 @@ def test_tgma_exports_its_adapted_target_model_and_serves_it(tmp_path):
     assert sorted(p.name for p in (out / "models").iterdir()) == ["model.pt", "model.ts"]
     assert not (out / "eval").exists() and not (out / "data").exists()
     state = torch.load(out / "models" / "model.pt", weights_only=True)
-    assert {k.split(".")[0] for k in state} == {"net"} and "net.weights" in state
-    assert abs(float(state["net.weights"].sum()) - 1) < 1e-6  # the normalised DTM weights of the selection
+    assert {k.split(".")[0] for k in state} == {"net"} and "net.target.weights" in state  # TGMA guarded (issue 18)
+    assert abs(float(state["net.target.weights"].sum()) - 1) < 1e-6  # the normalised DTM weights of the selection
+    assert torch.equal(state["net.source.weights"], state["net.target.weights"])  # TGMA before adaptation
     overrides = {"dataset_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "eval"), **tiny}
     overrides = {k: v for k, v in overrides.items() if "#" not in k}
     results = run_checks(out, workflow_overrides=overrides)

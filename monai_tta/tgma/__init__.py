@@ -4,12 +4,14 @@ TGMA is not a per-case ``Inferer`` like the methods of :mod:`monai_tta.adapters`
 whole unlabelled target set, corrects pseudo-labels with those scores, then trains a target model offline. So it has
 its own package, one concept per module: the metric (:mod:`.lftm`), the matrices and the selection
 (:mod:`.transferability`), the adaptation model, loss and trainer (:mod:`.adaptation`), the resumable run
-(:mod:`.runner`), its report (:mod:`.report`) and the leave-one-site-out loop (:mod:`.loso`).
+(:mod:`.runner`), the guard against ending below the untouched sources (:mod:`.guarded`), its report
+(:mod:`.report`) and the leave-one-site-out loop (:mod:`.loso`).
 """
 
 from __future__ import annotations
 
 from monai_tta.tgma.adaptation import EnsembleDiceLoss, WeightedEnsemble, tgma_trainer
+from monai_tta.tgma.guarded import GuardedEnsemble, MixedBatchNorm, probability_entropy
 from monai_tta.tgma.lftm import (
     attention_mask,
     foreground,
@@ -21,7 +23,14 @@ from monai_tta.tgma.lftm import (
     soft_dice_terms,
 )
 from monai_tta.tgma.loso import leave_one_site_out
-from monai_tta.tgma.report import evaluate_tgma, foreground_label, spearman, write_loso_summary, write_tgma_report
+from monai_tta.tgma.report import (
+    GUARDED,
+    evaluate_tgma,
+    foreground_label,
+    spearman,
+    write_loso_summary,
+    write_tgma_report,
+)
 from monai_tta.tgma.runner import TGMARunner
 from monai_tta.tgma.serving import SliceWiseNetwork, save_target_model
 from monai_tta.tgma.transferability import (
@@ -36,6 +45,9 @@ from monai_tta.tgma.transferability import (
 
 __all__ = [
     "EnsembleDiceLoss",
+    "GUARDED",
+    "GuardedEnsemble",
+    "MixedBatchNorm",
     "ModelSelection",
     "SliceWiseNetwork",
     "TGMARunner",
@@ -52,6 +64,7 @@ __all__ = [
     "lftm",
     "lftm_terms",
     "perturb_unattended",
+    "probability_entropy",
     "save_target_model",
     "pool_by_case",
     "select_models",

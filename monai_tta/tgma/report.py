@@ -31,6 +31,8 @@ __all__ = [
     "SELECTED",
     "PSEUDO_LABELS",
     "ADAPTED",
+    "GUARDED",
+    "GUARD_SOURCE",
     "foreground_label",
     "spearman",
     "evaluate_tgma",
@@ -43,6 +45,11 @@ MEAN_ENSEMBLE = "mean ensemble"
 SELECTED = "TGMA before adaptation"
 PSEUDO_LABELS = "TGMA pseudo-labels"
 ADAPTED = "TGMA adapted"
+#: the bundle's default result (issue 18): per case, the adapted target model unless TGMA before adaptation is as good
+#: by a label-free signal (:class:`~monai_tta.tgma.GuardedEnsemble`); present when the run had ``safe`` on.
+GUARDED = "TGMA guarded"
+#: the summary's count of the cases where the guard chose TGMA before adaptation.
+GUARD_SOURCE = "guard chose before adaptation"
 
 
 def foreground_label(label: Any, activation: str, n_foreground: int) -> torch.Tensor:
@@ -99,8 +106,10 @@ def evaluate_tgma(
         domain_key: key of the site of an item (``"target"`` where missing).
 
     Returns:
-        the per-case rows (``case_id``, ``domain``, one Dice per method) and a summary: per-domain means
-        (``dice``), the sources' true mean Dice, and the Spearman correlation between the DTM and that Dice.
+        the per-case rows (``case_id``, ``domain``, one Dice per method; with the guard, ``TGMA guarded`` and the
+        guard's ``guard_choice`` and ``guard_margin``) and a summary: per-domain means (``dice``), the sources' true
+        mean Dice, the Spearman correlation between the DTM and that Dice and, with the guard, per domain the number
+        of cases where it chose TGMA before adaptation (``guard_source``) and of cases (``cases``).
 
     Raises:
         ValueError: if an item has no label.
@@ -119,6 +128,9 @@ def evaluate_tgma(
         PSEUDO_LABELS: "pseudo",
         ADAPTED: "adapted_preds",
     }
+    guard = {str(r["case_id"]): r for r in results.get("guard", [])} if "guarded_preds" in results else None
+    if guard is not None:
+        stages[GUARDED] = "guarded_preds"
     rows = []
     for case, idx in groups.items():
         row: dict[str, Any] = {"case_id": case, "domain": str(items[idx[0]].get(domain_key, "target"))}
@@ -127,6 +139,8 @@ def evaluate_tgma(
             row[name] = _case_dice(results["source_preds"][k][idx], y)
         for method, key in stages.items():
             row[method] = _case_dice(results[key][idx], y)
+        if guard is not None:
+            row["guard_choice"], row["guard_margin"] = guard[case]["choice"], float(guard[case]["margin"])
         rows.append(row)
     domains = list(dict.fromkeys(r["domain"] for r in rows))
     for domain in domains:  # the oracle: the source with the best mean Dice on the domain, chosen with its labels
@@ -135,9 +149,10 @@ def evaluate_tgma(
         for r in members:
             r[ORACLE] = r[best]
             r["oracle_source"] = best
-    methods = [*names, ORACLE, MEAN_ENSEMBLE, SELECTED, PSEUDO_LABELS, ADAPTED]
-    rows = [{k: r[k] for k in ["case_id", "domain", *methods, "oracle_source"]} for r in rows]
-    per_domain = summarize([{k: v for k, v in r.items() if k not in ("case_id", "oracle_source")} for r in rows])
+    methods = [*names, ORACLE, MEAN_ENSEMBLE, SELECTED, PSEUDO_LABELS, ADAPTED, *([GUARDED] if guard else [])]
+    extra = ["guard_choice", "guard_margin"] if guard is not None else []
+    rows = [{k: r[k] for k in ["case_id", "domain", *methods, "oracle_source", *extra]} for r in rows]
+    per_domain = summarize([{k: r[k] for k in ["domain", *methods]} for r in rows])
     source_dice = [float(np.mean([r[n] for r in rows])) for n in names]
     dtm = [float(v) for v in results["dtm"]]
     summary = {
@@ -149,6 +164,10 @@ def evaluate_tgma(
         "spearman_dtm_dice": spearman(dtm, source_dice),
         "oracle_source": {d: next(r["oracle_source"] for r in rows if r["domain"] == d) for d in domains},
     }
+    if guard is not None:
+        kept = [r["domain"] for r in rows if r["guard_choice"] == "source"]
+        summary["guard_source"] = {d: kept.count(d) for d in domains}
+        summary["cases"] = {d: sum(r["domain"] == d for r in rows) for d in domains}
     return rows, summary
 
 
@@ -244,6 +263,7 @@ def write_tgma_report(
         "",
         markdown_table({r["case_id"]: r for r in rows}, summary["methods"], "case"),
         "",
+        *_guard_lines(summary, rows),
         "![Dice per site](report.png)",
         "",
     ]
@@ -251,6 +271,28 @@ def write_tgma_report(
     table = {m: {d: summary["dice"][m][d] for d in domains} for m in summary["methods"]}
     plot_domain_dice(table, domains, paths["plot"], title=f"{title}: Dice per target site")
     return paths
+
+
+def _cell(value: Any) -> str:
+    return value if isinstance(value, str) else f"{value:.4f}"
+
+
+def _guard_lines(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The report's guard section (none without the guard)."""
+    if "guard_source" not in summary:
+        return []
+    chosen = sum(summary["guard_source"].values())
+    margins = {r["case_id"]: {"choice": r["guard_choice"], "margin": r["guard_margin"]} for r in rows}
+    return [
+        f"## {GUARDED}",
+        "",
+        f"Per case, the adapted target model unless {SELECTED} is as good by a label-free signal (the margin: the "
+        f"target's score minus the untouched ensemble's and its source margin; positive keeps the target). It chose "
+        f"{SELECTED} on {chosen} of {len(rows)} cases.",
+        "",
+        markdown_table(margins, ["choice", "margin"], "case", formatter=_cell),
+        "",
+    ]
 
 
 def _table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str], row_title: str) -> str:
@@ -264,8 +306,9 @@ def _table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str], row_ti
 def write_loso_summary(
     reports: Mapping[str, str | os.PathLike], output_dir: str | os.PathLike, title: str = "TGMA, leave one site out"
 ) -> dict[str, Path]:
-    """One row per held-out site: best single source, mean ensemble, TGMA's pseudo-labels and adapted model, and the
-    rank correlation between LFTM and the sources' true Dice; written as ``loso.md``, ``loso.json``, ``loso.png``.
+    """One row per held-out site: best single source, mean ensemble, TGMA's pseudo-labels and adapted model, with the
+    guard TGMA guarded and on how many cases it chose TGMA before adaptation, and the rank correlation between LFTM and
+    the sources' true Dice; written as ``loso.md``, ``loso.json``, ``loso.png``.
 
     Args:
         reports: ``{held-out site: path of its report.json}``.
@@ -273,21 +316,30 @@ def write_loso_summary(
         title: heading and plot title.
     """
     out = Path(output_dir)
-    columns = [ORACLE, MEAN_ENSEMBLE, SELECTED, PSEUDO_LABELS, ADAPTED]
+    summaries = {str(site): json.loads(Path(path).read_text())["summary"] for site, path in reports.items()}
+    guarded = bool(summaries) and all(GUARDED in s["dice"] for s in summaries.values())
+    columns = [ORACLE, MEAN_ENSEMBLE, SELECTED, PSEUDO_LABELS, ADAPTED, *([GUARDED] if guarded else [])]
     rows: dict[str, dict[str, Any]] = {}
-    for site, path in reports.items():
-        summary = json.loads(Path(path).read_text())["summary"]
-        rows[str(site)] = {m: summary["dice"][m]["overall"] for m in columns}
-        rows[str(site)]["Spearman LFTM vs Dice"] = summary["spearman_dtm_dice"]
-        rows[str(site)]["best source"] = ", ".join(summary["oracle_source"].values())
+    for site, summary in summaries.items():
+        rows[site] = {m: summary["dice"][m]["overall"] for m in columns}
+        if guarded:
+            rows[site][GUARD_SOURCE] = f"{sum(summary['guard_source'].values())}/{sum(summary['cases'].values())}"
+        rows[site]["Spearman LFTM vs Dice"] = summary["spearman_dtm_dice"]
+        rows[site]["best source"] = ", ".join(summary["oracle_source"].values())
     if rows:
         rows["mean"] = {m: float(np.mean([r[m] for r in rows.values()])) for m in [*columns, "Spearman LFTM vs Dice"]}
         rows["mean"]["best source"] = "-"
+        if guarded:
+            chosen = [tuple(map(int, r[GUARD_SOURCE].split("/"))) for s, r in rows.items() if s != "mean"]
+            rows["mean"][GUARD_SOURCE] = f"{sum(c for c, _ in chosen)}/{sum(n for _, n in chosen)}"
     paths = {"json": out / "loso.json", "markdown": out / "loso.md", "plot": out / "loso.png"}
     atomic_write_json(rows, paths["json"])
     cells = {s: {c: (f"{v:.2f}" if isinstance(v, float) else v) for c, v in r.items()} for s, r in rows.items()}
     text = [f"# {title}", "", "Dice in % (mean over the held-out site's cases).", ""]
-    text.append(_table(cells, [*columns, "Spearman LFTM vs Dice", "best source"], "held-out site"))
+    if guarded:
+        text += [f"The bundle's result is {GUARDED!r} (issue 18); {ADAPTED!r} is the published method.", ""]
+    shown = [*columns, *([GUARD_SOURCE] if guarded else []), "Spearman LFTM vs Dice", "best source"]
+    text.append(_table(cells, shown, "held-out site"))
     atomic_write_text("\n".join([*text, "", "![Dice per held-out site](loso.png)", ""]), paths["markdown"])
     sites = [s for s in rows if s != "mean"]
     plot_domain_dice({m: {s: rows[s][m] for s in sites} for m in columns}, sites, paths["plot"], title=title)

@@ -17,7 +17,11 @@ Our choices where the paper is silent are listed in :mod:`monai_tta.tgma.lftm`, 
 :mod:`.adaptation`; here: the refreshed pseudo-labels (``refresh=r``: after every ``r`` epochs the ITM and the
 corrected pseudo-labels are recomputed with the adapted main and auxiliary models in place of their sources; the
 selection and the weights stay), and the ITM level (``"case"``: one row per case, the soft-Dice sums pooled over the
-case's inputs, e.g. the slices of a volume; ``"slice"``: one row per input).
+case's inputs, e.g. the slices of a volume; ``"slice"``: one row per input), and the guard (``safe``, on by default,
+issue 18: each case, all its inputs in one call, is predicted by :class:`~monai_tta.tgma.guarded.GuardedEnsemble`,
+the adapted target model unless TGMA before adaptation, the untouched selected sources with the same weights, is as
+good by a label-free signal; ``guarded_preds`` and the per-case record ``guard``; the adapted model itself, its files
+and ``adapted_preds`` are the same with the guard on or off).
 
 Under ``torchrun`` (several ranks in a process group, :mod:`monai_tta.data_parallel`) the adaptation is data-parallel
 training: the ensemble is wrapped in ``DistributedDataParallel``, each global batch of ``N x batch_size`` inputs (the
@@ -53,6 +57,7 @@ from monai_tta.distributed import get_world_size, is_main_process
 from monai_tta.io import atomic_save
 from monai_tta.losses import activate
 from monai_tta.tgma.adaptation import WeightedEnsemble, tgma_trainer
+from monai_tta.tgma.guarded import GuardedEnsemble
 from monai_tta.tgma.lftm import ACTIVATIONS, PERTURBATIONS, hard_foreground, lftm_terms
 from monai_tta.tgma.transferability import (
     ModelSelection,
@@ -65,12 +70,26 @@ from monai_tta.tgma.transferability import (
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
-__all__ = ["TGMARunner", "TRANSFERABILITY_NAME", "CHECKPOINT_NAME", "TARGET_MODEL_NAME"]
+__all__ = ["TGMARunner", "TRANSFERABILITY_NAME", "CHECKPOINT_NAME", "TARGET_MODEL_NAME", "safe_flag"]
 
 TRANSFERABILITY_NAME = "transferability.pt"
 CHECKPOINT_NAME = "checkpoint.pt"
 TARGET_MODEL_NAME = "target_model.pt"
 _ITM_LEVELS = ("case", "slice")
+_FLAGS = {"true": True, "false": False}
+
+
+def safe_flag(value: bool | str) -> bool:
+    """The guard's on/off option: a bool, or ``"true"``/``"false"`` (as a bundle override may give it).
+
+    Raises:
+        ValueError: for another string; TypeError: for another type.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return bool(look_up_option(value.strip().lower(), _FLAGS))
+    raise TypeError(f"TGMA's safe must be a bool or 'true'/'false', got {value!r}.")
 
 
 class _PseudoLabelled(Dataset):
@@ -109,6 +128,9 @@ class TGMARunner:
         device: device of the run (default: that of the first source's parameters).
         callback: called as ``callback(event, info)`` after each file written (``"transferability"``,
             ``"checkpoint"``, ``"target_model"``); an exception raised there interrupts the run like a crash.
+        safe: the guard (on by default): also predict every case with :class:`~monai_tta.tgma.GuardedEnsemble`
+            (``guarded_preds``, ``guard``); ``False`` (or ``"false"``) leaves the published method alone. Not part of
+            the run's options: a run's files are the same either way.
 
     Raises:
         ValueError: for fewer than 2 sources or invalid options.
@@ -133,6 +155,7 @@ class TGMARunner:
         seed: int = 0,
         device: str | torch.device | None = None,
         callback: Callable[[str, dict[str, Any]], None] | None = None,
+        safe: bool | str = True,
     ) -> None:
         named = dict(sources) if isinstance(sources, Mapping) else {f"source_{i}": m for i, m in enumerate(sources)}
         if len(named) < 2:
@@ -154,6 +177,7 @@ class TGMARunner:
         self.threshold, self.n_selected, self.margin, self.strength = threshold, n_selected, margin, strength
         self.epochs, self.batch_size, self.lr, self.refresh = epochs, batch_size, lr, refresh
         self.checkpoint_interval, self.seed, self.callback = checkpoint_interval, seed, callback
+        self.safe = safe_flag(safe)
         param = next(self.sources[0].parameters(), None)
         self.device = torch.device(device) if device is not None else (param.device if param is not None else "cpu")
         self.ensemble: WeightedEnsemble | None = None
@@ -306,13 +330,56 @@ class TGMARunner:
                 hard_foreground(self.ensemble(images[i : i + 1].to(self.device)), self.activation, self.threshold)[0]
                 for i in range(images.shape[0])
             ]
-        return {
+        results = {
             **{k: v for k, v in stage.items() if k != "config"},
             "names": list(self.names),
             "case_ids": list(case_ids),
             "adapted_preds": torch.stack(adapted).cpu().to(torch.uint8),
             "loss_per_epoch": list(final["loss_per_epoch"]),
         }
+        if self.safe:
+            volumes = [str(item.get(DataKeys.CASE_ID, i)) for i, item in enumerate(items)]
+            results["guarded_preds"], results["guard"] = self.guarded(images, volumes, selection)
+        return results
+
+    @torch.no_grad()
+    def guarded(
+        self, images: torch.Tensor, volumes: Sequence[str], selection: ModelSelection
+    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """Each case's hard prediction by :class:`~monai_tta.tgma.GuardedEnsemble` (all its inputs in one call).
+
+        Args:
+            images: ``(N, C, *spatial)`` target inputs.
+            volumes: the case of each input.
+            selection: the run's selection (the untouched ensemble's members and weights).
+
+        Returns:
+            the hard predictions ``(N, C_fg, ...)`` (uint8) and one record per case: ``case_id``, ``choice``
+            (``"target"`` or ``"source"``), ``margin`` (positive keeps the target model), the two scores and the signal.
+        """
+        members = [copy.deepcopy(self.sources[k]) for k in selection.indices]
+        source = WeightedEnsemble(members, selection.weights, self.activation)
+        guard = GuardedEnsemble(copy.deepcopy(self.ensemble), source.to(self.device)).eval()
+        preds: list[torch.Tensor | None] = [None] * images.shape[0]
+        records = []
+        groups: dict[str, list[int]] = {}
+        for i, case in enumerate(volumes):
+            groups.setdefault(case, []).append(i)
+        for case, idx in groups.items():
+            prob = guard(images[idx].to(self.device))
+            for j, i in enumerate(idx):
+                preds[i] = hard_foreground(prob[j : j + 1], self.activation, self.threshold)[0].cpu()
+            records.append(
+                {
+                    "case_id": case,
+                    "choice": guard.last_choice,
+                    "margin": guard.last_margin,
+                    "target_score": guard.last_target_score,
+                    "source_score": guard.last_source_score,
+                    "signal": guard.signal,
+                }
+            )
+        return torch.stack(preds).to(torch.uint8), records
 
     def _adapt(
         self,
