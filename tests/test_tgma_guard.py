@@ -15,7 +15,6 @@ from torch import nn
 from monai_tta.norms import convert_norms, statistics_prior
 from monai_tta.tgma import GUARDED, GuardedEnsemble, MixedBatchNorm, WeightedEnsemble, evaluate_tgma
 from monai_tta.tgma.report import ADAPTED, GUARD_SOURCE, write_loso_summary, write_tgma_report
-from monai_tta.tgma.runner import safe_flag
 
 EPS = 1e-5
 X = torch.tensor([[[[0.0, 1.0, 2.5, -1.0], [3.0, 0.5, 0.25, 2.0], [1.5, -0.5, 4.0, 1.0], [0.0, 2.0, 1.0, 3.5]]]])
@@ -144,11 +143,9 @@ def test_errors_name_the_problem():
         GuardedEnsemble(_ensemble(TARGET), _ensemble(SOURCE), source_margin=-1.0)
     with pytest.raises(ValueError):
         GuardedEnsemble(_ensemble(TARGET), _ensemble(SOURCE), signal="flip")
-    assert safe_flag(True) is True and safe_flag("false") is False and safe_flag(" True ") is True
-    with pytest.raises(ValueError):
-        safe_flag("maybe")
-    with pytest.raises(TypeError):
-        safe_flag(1)
+    assert GuardedEnsemble(_ensemble(TARGET), _ensemble(SOURCE), safe="false").safe is False  # the command line's false
+    with pytest.raises(ValueError, match="safe must be true or false"):
+        GuardedEnsemble(_ensemble(TARGET), _ensemble(SOURCE), safe="maybe")
 
 
 def test_runner_guards_each_case_and_leaves_the_method_alone(tmp_path):

@@ -47,6 +47,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from monai_tta.guards.safe_choice import SafeChoice
 from monai_tta.guards.signals import SafeSignal, agreement, mix_neighbours
 from monai_tta.tgma.adaptation import WeightedEnsemble
+from monai_tta.zoo.flags import as_flag
 
 __all__ = ["GUARD_SIGNALS", "GuardedEnsemble", "MixedBatchNorm", "probability_entropy"]
 
@@ -123,7 +124,8 @@ class GuardedEnsemble(nn.Module):
         signal: ``"mixes"`` or ``"entropy"``; ``"mixes"`` falls back to the entropy without running statistics.
         source_margin: the untouched ensemble's score gains this (``safe``'s default, 0.01).
         safe: ``False`` switches the guard off: every call returns the target model's prediction (one forward), the
-            checkpoint stays the same (a served bundle's ``safe``).
+            checkpoint stays the same (a served bundle's ``safe``; read by :func:`~monai_tta.zoo.as_flag`, so the
+            command line's ``false`` is false).
 
     Raises:
         ValueError: for an unknown signal, a negative margin, or ensembles with other activations or member counts.
@@ -135,7 +137,7 @@ class GuardedEnsemble(nn.Module):
         source: WeightedEnsemble,
         signal: str = SafeChoice.signal,
         source_margin: float = SafeChoice.source_margin,
-        safe: bool = True,
+        safe: bool | str = True,
     ) -> None:
         super().__init__()
         if target.activation != source.activation or len(target.members) != len(source.members):
@@ -155,7 +157,7 @@ class GuardedEnsemble(nn.Module):
         self.signal = signal if stats else SafeSignal.ENTROPY.value
         self.neighbours = mix_neighbours(1.0)
         self.source_margin = float(source_margin)
-        self.safe = bool(safe)
+        self.safe = as_flag(safe, "safe")
         self.last_choice = ""
         self.last_margin = 0.0
         self.last_target_score = 0.0

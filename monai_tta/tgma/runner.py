@@ -67,29 +67,16 @@ from monai_tta.tgma.transferability import (
     select_models,
     weighted_ensemble,
 )
+from monai_tta.zoo.flags import as_flag
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
-__all__ = ["TGMARunner", "TRANSFERABILITY_NAME", "CHECKPOINT_NAME", "TARGET_MODEL_NAME", "safe_flag"]
+__all__ = ["TGMARunner", "TRANSFERABILITY_NAME", "CHECKPOINT_NAME", "TARGET_MODEL_NAME"]
 
 TRANSFERABILITY_NAME = "transferability.pt"
 CHECKPOINT_NAME = "checkpoint.pt"
 TARGET_MODEL_NAME = "target_model.pt"
 _ITM_LEVELS = ("case", "slice")
-_FLAGS = {"true": True, "false": False}
-
-
-def safe_flag(value: bool | str) -> bool:
-    """The guard's on/off option: a bool, or ``"true"``/``"false"`` (as a bundle override may give it).
-
-    Raises:
-        ValueError: for another string; TypeError: for another type.
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        return bool(look_up_option(value.strip().lower(), _FLAGS))
-    raise TypeError(f"TGMA's safe must be a bool or 'true'/'false', got {value!r}.")
 
 
 class _PseudoLabelled(Dataset):
@@ -177,7 +164,7 @@ class TGMARunner:
         self.threshold, self.n_selected, self.margin, self.strength = threshold, n_selected, margin, strength
         self.epochs, self.batch_size, self.lr, self.refresh = epochs, batch_size, lr, refresh
         self.checkpoint_interval, self.seed, self.callback = checkpoint_interval, seed, callback
-        self.safe = safe_flag(safe)
+        self.safe = as_flag(safe, "safe")
         param = next(self.sources[0].parameters(), None)
         self.device = torch.device(device) if device is not None else (param.device if param is not None else "cpu")
         self.ensemble: WeightedEnsemble | None = None
