@@ -18,25 +18,18 @@ import sys
 import time
 
 import torch
-from monai.bundle import ConfigParser
 
 from monai_tta.guards import SourceAnchor
-from monai_tta.networks import load_reference_state_dict
 
-BUNDLE = "bundles/dyna_fundus_segmentation"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dyna_table import dyna_bundle  # noqa: E402  (a sibling tool)
 
 
 def main() -> None:
     torch.set_num_threads(1)
     checkpoint, root = sys.argv[1:3]
     reps = int(sys.argv[3]) if len(sys.argv) > 3 else 15
-    parser = ConfigParser()
-    parser.read_config([f"{BUNDLE}/configs/inference.json", f"{BUNDLE}/configs/daynight.json"])
-    parser.update({"bundle_root": BUNDLE, "datalist_file": os.path.join(root, "datalist.json")})
-    pre = parser.get_parsed_content("labelled_preprocessing")
-    net = parser.get_parsed_content("network_def")
-    load_reference_state_dict(net, checkpoint)
-    net.eval()
+    parser, pre, net = dyna_bundle(root, checkpoint)
     anchor = SourceAnchor(net, parser.get_parsed_content("inferer").safe)
     adapter = parser.get_parsed_content("inferer")
     item = json.load(open(os.path.join(root, "datalist.json")))["mild"][0]

@@ -22,6 +22,7 @@ import argparse
 import collections
 import json
 import os
+from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
@@ -36,19 +37,25 @@ from monai_tta.reports import read_case_csv
 BUNDLE = "bundles/dyna_fundus_segmentation"
 
 
-def fixed_regimes(
-    dataset_dir: str, checkpoint: str, domains: list[str], priors: tuple[float, ...] = (1.0, 0.0, 0.5)
-) -> dict[float, dict[str, dict[str, float]]]:
-    """``{prior: {domain: {case_id: Dice in [0, 1]}}}`` of the source weights with the normalisation statistics
-    ``prior * source + (1 - prior) * image`` (1: source-only; 0: the image's own, norm_adapt; 0.5: norm_mix) on every
-    case of ``domains``."""
+def dyna_bundle(dataset_dir: str, checkpoint: str) -> tuple[ConfigParser, Any, torch.nn.Module]:
+    """The DyNA bundle's config (reading ``dataset_dir``'s datalist), its ``labelled_preprocessing`` and its network
+    with the source weights ``checkpoint``, in ``eval`` mode."""
     parser = ConfigParser()
     parser.read_config([f"{BUNDLE}/configs/inference.json", f"{BUNDLE}/configs/daynight.json"])
     parser.update({"bundle_root": BUNDLE, "datalist_file": os.path.join(dataset_dir, "datalist.json")})
     pre = parser.get_parsed_content("labelled_preprocessing")
     net = parser.get_parsed_content("network_def")
     load_reference_state_dict(net, checkpoint)
-    net.eval()
+    return parser, pre, net.eval()
+
+
+def fixed_regimes(
+    dataset_dir: str, checkpoint: str, domains: list[str], priors: tuple[float, ...] = (1.0, 0.0, 0.5)
+) -> dict[float, dict[str, dict[str, float]]]:
+    """``{prior: {domain: {case_id: Dice in [0, 1]}}}`` of the source weights with the normalisation statistics
+    ``prior * source + (1 - prior) * image`` (1: source-only; 0: the image's own, norm_adapt; 0.5: norm_mix) on every
+    case of ``domains``."""
+    _, pre, net = dyna_bundle(dataset_dir, checkpoint)
     norms = convert_norms(net)
     data = load_datalist(os.path.join(dataset_dir, "datalist.json"), sections=domains)
     out: dict[float, dict[str, dict[str, float]]] = {p: {} for p in priors}
