@@ -63,6 +63,33 @@ def test_mixes_margin_by_hand(gain, keep):
         torch.testing.assert_close(logits, z1)
 
 
+def test_mixes_on_a_softmax_network_by_hand():
+    """Softmax outputs (two exclusive classes): the anchor's ``mixes`` score is the mean over pixels of
+    ``sum_c min(p_c, q_c)`` between the source model at statistics weight 1 and 0.75, computed here per channel by
+    hand; the reported prediction is the source model's own statistics (``safe_prior`` 1: no mix margin)."""
+    bn = nn.BatchNorm2d(2, eps=EPS)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([MEAN, -0.3]))
+        bn.running_var.copy_(torch.tensor([VAR, 0.6]))
+        bn.weight.copy_(torch.tensor([GAMMA, 0.8]))
+        bn.bias.copy_(torch.tensor([BETA, 0.2]))
+    anchor = SourceAnchor(nn.Sequential(bn).eval(), SafeChoice(activation="softmax"))
+    x = torch.cat([X, X.flip(-1) * 0.5 + 1.0], dim=1)
+
+    def by_hand(q: float) -> torch.Tensor:
+        m, v = x.mean((0, 2, 3), keepdim=True), x.var((0, 2, 3), unbiased=False, keepdim=True)
+        rm, rv = bn.running_mean.view(1, 2, 1, 1), bn.running_var.view(1, 2, 1, 1)
+        z = (x - (q * rm + (1 - q) * m)) / torch.sqrt(q * rv + (1 - q) * v + EPS)
+        return z * bn.weight.view(1, 2, 1, 1) + bn.bias.view(1, 2, 1, 1)
+
+    p, q = torch.softmax(by_hand(1.0), 1), torch.softmax(by_hand(0.75), 1)
+    score = float(torch.minimum(p, q).sum(1).mean())
+    stats = {"safe_signal": "mixes", "safe_choice": "method", "safe_prior": 1.0, "safe_score_method": score + 0.004}
+    logits, record = anchor.choose(x, torch.zeros(1, 2, 4, 4), stats)
+    assert record["safe_anchor_margin"] == pytest.approx(0.004 - 0.01, abs=1e-6)
+    torch.testing.assert_close(logits, by_hand(1.0))
+
+
 @pytest.mark.parametrize("signal", ["entropy", "consensus", "source"])
 def test_entropy_and_the_relative_signals_compare_by_entropy(signal):
     """``entropy`` compares minus the mean entropies; ``consensus`` and ``source``, which score a candidate against the
