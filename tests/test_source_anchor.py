@@ -175,7 +175,7 @@ def test_dyna_anchor_options_and_resume(tmp_path):
     to the rows of an uninterrupted run (the anchor's source model comes back from the checkpoint)."""
     with pytest.raises(ValueError, match="needs a day adapter with safe"):
         DayNightRunner(source_net(), tmp_path / "x", day_adapter=VPTTA(prompt_size=3), source_anchor=True)
-    with pytest.raises(TypeError, match="--source_anchor False"):
+    with pytest.raises(TypeError, match="source_anchor must be True, False or None"):
         _runner(tmp_path / "x", source_anchor="false")
     _runner(tmp_path / "off", source_anchor=False).run(stream())
     assert "safe_anchor" not in read_case_csv(tmp_path / "off" / "cases.csv")[0]

@@ -198,8 +198,8 @@ class DayNightRunner:
         safe = getattr(self.day_adapter, "safe", None)
         if source_anchor is not None and not isinstance(source_anchor, bool):
             raise TypeError(
-                f"source_anchor must be True, False or None, got {source_anchor!r} (on a bundle's command line: "
-                "--source_anchor False, capitalised; lower-case false is read as a string)."
+                f"source_anchor must be True, False or None, got {source_anchor!r} (a string such as the command "
+                "line's 'false' is read by monai_tta.zoo.as_flag, as the DyNA bundle does)."
             )
         if source_anchor and safe is None:
             raise ValueError("source_anchor=True needs a day adapter with safe on (e.g. VPTTA(safe='case')).")
