@@ -22,7 +22,22 @@ from monai.bundle import ConfigParser
 from monai_tta.guards.signals import agreement
 from monai_tta.losses import activate
 from monai_tta.tgma import GuardedEnsemble, WeightedEnsemble, foreground_label, hard_foreground, probability_entropy
+from monai_tta.tgma.lftm import lftm_terms, soft_dice_from_terms
 from monai_tta.tgma.report import _case_dice
+
+
+def _lftm(ensemble: torch.nn.Module, x: torch.Tensor, activation: str, seed: int = 0) -> float:
+    """TGMA's own LFTM of an ensemble on one volume (the bundle's margin 4, noise 0.5; the soft-Dice sums pooled over
+    the volume's slices, as its ITM level ``"case"``); the ensemble returns probabilities, so it is read through their
+    logarithm (whose softmax or sigmoid-free reading gives them back)."""
+
+    def as_logits(z: torch.Tensor) -> torch.Tensor:
+        p = ensemble(z).clamp(1e-6, 1 - 1e-6)
+        return torch.log(p) if activation == "softmax" else torch.log(p / (1 - p))
+
+    g = torch.Generator().manual_seed(seed)
+    inter, total, _ = lftm_terms(as_logits, x, activation, margin=4, strength=0.5, generator=g)
+    return float(soft_dice_from_terms(inter.sum(0), total.sum(0)))
 
 
 def _flip_score(net: torch.nn.Module, x: torch.Tensor, prob: torch.Tensor, activation: str) -> float:
@@ -40,9 +55,19 @@ def main(bundle: Path) -> None:
     items_by_site = parser.get_parsed_content("target_items")
     sources = parser.get_parsed_content("sources")
     net_def = parser.get_parsed_content("network_def")
-    columns = ["site", "volume", "Dice target", "Dice source", "mixes t-s", "entropy t-s", "flip t-s", "others t-s"]
+    columns = [
+        "site",
+        "volume",
+        "Dice target",
+        "Dice source",
+        "mixes t-s",
+        "entropy t-s",
+        "flip t-s",
+        "others t-s",
+        "lftm t-s",
+    ]
     print("| " + " | ".join([*columns, "chosen (mixes)"]) + " |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---" * (len(columns) + 1) + "|")
     for site, items in items_by_site.items():
         saved = torch.load(Path("eval") / site / "target_model.pt", map_location="cpu", weights_only=True)
         names = list(saved["names"])
@@ -68,8 +93,10 @@ def main(bundle: Path) -> None:
             mixes = guard.last_target_score - guard.last_source_score
             ref = torch.stack([activate(m(x), activation) for m in rest]).mean(0)
             others = float(agreement(t, ref, activation) - agreement(s, ref, activation))
+            lftm = _lftm(guard.target, x, activation) - _lftm(guard.source, x, activation)
             print(
                 f"| {site} | {case} | {dt:.2f} | {ds:.2f} | {mixes:+.4f} | {ent:+.4f} | {flip:+.4f} | {others:+.4f} | "
+                f"{lftm:+.4f} | "
                 f"{guard.last_choice} |"
             )
 
