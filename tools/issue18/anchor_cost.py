@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -23,6 +21,7 @@ from monai_tta.guards import SourceAnchor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dyna_table import dyna_bundle  # noqa: E402  (a sibling tool)
+from timing import interleaved_medians, ratio_line  # noqa: E402
 
 
 def main() -> None:
@@ -34,21 +33,12 @@ def main() -> None:
     adapter = parser.get_parsed_content("inferer")
     item = json.load(open(os.path.join(root, "datalist.json")))["mild"][0]
     x = pre({k: os.path.join(root, item[k]) for k in ("image", "label")})["image"].as_tensor().float()[None]
-    times: dict[str, list[float]] = {"safe": [], "safe + anchor": []}
-    for r in range(reps + 1):
-        order = list(times) if r % 2 == 0 else list(reversed(times))
-        for arm in order:
-            start = time.perf_counter()
-            logits = adapter(x, net)
-            if arm == "safe + anchor":
-                anchor.choose(x, logits, dict(adapter.last_stats))
-            if r > 0:
-                times[arm].append(time.perf_counter() - start)
-    base, anchored = (statistics.median(times[a]) * 1000 for a in times)
-    print(
-        f"image {tuple(x.shape)}, {reps} rounds: safe {base:.1f} ms, safe + anchor {anchored:.1f} ms "
-        f"({anchored / base:.2f}x)"
-    )
+
+    def with_anchor() -> None:
+        anchor.choose(x, adapter(x, net), dict(adapter.last_stats))
+
+    medians = interleaved_medians({"safe": lambda: adapter(x, net), "safe + anchor": with_anchor}, reps)
+    print(ratio_line(f"image {tuple(x.shape)}", reps, medians))
 
 
 if __name__ == "__main__":

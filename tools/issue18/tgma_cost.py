@@ -9,14 +9,16 @@ round is dropped; median per volume.
 
 from __future__ import annotations
 
-import statistics
+import os
 import sys
-import time
 
 import torch
 
 from monai_tta.networks import SmallUNet
 from monai_tta.tgma import GuardedEnsemble, SliceWiseNetwork, WeightedEnsemble
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import interleaved_medians, ratio_line  # noqa: E402  (a sibling tool)
 
 
 def _ensemble() -> WeightedEnsemble:
@@ -40,19 +42,9 @@ def main() -> None:
         "guarded": SliceWiseNetwork(GuardedEnsemble(target, source)).eval(),
     }
     x = torch.randn(1, 1, 64, 64, slices)
-    times: dict[str, list[float]] = {name: [] for name in arms}
     with torch.no_grad():
-        for r in range(reps + 1):
-            for name in list(arms) if r % 2 == 0 else list(reversed(arms)):
-                start = time.perf_counter()
-                arms[name](x)
-                if r > 0:
-                    times[name].append(time.perf_counter() - start)
-    alone, guarded = (statistics.median(times[name]) * 1000 for name in arms)
-    print(
-        f"volume 64 x 64 x {slices}, {reps} rounds: adapted alone {alone:.1f} ms, guarded {guarded:.1f} ms "
-        f"({guarded / alone:.2f}x)"
-    )
+        medians = interleaved_medians({name: lambda net=net: net(x) for name, net in arms.items()}, reps)
+    print(ratio_line(f"volume 64 x 64 x {slices}", reps, medians))
 
 
 if __name__ == "__main__":
