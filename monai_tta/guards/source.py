@@ -11,21 +11,27 @@ from torch import nn
 
 from monai_tta.norms import AdaptiveBatchNorm, statistics_prior
 
-__all__ = ["ACTIVATIONS", "mean_entropy", "source_model", "source_forward"]
+__all__ = ["ACTIVATIONS", "mean_entropy", "probability_entropy", "source_model", "source_forward"]
 
 #: how a network's logits are read: independent channels (multi-label) or exclusive classes.
 ACTIVATIONS = ("sigmoid", "softmax")
 
 
-def mean_entropy(logits: torch.Tensor, activation: str = "sigmoid") -> torch.Tensor:
-    """Mean per-pixel entropy of a prediction, normalised to ``[0, 1]`` (sigmoid: per channel, base 2)."""
-    z = logits.float()
+def probability_entropy(prob: torch.Tensor, activation: str = "sigmoid") -> torch.Tensor:
+    """Mean per-voxel entropy of probabilities ``prob``, normalised to ``[0, 1]`` (softmax: over the channels, by
+    ``log C``; sigmoid: per channel, base 2). Scriptable (TGMA's served guard calls it)."""
+    p = prob.float()
     if activation == "softmax":
-        p = torch.softmax(z, dim=1)
-        return -(p * torch.log(p.clamp_min(1e-12))).sum(1).mean() / math.log(max(z.shape[1], 2))
-    p = torch.sigmoid(z)
+        return -(p * torch.log(p.clamp_min(1e-12))).sum(1).mean() / math.log(max(p.shape[1], 2))
     h = -(p * torch.log(p.clamp_min(1e-12)) + (1 - p) * torch.log((1 - p).clamp_min(1e-12)))
     return h.mean() / math.log(2.0)
+
+
+def mean_entropy(logits: torch.Tensor, activation: str = "sigmoid") -> torch.Tensor:
+    """Mean per-pixel entropy of a prediction, normalised to ``[0, 1]`` (sigmoid: per channel, base 2): the
+    :func:`probability_entropy` of its probabilities."""
+    z = logits.float()
+    return probability_entropy(torch.softmax(z, dim=1) if activation == "softmax" else torch.sigmoid(z), activation)
 
 
 @contextmanager

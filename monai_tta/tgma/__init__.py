@@ -10,8 +10,9 @@ its own package, one concept per module: the metric (:mod:`.lftm`), the matrices
 
 from __future__ import annotations
 
+from monai_tta.guards.source import probability_entropy  # re-exported: the served guard's entropy
 from monai_tta.tgma.adaptation import EnsembleDiceLoss, WeightedEnsemble, tgma_trainer
-from monai_tta.tgma.guarded import GuardedEnsemble, MixedBatchNorm, probability_entropy
+from monai_tta.tgma.guarded import GuardedEnsemble, MixedBatchNorm
 from monai_tta.tgma.lftm import (
     attention_mask,
     foreground,

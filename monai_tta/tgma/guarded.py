@@ -36,8 +36,6 @@ instance from several threads at once. Cost: four ensemble forwards per call wit
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from monai.utils import look_up_option
@@ -46,23 +44,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from monai_tta.guards.safe_choice import SafeChoice
 from monai_tta.guards.signals import SafeSignal, agreement, mix_neighbours
+from monai_tta.guards.source import probability_entropy
 from monai_tta.tgma.adaptation import WeightedEnsemble
 from monai_tta.zoo.flags import as_flag
 
-__all__ = ["GUARD_SIGNALS", "GuardedEnsemble", "MixedBatchNorm", "probability_entropy"]
+__all__ = ["GUARD_SIGNALS", "GuardedEnsemble", "MixedBatchNorm"]
 
 #: the signals of the guard (those that score a prediction on its own, as the source anchor's).
 GUARD_SIGNALS = (SafeSignal.MIXES.value, SafeSignal.ENTROPY.value)
-
-
-def probability_entropy(prob: torch.Tensor, activation: str) -> torch.Tensor:
-    """Mean per-voxel entropy of probabilities, in ``[0, 1]``: :func:`~monai_tta.guards.source.mean_entropy`'s
-    normalisation (softmax: over the channels, by ``log C``; sigmoid: per channel, base 2), on probabilities."""
-    p = prob.float()
-    if activation == "softmax":
-        return -(p * torch.log(p.clamp_min(1e-12))).sum(1).mean() / math.log(max(p.shape[1], 2))
-    h = -(p * torch.log(p.clamp_min(1e-12)) + (1 - p) * torch.log((1 - p).clamp_min(1e-12)))
-    return h.mean() / math.log(2.0)
 
 
 class MixedBatchNorm(nn.Module):
