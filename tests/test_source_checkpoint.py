@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from monai_tta.zoo.flags import as_flag
+from monai_tta.flags import as_flag
 from monai_tta.zoo.run import run_bundle
 from monai_tta.zoo.source import ensure_source_checkpoint
 

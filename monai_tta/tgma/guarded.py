@@ -42,11 +42,11 @@ from monai.utils import look_up_option
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from monai_tta.flags import as_flag
 from monai_tta.guards.safe_choice import SafeChoice
 from monai_tta.guards.signals import SafeSignal, agreement, mix_neighbours
 from monai_tta.guards.source import probability_entropy
 from monai_tta.tgma.adaptation import WeightedEnsemble
-from monai_tta.zoo.flags import as_flag
 
 __all__ = ["GUARD_SIGNALS", "GuardedEnsemble", "MixedBatchNorm"]
 

@@ -54,6 +54,7 @@ from monai_tta.adapters.dyna.store import night_schedule
 from monai_tta.data.keys import DataKeys
 from monai_tta.data_parallel import broadcast_object, fill_global_batches, rank_batch, wrap_ddp
 from monai_tta.distributed import get_world_size, is_main_process
+from monai_tta.flags import as_flag
 from monai_tta.io import atomic_save
 from monai_tta.losses import activate
 from monai_tta.tgma.adaptation import WeightedEnsemble, tgma_trainer
@@ -67,7 +68,6 @@ from monai_tta.tgma.transferability import (
     select_models,
     weighted_ensemble,
 )
-from monai_tta.zoo.flags import as_flag
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 

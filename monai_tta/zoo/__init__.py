@@ -3,9 +3,9 @@ make the zoo CI's checks offline (``python -m monai_tta.zoo --help``)."""
 
 from __future__ import annotations
 
+from monai_tta.flags import as_flag
 from monai_tta.zoo.checks import SCHEMA_FILE, SCHEMA_MD5, ZOO_CHECKS, check_code_format, run_checks
 from monai_tta.zoo.export import export_bundle, exported_requirements
-from monai_tta.zoo.flags import as_flag
 from monai_tta.zoo.generate import (
     FAMILIES_DIR,
     RUNTIME_DIRS,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_tta import distributed
-from monai_tta.zoo.flags import as_flag
+from monai_tta.flags import as_flag
 from monai_tta.zoo.run import run_bundle
 
 __all__ = ["ensure_source_checkpoint", "load_source_model"]

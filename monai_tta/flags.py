@@ -3,7 +3,8 @@
 MONAI's bundle command line (``fire``) reads ``--generate_data False`` as the boolean but ``--generate_data false`` as
 the *string* ``"false"``, which a config's ``if @generate_data`` takes as true: the run would generate data, or train
 a missing source model, exactly when the user asked it not to. :func:`as_flag` reads both spellings and refuses
-anything else with the option's name.
+anything else with the option's name. Bundle configs call it as ``monai_tta.zoo.as_flag`` (re-exported there); the
+package's own modules import it from here, so that a method (TGMA's guard) does not depend on the bundle tooling.
 """
 
 from __future__ import annotations
