@@ -364,7 +364,8 @@ class DayNightRunner:
                 if is_failure(case):
                     raise InvalidCaseError(row[DataKeys.CASE_ID], case[FAILURE_KEY])
                 image = plain_tensor(case[self.image_key]).float()
-                logits = self.day_adapter(self._batch(image), self.network)  # checks the image before adapting
+                x = self._batch(image)
+                logits = self.day_adapter(x, self.network)  # checks the image before adapting
             except InvalidCaseError as e:
                 logger.warning(f"case {row[DataKeys.CASE_ID]!r} skipped: {e.reason}")
                 row.update({CaseStatus.KEY.value: CaseStatus.FAILED.value, CaseStatus.ERROR.value: e.reason})
@@ -372,7 +373,7 @@ class DayNightRunner:
             row[CaseStatus.KEY.value] = CaseStatus.OK.value
             stats = dict(getattr(self.day_adapter, "last_stats", None) or {})
             if anchor is not None:  # the day model is not the source model any more
-                logits, record = anchor.choose(self._batch(image), plain_tensor(logits), stats)
+                logits, record = anchor.choose(x, plain_tensor(logits), stats)
                 stats.update(record)
             row.update(guard_columns(stats))
             n_good += 1
