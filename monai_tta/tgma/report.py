@@ -34,6 +34,7 @@ __all__ = [
     "GUARDED",
     "GUARD_SOURCE",
     "foreground_label",
+    "pooled_case_dice",
     "spearman",
     "evaluate_tgma",
     "write_tgma_report",
@@ -84,7 +85,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def _case_dice(pred: torch.Tensor, label: torch.Tensor) -> float:
+def pooled_case_dice(pred: torch.Tensor, label: torch.Tensor) -> float:
     """Dice (%) of one case from its inputs ``(n, C_fg, *spatial)``, pooled, mean over channels."""
     return float(np.mean(dice_per_channel(pred.movedim(0, 1), label.movedim(0, 1))))
 
@@ -136,9 +137,9 @@ def evaluate_tgma(
         row: dict[str, Any] = {"case_id": case, "domain": str(items[idx[0]].get(domain_key, "target"))}
         y = labels[idx]
         for k, name in enumerate(names):
-            row[name] = _case_dice(results["source_preds"][k][idx], y)
+            row[name] = pooled_case_dice(results["source_preds"][k][idx], y)
         for method, key in stages.items():
-            row[method] = _case_dice(results[key][idx], y)
+            row[method] = pooled_case_dice(results[key][idx], y)
         if guard is not None:
             row["guard_choice"], row["guard_margin"] = guard[case]["choice"], float(guard[case]["margin"])
         rows.append(row)

@@ -23,7 +23,7 @@ from monai_tta.guards.signals import agreement
 from monai_tta.losses import activate
 from monai_tta.tgma import GuardedEnsemble, WeightedEnsemble, foreground_label, hard_foreground, probability_entropy
 from monai_tta.tgma.lftm import lftm_terms, soft_dice_from_terms
-from monai_tta.tgma.report import _case_dice
+from monai_tta.tgma.report import pooled_case_dice
 
 
 def _lftm(ensemble: torch.nn.Module, x: torch.Tensor, activation: str, seed: int = 0) -> float:
@@ -86,8 +86,8 @@ def main(bundle: Path) -> None:
             t, s = guard.target(x), guard.source(x)
             n_fg = t.shape[1] - 1 if activation == "softmax" else t.shape[1]
             y = torch.stack([foreground_label(items[i]["label"], activation, n_fg) for i in idx])
-            dt = _case_dice(hard_foreground(t, activation), y)
-            ds = _case_dice(hard_foreground(s, activation), y)
+            dt = pooled_case_dice(hard_foreground(t, activation), y)
+            ds = pooled_case_dice(hard_foreground(s, activation), y)
             ent = float(probability_entropy(s, activation) - probability_entropy(t, activation))
             flip = _flip_score(guard.target, x, t, activation) - _flip_score(guard.source, x, s, activation)
             mixes = guard.last_target_score - guard.last_source_score
