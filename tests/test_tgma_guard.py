@@ -1,5 +1,6 @@
-"""TGMA's guard (issue 18): the adapted target model unless TGMA before adaptation is as good by a label-free signal,
-against hand-computed scores on BatchNorm-only members, in TorchScript, in the runner and in its report."""
+"""TGMA's served model (issue 18): by default TGMA before adaptation; the guard (the adapted target model unless TGMA
+before adaptation is as good by a label-free signal) against hand-computed scores on BatchNorm-only members, in
+TorchScript, in the runner and in its report; the adapted model alone."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def test_mixes_score_and_margin_by_hand(ratio, keep):
     target_score, source_score = _mixes_by_hand(TARGET), _mixes_by_hand(SOURCE)
     gap = target_score - source_score
     assert gap > 0.01  # the target is the more settled one here
-    guard = GuardedEnsemble(_ensemble(TARGET), _ensemble(SOURCE), source_margin=ratio * gap).eval()
+    guard = GuardedEnsemble(_ensemble(TARGET), _ensemble(SOURCE), source_margin=ratio * gap, serve="guarded").eval()
     assert guard.signal == "mixes"
     with torch.no_grad():
         out = guard(X)
@@ -93,7 +94,7 @@ def test_mixes_score_and_margin_by_hand(ratio, keep):
 
 def test_default_margin_and_a_tie_goes_to_the_source():
     """The default margin is safe's (0.01); identical ensembles tie, and the tie goes to the source."""
-    guard = GuardedEnsemble(_ensemble(TARGET), _ensemble(TARGET)).eval()
+    guard = GuardedEnsemble(_ensemble(TARGET), _ensemble(TARGET), serve="guarded").eval()
     assert guard.source_margin == 0.01
     with torch.no_grad():
         out = guard(X)
@@ -110,7 +111,8 @@ def _entropy(p: torch.Tensor) -> float:
 def test_entropy_without_running_statistics_or_when_asked(signal, stats):
     """Without running statistics every mix is the same forward: the guard scores minus the mean entropy of what the
     ensembles return (as safe does); so does signal="entropy"."""
-    guard = GuardedEnsemble(_ensemble(TARGET, stats), _ensemble(SOURCE, stats), signal=signal).eval()
+    guard = GuardedEnsemble(_ensemble(TARGET, stats), _ensemble(SOURCE, stats), signal=signal, serve="guarded")
+    guard.eval()
     assert guard.signal == "entropy"
     with torch.no_grad():
         out = guard(X)
@@ -120,9 +122,10 @@ def test_entropy_without_running_statistics_or_when_asked(signal, stats):
     assert torch.equal(out, p_target if expected > 0 else p_source)
 
 
-def test_torchscript_gives_the_same_choice_and_output(tmp_path):
+@pytest.mark.parametrize("serve", ["guarded", "before", "adapted"])
+def test_torchscript_gives_the_same_choice_and_output(tmp_path, serve):
     """The served model is scripted: the choice and the output survive scripting, saving and loading."""
-    guard = GuardedEnsemble(_ensemble(TARGET), _ensemble(SOURCE)).eval()
+    guard = GuardedEnsemble(_ensemble(TARGET), _ensemble(SOURCE), serve=serve).eval()
     with torch.no_grad():
         out = guard(X)
     torch.jit.save(torch.jit.script(guard), str(tmp_path / "guard.ts"))
@@ -143,9 +146,8 @@ def test_errors_name_the_problem():
         GuardedEnsemble(_ensemble(TARGET), _ensemble(SOURCE), source_margin=-1.0)
     with pytest.raises(ValueError):
         GuardedEnsemble(_ensemble(TARGET), _ensemble(SOURCE), signal="flip")
-    assert GuardedEnsemble(_ensemble(TARGET), _ensemble(SOURCE), safe="false").safe is False  # the command line's false
-    with pytest.raises(ValueError, match="safe must be true or false"):
-        GuardedEnsemble(_ensemble(TARGET), _ensemble(SOURCE), safe="maybe")
+    with pytest.raises(ValueError, match="guard"):  # look_up_option names the unknown value and the options
+        GuardedEnsemble(_ensemble(TARGET), _ensemble(SOURCE), serve="guard")
 
 
 def test_runner_guards_each_case_and_leaves_the_method_alone(tmp_path):
@@ -175,12 +177,33 @@ def test_runner_guards_each_case_and_leaves_the_method_alone(tmp_path):
     assert GUARDED in paths["markdown"].read_text()
 
 
-def test_safe_off_serves_the_target_alone():
-    """safe=False: the target model's prediction, one forward, whatever the scores."""
-    guard = GuardedEnsemble(_ensemble(SOURCE), _ensemble(TARGET), safe=False).eval()
+def _counted(ensemble: WeightedEnsemble, calls: list[str], name: str) -> WeightedEnsemble:
+    ensemble.register_forward_hook(lambda *_: calls.append(name))
+    return ensemble
+
+
+@pytest.mark.parametrize("serve, choice", [("adapted", "target"), ("before", "source")])
+def test_adapted_and_before_serve_one_ensemble_with_one_forward(serve, choice):
+    """serve="adapted": the target model's prediction; serve="before": the untouched ensemble's; one forward of that
+    ensemble alone, whatever the scores."""
+    calls: list[str] = []
+    target, source = _counted(_ensemble(SOURCE), calls, "target"), _counted(_ensemble(TARGET), calls, "source")
+    guard = GuardedEnsemble(target, source, serve=serve).eval()
+    with torch.no_grad():
+        out = guard(X)
+    assert torch.equal(out, _ensemble(SOURCE if choice == "target" else TARGET)(X))
+    assert calls == [choice] and guard.last_choice == choice
+
+
+def test_default_serves_tgma_before_adaptation():
+    """The default (issue 18, stop 25) is TGMA before adaptation, where the guard would keep the target model."""
+    guard = GuardedEnsemble(_ensemble(TARGET), _ensemble(SOURCE)).eval()
+    assert guard.serve == "before"
     with torch.no_grad():
         assert torch.equal(guard(X), _ensemble(SOURCE)(X))
-    assert guard.last_choice == "target"
+        guarded = GuardedEnsemble(_ensemble(TARGET), _ensemble(SOURCE), serve="guarded").eval()
+        guarded(X)
+    assert guarded.last_choice == "target"  # the scores of test_mixes_score_and_margin_by_hand
 
 
 def test_save_target_model_writes_both_ensembles(tmp_path):
@@ -212,3 +235,19 @@ def test_save_target_model_writes_both_ensembles(tmp_path):
         assert torch.equal(loaded.net.source(X), _ensemble(SOURCE)(X))
     with pytest.raises(ValueError, match=r"\['b'\]"):
         save_target_model(tmp_path / "target_model.pt", served(), tmp_path / "other.pt", {"a": sources["a"]})
+
+
+@pytest.mark.parametrize("override, serve", [(None, "before"), ("adapted", "adapted"), ("guarded", "guarded")])
+def test_bundle_serves_tgma_before_adaptation_unless_told(override, serve):
+    """inference.json's network serves TGMA before adaptation by default; `--serve` picks the others."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(
+        Path(__file__).parents[1] / "bundles" / "tgma_prostate_mr_segmentation" / "configs" / "inference.json"
+    )
+    if override is not None:
+        parser["serve"] = override
+    assert parser.get_parsed_content("network_def").net.serve == serve

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from monai_tta.guards.source import probability_entropy  # re-exported: the served guard's entropy
 from monai_tta.tgma.adaptation import EnsembleDiceLoss, WeightedEnsemble, tgma_trainer
-from monai_tta.tgma.guarded import GuardedEnsemble, MixedBatchNorm
+from monai_tta.tgma.guarded import GuardedEnsemble, MixedBatchNorm, TgmaServe
 from monai_tta.tgma.lftm import (
     attention_mask,
     foreground,
@@ -52,6 +52,7 @@ __all__ = [
     "ModelSelection",
     "SliceWiseNetwork",
     "TGMARunner",
+    "TgmaServe",
     "WeightedEnsemble",
     "attention_mask",
     "corrected_pseudo_label",

@@ -1,12 +1,21 @@
-"""TGMA never worse than before adaptation: a label-free choice, per volume, between the adapted target model and the
-untouched sources it was adapted from (issue 18).
+"""TGMA never worse than before adaptation: what the served TGMA model returns, per volume (issue 18).
 
 TGMA's adapted target model (:class:`~monai_tta.tgma.WeightedEnsemble` of the adapted main and auxiliary models) can
 end below the ensemble it started from, "TGMA before adaptation": the same members untouched, with the same DTM
-weights, itself chosen without labels. :class:`GuardedEnsemble` holds both and returns, for each call, the target
-model's prediction unless the untouched ensemble is as good by a label-free signal, with the semantics and margins of
-``safe`` (:class:`~monai_tta.guards.SafeChoice`) and of its source anchor (:class:`~monai_tta.guards.SourceAnchor`,
-the closest analogue: one reported prediction against one source model):
+weights, itself chosen without labels. :class:`GuardedEnsemble` holds both and returns, by ``serve``
+(:class:`TgmaServe`):
+
+- ``"before"`` (the default since stop 25): TGMA before adaptation, one forward. On both measured draws of the
+  embedded sites TGMA's adaptation lowered the mean and ended below it on some sites, the guard's choice on one site
+  of each draw (thick -22.4 on the first, bias -2.3 on the second), and no label-free signal we measured tells those
+  volumes from the ones where adaptation helped (the bundle's README). By issue 18's rule (first no site below the
+  source model, then the highest mean) the untouched ensemble is the default and adaptation is opt-in.
+- ``"guarded"``: per call, the target model's prediction unless the untouched ensemble is as good by a label-free
+  signal, with the semantics and margins of ``safe`` (:class:`~monai_tta.guards.SafeChoice`) and of its source anchor
+  (:class:`~monai_tta.guards.SourceAnchor`, the closest analogue: one reported prediction against one source model).
+- ``"adapted"``: the adapted target model (the published method), one forward.
+
+The guard's signals:
 
 - ``"mixes"`` (the default, ``safe``'s): a prediction's score is its mean :func:`~monai_tta.guards.signals.agreement`
   with the same ensemble's prediction at the neighbouring BatchNorm statistics weights
@@ -31,27 +40,35 @@ TorchScript: the whole choice is scriptable (the served model is ``torch.jit.scr
 ``ckpt_export``). The BatchNorm layers of both ensembles are swapped for :class:`MixedBatchNorm`, which shares the
 layers' tensors (same state-dict keys) and reads its statistics weight from one 0-dimensional buffer shared by every
 layer; the forward sets it to each neighbour and back to 1. A call is therefore not re-entrant: do not call one
-instance from several threads at once. Cost: four ensemble forwards per call with ``"mixes"``, two with the entropy.
+instance from several threads at once. Cost per call: one ensemble forward for ``"before"`` and ``"adapted"``;
+``"guarded"``: four with ``"mixes"``, two with the entropy.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.utils import look_up_option
+from monai.utils import StrEnum, look_up_option
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from monai_tta.flags import as_flag
 from monai_tta.guards.safe_choice import SafeChoice
 from monai_tta.guards.signals import SafeSignal, agreement, mix_neighbours
 from monai_tta.guards.source import probability_entropy
 from monai_tta.tgma.adaptation import WeightedEnsemble
 
-__all__ = ["GUARD_SIGNALS", "GuardedEnsemble", "MixedBatchNorm"]
+__all__ = ["GUARD_SIGNALS", "GuardedEnsemble", "MixedBatchNorm", "TgmaServe"]
 
 #: the signals of the guard (those that score a prediction on its own, as the source anchor's).
 GUARD_SIGNALS = (SafeSignal.MIXES.value, SafeSignal.ENTROPY.value)
+
+
+class TgmaServe(StrEnum):
+    """What :class:`GuardedEnsemble` returns (module docstring)."""
+
+    BEFORE = "before"
+    GUARDED = "guarded"
+    ADAPTED = "adapted"
 
 
 class MixedBatchNorm(nn.Module):
@@ -105,19 +122,20 @@ def _convert(network: nn.Module, mix: torch.Tensor) -> bool:
 
 
 class GuardedEnsemble(nn.Module):
-    """The adapted target model unless the untouched ensemble is as good by a label-free signal (module docstring).
+    """TGMA before adaptation, the guarded choice or the adapted target model, by ``serve`` (module docstring).
 
     Args:
         target: the adapted ensemble (TGMA's target model).
         source: the ensemble before adaptation: the same architecture, the untouched source weights, the same weights.
         signal: ``"mixes"`` or ``"entropy"``; ``"mixes"`` falls back to the entropy without running statistics.
         source_margin: the untouched ensemble's score gains this (``safe``'s default, 0.01).
-        safe: ``False`` switches the guard off: every call returns the target model's prediction (one forward), the
-            checkpoint stays the same (a served bundle's ``safe``; read by :func:`~monai_tta.zoo.as_flag`, so the
-            command line's ``false`` is false).
+        serve: ``"before"`` (default): the untouched ensemble, one forward; ``"guarded"``: the choice per call;
+            ``"adapted"``: the target model, one forward. The checkpoint (both ensembles) is the same for all three
+            (a served bundle's ``serve``).
 
     Raises:
-        ValueError: for an unknown signal, a negative margin, or ensembles with other activations or member counts.
+        ValueError: for an unknown signal or ``serve``, a negative margin, or ensembles with other activations or
+            member counts.
     """
 
     def __init__(
@@ -126,7 +144,7 @@ class GuardedEnsemble(nn.Module):
         source: WeightedEnsemble,
         signal: str = SafeChoice.signal,
         source_margin: float = SafeChoice.source_margin,
-        safe: bool | str = True,
+        serve: str = TgmaServe.BEFORE,
     ) -> None:
         super().__init__()
         if target.activation != source.activation or len(target.members) != len(source.members):
@@ -138,6 +156,7 @@ class GuardedEnsemble(nn.Module):
         if source_margin < 0:
             raise ValueError(f"GuardedEnsemble: source_margin must be >= 0, got {source_margin}.")
         signal = look_up_option(str(signal), GUARD_SIGNALS)
+        self.serve = str(look_up_option(str(serve), TgmaServe))
         self.register_buffer("mix", torch.ones(()), persistent=False)
         stats = _convert(target, self.mix)
         stats = _convert(source, self.mix) or stats
@@ -146,7 +165,6 @@ class GuardedEnsemble(nn.Module):
         self.signal = signal if stats else SafeSignal.ENTROPY.value
         self.neighbours = mix_neighbours(1.0)
         self.source_margin = float(source_margin)
-        self.safe = as_flag(safe, "safe")
         self.last_choice = ""
         self.last_margin = 0.0
         self.last_target_score = 0.0
@@ -173,8 +191,11 @@ class GuardedEnsemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.mix.fill_(1.0)  # whatever an interrupted call left
+        if self.serve == "before":
+            self.last_choice, self.last_margin = "source", 0.0
+            return self.source(x)
         target = self.target(x)
-        if not self.safe:
+        if self.serve == "adapted":
             self.last_choice, self.last_margin = "target", 0.0
             return target
         source = self.source(x)

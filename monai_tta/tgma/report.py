@@ -338,7 +338,11 @@ def write_loso_summary(
     cells = {s: {c: (f"{v:.2f}" if isinstance(v, float) else v) for c, v in r.items()} for s, r in rows.items()}
     text = [f"# {title}", "", "Dice in % (mean over the held-out site's cases).", ""]
     if guarded:
-        text += [f"The bundle's result is {GUARDED!r} (issue 18); {ADAPTED!r} is the published method.", ""]
+        text += [
+            f"The bundle serves {SELECTED!r} by default (`serve`, issue 18); {GUARDED!r} and {ADAPTED!r} (the "
+            "published method) are opt-in.",
+            "",
+        ]
     shown = [*columns, *([GUARD_SOURCE] if guarded else []), "Spearman LFTM vs Dice", "best source"]
     text.append(_table(cells, shown, "held-out site"))
     atomic_write_text("\n".join([*text, "", "![Dice per held-out site](loso.png)", ""]), paths["markdown"])

@@ -58,7 +58,7 @@ from monai_tta.flags import as_flag
 from monai_tta.io import atomic_save
 from monai_tta.losses import activate
 from monai_tta.tgma.adaptation import WeightedEnsemble, tgma_trainer
-from monai_tta.tgma.guarded import GuardedEnsemble
+from monai_tta.tgma.guarded import GuardedEnsemble, TgmaServe
 from monai_tta.tgma.lftm import ACTIVATIONS, PERTURBATIONS, hard_foreground, lftm_terms
 from monai_tta.tgma.transferability import (
     ModelSelection,
@@ -346,7 +346,7 @@ class TGMARunner:
         """
         members = [copy.deepcopy(self.sources[k]) for k in selection.indices]
         source = WeightedEnsemble(members, selection.weights, self.activation)
-        guard = GuardedEnsemble(copy.deepcopy(self.ensemble), source.to(self.device)).eval()
+        guard = GuardedEnsemble(copy.deepcopy(self.ensemble), source.to(self.device), serve=TgmaServe.GUARDED).eval()
         preds: list[torch.Tensor | None] = [None] * images.shape[0]
         records = []
         groups: dict[str, list[int]] = {}

@@ -66,9 +66,9 @@ def test_server_infers_a_nifti_label_map(served3d, tmp_path):
         np.testing.assert_allclose(answer.affine, nib.load(volume).affine, atol=1e-4)
 
 
-def test_bundle_infer_task_serves_tgmas_adapted_target_model(served_tgma, tmp_path):
-    """TGMA's inference.json through MONAI Label: the adapted target model (made by the bundle's run) gives the
-    bundle run's masks, in the volume's grid and affine; the server lists and serves it."""
+def test_bundle_infer_task_serves_tgmas_model(served_tgma, tmp_path):
+    """TGMA's inference.json through MONAI Label: the served model (made by the bundle's run; by default TGMA before
+    adaptation) gives the bundle run's masks, in the volume's grid and affine; the server lists and serves it."""
     from monailabel.tasks.infer.bundle import BundleInferTask
 
     bundle = served_tgma["app"] / "model" / TGMA

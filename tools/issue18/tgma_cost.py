@@ -39,7 +39,7 @@ def main() -> None:
     target, source = _ensemble(), _ensemble()
     arms = {
         "adapted alone": SliceWiseNetwork(target).eval(),
-        "guarded": SliceWiseNetwork(GuardedEnsemble(target, source)).eval(),
+        "guarded": SliceWiseNetwork(GuardedEnsemble(target, source, serve="guarded")).eval(),
     }
     x = torch.randn(1, 1, 64, 64, slices)
     with torch.no_grad():

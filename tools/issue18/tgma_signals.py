@@ -75,7 +75,7 @@ def main(bundle: Path) -> None:
         target.load_state_dict(saved["ensemble"])
         source = WeightedEnsemble([copy.deepcopy(sources[n]).cpu() for n in names], [1.0] * len(names), activation)
         source.weights.copy_(saved["ensemble"]["weights"])
-        guard = GuardedEnsemble(target, source).eval()
+        guard = GuardedEnsemble(target, source, serve="guarded").eval()
         rest = [sources[n].cpu().eval() for n in sources if n not in names and n != site]
         groups: dict[str, list[int]] = {}
         for i, item in enumerate(items):
