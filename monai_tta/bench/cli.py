@@ -82,6 +82,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="rounds of the continual stream")
     v = p.add_argument_group("3D volumes (--dims 3), written to <out>/3d")
     v.add_argument("--vol-sites", nargs="+", default=None, help="target MR sites (default: all but the source)")
+    v.add_argument(
+        "--vol-data",
+        default=None,
+        help="a MONAI datalist JSON of volumes (sections '<site>_test', the MR bundles' layout) instead of the "
+        "embedded sites; needs --vol-checkpoint unless it has source_train",
+    )
     v.add_argument("--vol-cases", type=int, default=6, help="test volumes per target site")
     v.add_argument("--vol-num-source", type=int, default=16, help="generated cases per site (source: training)")
     v.add_argument("--vol-epochs", type=int, default=None, help="source training epochs (default: the bundle's)")

@@ -85,6 +85,32 @@ def _targets_2d(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None, 
     return overrides, source, target, domains
 
 
+def _targets_3d(args: argparse.Namespace) -> tuple[Path, Path, Path | None, list[str]]:
+    """The 3D run's data folder, target datalist, source datalist (``None`` without ``source_train``) and sites: the
+    embedded sites (generated on first use) or ``--vol-data``."""
+    from monai_tta.data import SOURCE_DOMAIN, generate_mr_sites, list_mr_sites
+
+    if args.vol_data:
+        datalist = Path(args.vol_data)
+        content = json.loads(datalist.read_text())
+        domains = list(args.vol_sites or [d for d in content.get("domains") or [] if f"{d}_test" in content])
+        missing = [d for d in domains if f"{d}_test" not in content]
+        if not domains or missing:
+            raise ValueError(
+                f"--vol-data {datalist}: no '<site>_test' section for {missing or 'any site'}; name the sites with "
+                "--vol-sites (each needs a '<site>_test' section) or list them under 'domains'."
+            )
+        return datalist.parent, datalist, datalist if "source_train" in content else None, domains
+    known = list_mr_sites("all")  # the default sites and the content sites (selectable by name)
+    domains = list(args.vol_sites or [s for s in list_mr_sites() if s != SOURCE_DOMAIN])
+    if any(s not in known or s == SOURCE_DOMAIN for s in domains):
+        raise ValueError(f"--vol-sites {domains}: choose from {[s for s in known if s != SOURCE_DOMAIN]}.")
+    root = Path(args.cache) / f"mr_sites_s{args.seed}_train{args.vol_num_source}_test{args.vol_cases}"
+    sites = [SOURCE_DOMAIN, *domains]
+    datalist = generate_mr_sites(root, args.vol_num_source, args.vol_cases, seed=args.seed, sites=sites)
+    return root, datalist, datalist, domains
+
+
 def prepare(args: argparse.Namespace, dims: int, device: torch.device) -> dict[str, Any]:
     """The target cases, preprocessed once, and the source network of a ``dims``-D run.
 
@@ -105,7 +131,7 @@ def prepare(args: argparse.Namespace, dims: int, device: torch.device) -> dict[s
     from monai.bundle import ConfigParser
     from monai.utils import set_determinism
 
-    from monai_tta.data import MR_GENERATOR_VERSION, SOURCE_DOMAIN, generate_mr_sites, list_mr_sites, load_datalist
+    from monai_tta.data import MR_GENERATOR_VERSION, load_datalist
     from monai_tta.networks import load_reference_state_dict
     from monai_tta.zoo.source import ensure_source_checkpoint
 
@@ -117,18 +143,10 @@ def prepare(args: argparse.Namespace, dims: int, device: torch.device) -> dict[s
         name = f"source_{args.network}_{args.image_size}_n{args.num_source}_e{epochs}_s{args.seed}.pt"
         checkpoint = Path(args.checkpoint) if args.checkpoint else cache / name
     else:
-        known = list_mr_sites("all")  # the default sites and the content sites (selectable by name)
-        domains = list(args.vol_sites or [s for s in list_mr_sites() if s != SOURCE_DOMAIN])
-        if any(s not in known or s == SOURCE_DOMAIN for s in domains):
-            raise ValueError(f"--vol-sites {domains}: choose from {[s for s in known if s != SOURCE_DOMAIN]}.")
-        root = cache / f"mr_sites_s{args.seed}_train{args.vol_num_source}_test{args.vol_cases}"
-        sites = [SOURCE_DOMAIN, *domains]
-        datalist = generate_mr_sites(
-            root, num_train=args.vol_num_source, num_test=args.vol_cases, seed=args.seed, sites=sites
-        )
-        source, bundle = datalist, VOLUME_BUNDLE
+        root, datalist, source, domains = _targets_3d(args)
+        bundle = VOLUME_BUNDLE
         overrides = {"dataset_dir": str(root), "datalist_file": str(datalist), "output_dir": f"{root}_runs"}
-        sections = {s: load_datalist(datalist, [f"{s}_test"])[f"{s}_test"] for s in domains}
+        sections = {s: load_datalist(datalist, [f"{s}_test"])[f"{s}_test"][: args.vol_cases] for s in domains}
         epochs = args.vol_epochs
         checkpoint = Path(args.vol_checkpoint) if args.vol_checkpoint else None
     overrides.update({"generate_data": False, "device": device})
@@ -156,7 +174,7 @@ def prepare(args: argparse.Namespace, dims: int, device: torch.device) -> dict[s
         if source is None:
             raise FileNotFoundError(
                 f"source checkpoint {checkpoint} is missing and the datalist has no source_train section: pass the "
-                "source weights (--checkpoint) or a datalist with source_train."
+                "source weights (--checkpoint in 2D, --vol-checkpoint in 3D) or a datalist with source_train."
             )
         logger.info(f"training the source model ({epochs} epochs) into {checkpoint}")
         ensure_source_checkpoint(checkpoint, bundle, training, configs=("inference.json", configs[1].name))

@@ -187,12 +187,17 @@ def _header(meta: Mapping[str, Any], domains: Sequence[str]) -> list[str]:
         )
         return ["# TTA benchmark results", "", f"Command: `{meta['command']}`", "", machine, "", data]
     window = meta.get("window", {})
+    if cfg.get("vol_data"):
+        volumes_from, trained = f"the datalist `{cfg['vol_data']}`, at most", "given"
+    else:
+        volumes_from = f"the embedded multi-site MR volumes (`monai_tta.data.generate_mr_sites`, seed {cfg['seed']}),"
+        trained = f"trained on {cfg['vol_num_source']} generated source cases, their training split"
     data = (
-        f"Data: the embedded multi-site MR volumes (`monai_tta.data.generate_mr_sites`, seed {cfg['seed']}), "
+        f"Data: {volumes_from} "
         f"{cfg['vol_cases']} test volumes per target site (sites {', '.join(domains)}), read and preprocessed by "
         f"the bundle `{VOLUME_BUNDLE.name}`'s `inference.json`; network `{meta.get('network')}` "
-        f"({meta.get('network_parameters')} parameters), source weights `{meta.get('checkpoint')}` (trained on "
-        f"{cfg['vol_num_source']} generated source cases, their training split). Every method runs through "
+        f"({meta.get('network_parameters')} parameters), source weights `{meta.get('checkpoint')}` ({trained}). "
+        "Every method runs through "
         "`monai_tta.inferers.SlidingWindowAdapter` with the bundle's window (the adapter's defaults for the rest): "
         f"{', '.join(f'{k}={v}' for k, v in window.items())}. Each method's run is its bundle's evaluation "
         "(`inference.json` + `evaluate.json`): the prediction is brought back to each input volume's own grid "
