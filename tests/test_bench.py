@@ -259,6 +259,26 @@ def test_volume_benchmark_smoke(tmp_path):
         assert timing["tent"]["memory_kind"] == "process_rss" and timing["tent"]["peak_extra_mb"] > 0
     markdown = (vol / "results.md").read_text()
     assert "# TTA benchmark results: 3D volumes" in markdown and "| thick | overall |" in markdown
+    # the same volumes from their datalist (--vol-data) with the trained weights: the same Dice
+    (checkpoint,) = (out / "cache").glob("source_mr_train2_e1_s0_*.pt")
+    datalist = out / "cache" / "mr_sites_s0_train2_test1" / "datalist.json"
+    again = ["--dims", "3", "--vol-data", str(datalist), "--vol-sites", "thick", "--vol-checkpoint", str(checkpoint)]
+    again += ["--vol-methods", "source_only", "--vol-settings", "episodic", "--out", str(tmp_path / "again")]
+    assert bench.main(again) == 0
+    (row,) = read_rows(tmp_path / "again" / "3d" / "cases.csv")
+    assert float(row["dice_mean"]) == pytest.approx(float(rows[0]["dice_mean"]))
+    assert f"the datalist `{datalist}`" in (tmp_path / "again" / "3d" / "results.md").read_text()
+
+
+def test_volume_data_from_a_datalist(tmp_path):
+    """--vol-data: the sites are the datalist's 'domains' with a '<site>_test' section (or --vol-sites); a site
+    without one is named in the error."""
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"domains": ["a", "b", "c"], "a_test": [], "b_test": []}))
+    args = bench.parse_args(["--vol-data", str(path)])
+    assert bench.data._targets_3d(args) == (tmp_path, path, None, ["a", "b"])
+    with pytest.raises(ValueError, match=r"\['c'\]"):
+        bench.data._targets_3d(bench.parse_args(["--vol-data", str(path), "--vol-sites", "a", "c"]))
 
 
 def test_volume_source_only_is_monai_sliding_window():
