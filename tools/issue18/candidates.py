@@ -17,7 +17,9 @@ model), and ``tent`` (one episodic TENT step, no guard). In 3D every candidate p
 consensus agreement (with the mean of all candidates), agreement with the source model, foreground fraction;
 ``mixes``, the stability across statistics mixes (a ``stats_<p>`` candidate's mean agreement with its neighbours on
 the path of mixes, ``p - 0.25`` and ``p + 0.25``; ``tent``, whose regime is the case's statistics: with
-``stats_0.25``); with ``--dropout K``, ``dropout``: the agreement of K forwards with feature dropout (rate
+``stats_0.25``); ``mixes_fg``, as ``mixes`` with the soft Dice of the foreground probabilities as the agreement;
+``mixes_hard``, with the Dice of the masks ``p > 0.5``;
+with ``--dropout K``, ``dropout``: the agreement of K forwards with feature dropout (rate
 ``--dropout-rate``, after every normalisation layer, fixed seeds) with their mean (1 minus the disagreement, after
 AETTA's dropout disagreement). Agreement as in :func:`monai_tta.guards.signals.agreement`.
 """
@@ -66,6 +68,13 @@ def neighbours(name: str) -> list[str]:
     :func:`monai_tta.guards.signals.mix_neighbours`); TENT's regime is the case's statistics (weight 0)."""
     prior = 0.0 if name == "tent" else float(name.split("_")[1])
     return [f"stats_{q:g}" for q in mix_neighbours(prior)]
+
+
+def soft_overlap(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Soft Dice of two foreground probability maps, ``2 sum(p q) / (sum(p) + sum(q))`` (1 when both are empty): an
+    agreement measured on the foreground, whatever its share of the image."""
+    total = p.sum() + q.sum()
+    return 2 * (p * q).sum() / total if total > 0 else torch.ones(())
 
 
 def dice(pred: torch.Tensor, label: torch.Tensor) -> float:
@@ -128,6 +137,8 @@ def main() -> None:
                 p = probs[name]
                 flip = agreement(p, probabilities(flipped[name][None], "sigmoid")[0], "sigmoid")
                 near = [float(agreement(p, probs[n], "sigmoid")) for n in neighbours(name)]
+                overlap = [float(soft_overlap(p, probs[n])) for n in neighbours(name)]
+                hard = [float(soft_overlap((p > 0.5).float(), (probs[n] > 0.5).float())) for n in neighbours(name)]
                 if dropped[name]:
                     centre = torch.stack(dropped[name]).mean(0)
                     drop = sum(float(agreement(q, centre, "sigmoid")) for q in dropped[name]) / len(dropped[name])
@@ -145,6 +156,8 @@ def main() -> None:
                         "source": round(float(agreement(p, probs["stats_1"], "sigmoid")), 6),
                         "area": round(float((p > 0.5).float().mean()), 6),
                         "mixes": round(sum(near) / len(near), 6),
+                        "mixes_fg": round(sum(overlap) / len(overlap), 6),
+                        "mixes_hard": round(sum(hard) / len(hard), 6),
                         "dropout": round(drop, 6),
                     }
                 )

@@ -22,7 +22,16 @@ import sys
 from monai_tta.guards import SafeChoice
 
 #: signal -> sign (the column's value times the sign is the score, higher better)
-SIGNALS = {"entropy": -1, "flip": 1, "consensus": 1, "source": 1, "mixes": 1, "dropout": 1}
+SIGNALS = {
+    "entropy": -1,
+    "flip": 1,
+    "consensus": 1,
+    "source": 1,
+    "mixes": 1,
+    "mixes_fg": 1,
+    "mixes_hard": 1,
+    "dropout": 1,
+}
 #: candidate -> statistics weight
 CANDIDATES = {"stats_1": 1.0, "stats_0.5": 0.5, "stats_0": 0.0, "tent": 0.0}
 #: the margins of the shipped choice
