@@ -27,12 +27,16 @@ Candidates (the source weights, MONAI's sliding window at the bundle's window an
 them (its 4 grid patches), exactly as in ``candidates.py``; ``roi_<p>`` the same with the ROI statistics
 (``roi_1`` would be ``stats_1``). Signals as ``candidates.py`` computes them on the whole prediction: ``entropy``
 (mean binary entropy) and ``mixes`` (mean agreement with the neighbours on the candidate's own path of mixes,
-``p -+ 0.25``; ``roi_0.75``'s upper neighbour is ``stats_1``). ``--time K`` also times, K interleaved rounds on the
-first volume, the source model's prediction against the ROI candidate (source prediction, ROI statistics forward, ROI
-prediction), and prints the ratio.
+``p -+ 0.25``; ``roi_0.75``'s upper neighbour is ``stats_1``). Per volume also: ``shift_first`` and ``shift_all``, the
+KL divergence of the ROI statistics from the source running statistics (first BatchNorm layer, mean over layers);
+``source_windows`` and ``stats_windows``, the windows forwarded by the source prediction and by the ROI statistics
+(a ``roi_<p>`` prediction forwards ``source_windows`` again). ``--time K`` also times, K interleaved rounds on the
+first volume, the source model's prediction against the rule's candidate ``roi_0.75`` (source prediction, ROI
+statistics forward, ROI prediction), and prints the ratio.
 
-The printed table: mean Dice per site and overall for ``stats_1`` (source), ``stats_0``, ``roi_0``, ``roi_0.5`` and the
-rule written in ``RULE`` (``*``: more than 0.5 Dice below ``stats_1``).
+The printed table: mean Dice per site and overall for ``stats_1`` (source), ``stats_0``, ``roi_0``, ``roi_0.5`` and
+the rule of :func:`rule`, stated in ``REPORT.md`` before the confirmation draws (``*``: more than 0.5 Dice below
+``stats_1``).
 """
 
 from __future__ import annotations
