@@ -35,8 +35,8 @@ first volume, the source model's prediction against the rule's candidate ``roi_0
 statistics forward, ROI prediction), and prints the ratio.
 
 The printed table: mean Dice per site and overall for ``stats_1`` (source), ``stats_0``, ``roi_0``, ``roi_0.5`` and
-the rule of :func:`rule`, stated in ``docs/benchmarks/roi_stats_issue18.md`` before the confirmation draws (``*``: more than 0.5 Dice below
-``stats_1``).
+the rule of :func:`rule`, stated in ``docs/benchmarks/roi_stats_issue18.md`` before the confirmation draws (``*``:
+more than 0.5 Dice below ``stats_1``).
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ __all__ = ["foreground", "roi_windows", "roi_statistics", "stats_shift", "predic
 
 #: the candidates of the printed table, in order.
 TABLE = ("stats_1", "stats_0", "roi_0", "roi_0.5")
-#: the choice rule (stated in docs/benchmarks/roi_stats_issue18.md before the confirmation draw was run): see :func:`rule`.
+#: the choice rule (stated in docs/benchmarks/roi_stats_issue18.md before the confirmation draw was run): see
+#: :func:`rule`.
 RULE = "rule(roi_0.75)"
 
 
@@ -150,10 +151,11 @@ def predict_with(
 
 
 def rule(rows: dict[str, dict]) -> str:
-    """The candidate the choice rule takes for one volume, from its rows ``{candidate: row}`` (see docs/benchmarks/roi_stats_issue18.md): always
-    ``roi_0.75``, statistics ``0.75 * source + 0.25 * ROI`` (the source statistics when the source model predicts no
-    foreground: ``roi_empty``). The only fixed candidate no more than 0.5 Dice below the source model on every site of
-    the design volumes (seed 0, 66 volumes); no signal measured there (entropy, mixes, ROI shift) did better."""
+    """The candidate the choice rule takes for one volume, from its rows ``{candidate: row}`` (see
+    docs/benchmarks/roi_stats_issue18.md): always ``roi_0.75``, statistics ``0.75 * source + 0.25 * ROI`` (the source
+    statistics when the source model predicts no foreground: ``roi_empty``). The only fixed candidate no more than 0.5
+    Dice below the source model on every site of the design volumes (seed 0, 66 volumes); no signal measured there
+    (entropy, mixes, ROI shift) did better."""
     del rows
     return "roi_0.75"
 
