@@ -191,6 +191,7 @@ class GuardedEnsemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.mix.fill_(1.0)  # whatever an interrupted call left
+        # plain strings (TgmaServe's values): the forward is scripted, and TorchScript does not read the enum class
         if self.serve == "before":
             self.last_choice, self.last_margin = "source", 0.0
             return self.source(x)
