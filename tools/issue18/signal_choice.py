@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/issue18/signal_choice.py CANDIDATES_CSV [CANDIDATES_CSV ...]
+    python tools/issue18/signal_choice.py CANDIDATES_CSV [CANDIDATES_CSV ...] [--margin M]
 
 Per case, among the candidates of `safe`'s default set made with the source weights (``stats_1``, the source model;
 ``stats_0.5``; ``stats_0``; ``tent``, the method), the candidate of best score under each signal is chosen with
@@ -10,7 +10,9 @@ Per case, among the candidates of `safe`'s default set made with the source weig
 candidate of statistics weight ``p`` loses ``mix_margin * (1 - p)`` = 0.01 * (1 - p); TENT's regime is the case's
 statistics, ``p = 0``). Prints, per file, a table domain x signal of the Dice (%) of the chosen candidates (``*``:
 more than 0.5 below source-only), the overall (mean over domains), the number of domains below and the choices, with
-the fixed regimes for reference.
+the fixed regimes for reference. The last row, ``mixes_fg if mixes``, is the rule for volumes stated in stop 25
+(docs/reliability.md): a candidate replaces the source only where its ``mixes`` is at least the source's and its
+``mixes_fg``, with the same margins, beats the source's. ``--margin M`` sets both margins (default: ``safe``'s).
 """
 
 from __future__ import annotations
@@ -42,7 +44,21 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def table(path: str) -> None:
+def fg_where_mixes(rows: dict[str, dict], source_margin: float, mix_margin: float) -> str:
+    """The volume rule of stop 25: ``mixes_fg`` with the margins, among the candidates whose ``mixes`` is not lower
+    than the source's (``stats_1``); the source when none beats it."""
+    source = rows["stats_1"]
+    best, best_score = "stats_1", float(source["mixes_fg"]) + source_margin
+    for k, w in CANDIDATES.items():
+        if k == "stats_1" or float(rows[k]["mixes"]) < float(source["mixes"]):
+            continue
+        score = float(rows[k]["mixes_fg"]) - mix_margin * (1.0 - w)
+        if score > best_score:
+            best, best_score = k, score
+    return best
+
+
+def table(path: str, source_margin: float = SOURCE_MARGIN, mix_margin: float = MIX_MARGIN) -> None:
     cases: dict[tuple[str, str], dict[str, dict]] = collections.defaultdict(dict)
     for row in csv.DictReader(open(path)):
         cases[(row["site"], row["case"])][row["candidate"]] = row
@@ -68,7 +84,7 @@ def table(path: str) -> None:
         per, chosen = collections.defaultdict(list), collections.Counter()
         for (site, _), rows in cases.items():
             scores = {
-                k: sign * float(rows[k][signal]) + (SOURCE_MARGIN if k == "stats_1" else -MIX_MARGIN * (1.0 - w))
+                k: sign * float(rows[k][signal]) + (source_margin if k == "stats_1" else -mix_margin * (1.0 - w))
                 for k, w in CANDIDATES.items()
             }
             best = max(CANDIDATES, key=lambda k: scores[k])  # ties: the earlier candidate (the source first)
@@ -76,9 +92,22 @@ def table(path: str) -> None:
             per[site].append(float(rows[best]["dice"]))
         below = sum(mean(per[s]) < mean(source[s]) - 0.5 for s in sites)
         print(line(signal, per, f"| {below} | {dict(chosen)} |"))
+    per, chosen = collections.defaultdict(list), collections.Counter()
+    for (site, _), rows in cases.items():
+        best = fg_where_mixes(rows, source_margin, mix_margin)
+        chosen[best] += 1
+        per[site].append(float(rows[best]["dice"]))
+    below = sum(mean(per[s]) < mean(source[s]) - 0.5 for s in sites)
+    print(line("mixes_fg if mixes", per, f"| {below} | {dict(chosen)} |"))
     print()
 
 
 if __name__ == "__main__":
-    for csv_path in sys.argv[1:]:
-        table(csv_path)
+    args = sys.argv[1:]
+    margins = (SOURCE_MARGIN, MIX_MARGIN)
+    if "--margin" in args:
+        i = args.index("--margin")
+        margins = (float(args[i + 1]),) * 2
+        del args[i : i + 2]
+    for csv_path in args:
+        table(csv_path, *margins)
