@@ -80,25 +80,29 @@ def table(path: str, source_margin: float = SOURCE_MARGIN, mix_margin: float = M
         for (site, _), rows in cases.items():
             per[site].append(float(rows[name]["dice"]))
         print(line(f"fixed {name}", per, "| | |"))
-    for signal, sign in SIGNALS.items():
+
+    def chosen_line(name: str, choose) -> str:  # noqa: ANN001 - rows -> the chosen candidate
         per, chosen = collections.defaultdict(list), collections.Counter()
         for (site, _), rows in cases.items():
+            best = choose(rows)
+            chosen[best] += 1
+            per[site].append(float(rows[best]["dice"]))
+        below = sum(mean(per[s]) < mean(source[s]) - 0.5 for s in sites)
+        return line(name, per, f"| {below} | {dict(chosen)} |")
+
+    def best_by(signal: str, sign: int):  # noqa: ANN202 - the choice under one signal with the margins
+        def choose(rows: dict[str, dict]) -> str:
             scores = {
                 k: sign * float(rows[k][signal]) + (source_margin if k == "stats_1" else -mix_margin * (1.0 - w))
                 for k, w in CANDIDATES.items()
             }
-            best = max(CANDIDATES, key=lambda k: scores[k])  # ties: the earlier candidate (the source first)
-            chosen[best] += 1
-            per[site].append(float(rows[best]["dice"]))
-        below = sum(mean(per[s]) < mean(source[s]) - 0.5 for s in sites)
-        print(line(signal, per, f"| {below} | {dict(chosen)} |"))
-    per, chosen = collections.defaultdict(list), collections.Counter()
-    for (site, _), rows in cases.items():
-        best = fg_where_mixes(rows, source_margin, mix_margin)
-        chosen[best] += 1
-        per[site].append(float(rows[best]["dice"]))
-    below = sum(mean(per[s]) < mean(source[s]) - 0.5 for s in sites)
-    print(line("mixes_fg if mixes", per, f"| {below} | {dict(chosen)} |"))
+            return max(CANDIDATES, key=lambda k: scores[k])  # ties: the earlier candidate (the source first)
+
+        return choose
+
+    for signal, sign in SIGNALS.items():
+        print(chosen_line(signal, best_by(signal, sign)))
+    print(chosen_line("mixes_fg if mixes", lambda rows: fg_where_mixes(rows, source_margin, mix_margin)))
     print()
 
 
