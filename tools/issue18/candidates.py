@@ -71,8 +71,10 @@ def neighbours(name: str) -> list[str]:
 
 
 def soft_overlap(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Soft Dice of two foreground probability maps, ``2 sum(p q) / (sum(p) + sum(q))`` (1 when both are empty): an
-    agreement measured on the foreground, whatever its share of the image."""
+    """Soft Dice of two foreground probability maps, ``2 sum(p q) / (sum(p) + sum(q))`` pooled over every channel and
+    voxel (1 when both are empty): an agreement measured on the foreground, whatever its share of the image. Not
+    TGMA's :func:`~monai_tta.tgma.soft_dice_from_terms`, which averages per-channel Dice with smoothing: pooled, a
+    channel with little foreground weighs as little as its voxels."""
     total = p.sum() + q.sum()
     return 2 * (p * q).sum() / total if total > 0 else torch.ones(())
 
