@@ -1,10 +1,11 @@
-"""Issue 18: CPU cost of TGMA's served guard per volume: ``GuardedEnsemble`` (the choice between the adapted ensemble
-and TGMA before adaptation) against the adapted ensemble alone, both in the bundle's ``SliceWiseNetwork``.
+"""Issue 18: CPU cost of TGMA's served model per volume: ``GuardedEnsemble`` with ``serve="guarded"`` (the choice
+between the adapted ensemble and TGMA before adaptation) and at its default (``"before"``: the untouched ensemble)
+against the adapted ensemble alone, all in the bundle's ``SliceWiseNetwork``.
 
 Usage: ``python tools/issue18/tgma_cost.py [REPS] [SLICES]``. The TGMA bundle's network (two SmallUNet members,
 widths 8-64, 3 softmax outputs) with random weights and running statistics, on a random ``64 x 64 x SLICES`` volume:
-the cost does not depend on the weights. One thread; the two arms alternate, the order flips every round, the first
-round is dropped; median per volume.
+the cost does not depend on the weights. One thread; the three arms alternate, the order flips every round, the
+first round is dropped; median per volume; each line a served arm against the adapted ensemble alone.
 """
 
 from __future__ import annotations
@@ -40,11 +41,14 @@ def main() -> None:
     arms = {
         "adapted alone": SliceWiseNetwork(target).eval(),
         "guarded": SliceWiseNetwork(GuardedEnsemble(target, source, serve="guarded")).eval(),
+        "served default (before)": SliceWiseNetwork(GuardedEnsemble(target, source)).eval(),
     }
     x = torch.randn(1, 1, 64, 64, slices)
     with torch.no_grad():
         medians = interleaved_medians({name: lambda net=net: net(x) for name, net in arms.items()}, reps)
-    print(ratio_line(f"volume 64 x 64 x {slices}", reps, medians))
+    first = next(iter(medians))
+    for name in list(medians)[1:]:
+        print(ratio_line(f"volume 64 x 64 x {slices}", reps, {first: medians[first], name: medians[name]}))
 
 
 if __name__ == "__main__":
